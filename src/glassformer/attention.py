@@ -1,0 +1,275 @@
+"""Scaled dot-product attention and multi-head attention ("Attention Is All You Need", §3.2).
+
+Notation used in every shape comment of this package:
+
+    B  batch size
+    T  target length: the positions that ask (queries); for self-attention also the keys
+    S  source length: the positions being looked at (keys and values) when they differ from T,
+       e.g. the encoder's output in cross-attention, or past + new tokens with a KV cache
+    C  d_model, the width of the residual stream
+    H  n_heads
+    D  d_head = d_model / n_heads, the width of one head's queries, keys and values
+
+Masks are boolean and follow PyTorch's convention: True means "may attend". They are applied
+with ``masked_fill``/``where``; no large negative numbers are ever added to scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Backend = Literal["auto", "math", "fused"]
+
+
+# --------------------------------------------------------------------------------------- masks
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> Tensor:
+    """(Tq, Tk) bool mask where query i may attend key j iff j <= i + (Tk - Tq).
+
+    The diagonal is aligned bottom-right, so when the queries are the last Tq of Tk positions
+    (cached decoding: Tk = past + Tq) each new token still sees every earlier one and itself.
+    """
+    if t_q > t_k:
+        raise ValueError(f"causal mask needs Tq <= Tk, got Tq={t_q}, Tk={t_k}")
+    i = torch.arange(t_q, device=device).unsqueeze(1)  # (Tq, 1)
+    j = torch.arange(t_k, device=device).unsqueeze(0)  # (1, Tk)
+    return j <= i + (t_k - t_q)  # (Tq, Tk)
+
+
+def padding_mask(attention_mask: Tensor) -> Tensor:
+    """Key padding mask: (B, S) with 1/True for real tokens -> (B, 1, 1, S) bool."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must have shape (B, S), got {tuple(attention_mask.shape)}")
+    return attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+
+
+def combine_masks(*masks: Tensor | None) -> Tensor | None:
+    """Logical AND of broadcastable boolean masks; ``None`` entries mean "no restriction"."""
+    out: Tensor | None = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m if out is None else out & m
+    return out
+
+
+def _check_mask(mask: Tensor, q: Tensor, k: Tensor) -> None:
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention mask must be a bool tensor (True = may attend), got {mask.dtype}")
+    target = (*q.shape[:-2], q.shape[-2], k.shape[-2])
+    try:
+        shape = torch.broadcast_shapes(mask.shape, target)
+    except RuntimeError:
+        shape = None
+    if shape != torch.Size(target):
+        raise ValueError(
+            f"attention mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Tq, Tk) = {target}"
+        )
+
+
+# ---------------------------------------------------------------------------------- attention
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+    *,
+    is_causal: bool = False,
+    backend: Backend = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """Attention(Q, K, V) = softmax(QKᵀ / √d_k) V  — equation (1) of the paper.
+
+    Args:
+        q: queries (B, H, Tq, D); k: keys (B, H, Tk, D); v: values (B, H, Tk, D).
+        mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend.
+        dropout_p: dropout on the attention weights (pass 0.0 in eval mode).
+        return_weights: also return the (B, H, Tq, Tk) softmax weights.
+        is_causal: add a causal mask, aligned bottom-right (see :func:`causal_mask`).
+        backend: ``"math"`` runs the four explicit steps, ``"fused"`` calls
+            ``torch.nn.functional.scaled_dot_product_attention``; ``"auto"`` picks math when the
+            weights are requested and fused otherwise.
+
+    Returns:
+        ``(z, weights)``: z is (B, H, Tq, D); weights is None unless requested.
+        A query whose keys are all masked gets z = 0 and weights = 0 (never NaN).
+    """
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    if backend == "fused" and return_weights:
+        raise ValueError("the fused backend cannot return attention weights; use backend='math'")
+    if backend not in ("auto", "math", "fused"):
+        raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'math' or 'fused'")
+    use_math = backend == "math" or (backend == "auto" and return_weights)
+
+    if mask is not None:
+        _check_mask(mask, q, k)
+    if is_causal:
+        # Tq == Tk and no other mask: the fused kernel applies the causal mask itself (fastest).
+        if not use_math and mask is None and t_q == t_k:
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            return z, None
+        if t_q > 1:  # a single query at the end of the sequence may see every key
+            mask = combine_masks(mask, causal_mask(t_q, t_k, q.device))
+
+    # Rows with no visible key would softmax over nothing (0/0). Let them see every key so the
+    # softmax stays finite, then zero their result: zeros and finite gradients, never NaN.
+    has_key = None
+    if mask is not None:
+        has_key = mask.any(dim=-1, keepdim=True)  # (.., Tq, 1)
+        mask = mask | ~has_key
+
+    if use_math:
+        z, weights = _attention_math(q, k, v, mask, dropout_p)
+    else:
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        weights = None
+    if has_key is not None:
+        z = z.masked_fill(~has_key, 0.0)  # (B, H, Tq, D)
+        if weights is not None:
+            weights = weights.masked_fill(~has_key, 0.0)
+    return z, (weights if return_weights else None)
+
+
+def _attention_math(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
+) -> tuple[Tensor, Tensor]:
+    """The four steps, one line each, so a reader can follow the formula."""
+    d_k = q.shape[-1]
+    scores = q @ k.transpose(-2, -1)  # step 1: QKᵀ             (B, H, Tq, Tk)
+    scores = scores / math.sqrt(d_k)  # step 2: ÷ √d_k           (B, H, Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # step 3: softmax over the keys, in fp32 so bf16 inputs keep their precision
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
+    attended = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    z = attended @ v  # step 4: weights · V         (B, H, Tq, D)
+    return z, weights
+
+
+# ---------------------------------------------------------------------------- the KV cache
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer, kept between decoding steps.
+
+    Self-attention appends the new positions at each step; cross-attention computes the
+    encoder's keys and values once and reuses them (``static``).
+    """
+
+    k: Tensor | None = None  # (B, H, S, D)
+    v: Tensor | None = None  # (B, H, S, D)
+    static: bool = False
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add (B, H, T, D) keys/values after the cached ones; return the full (B, H, S, D) pair."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=-2)  # (B, H, S + T, D)
+            self.v = torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search keeps the surviving beams)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+# ----------------------------------------------------------------------- multi-head attention
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_H) W^O, head_i = Attention(Q W^Q_i, K W^K_i, V W^V_i).
+
+    Self-attention projects one input into queries, keys and values with a single stacked
+    matrix (W^Q, W^K, W^V side by side: one matmul instead of three). Cross-attention
+    (``cross=True``) projects queries from the decoder and keys/values from the encoder output.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, cross: bool = False
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.dropout, self.cross = dropout, cross
+        if cross:
+            self.w_q = nn.Linear(d_model, d_model, bias=bias)  # W^Q for all heads
+            self.w_kv = nn.Linear(d_model, 2 * d_model, bias=bias)  # W^K, W^V stacked
+        else:
+            self.w_qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # W^Q, W^K, W^V stacked
+        self.w_o = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.backend: Backend = "auto"
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
+
+    def project(self, x: Tensor, memory: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries from x (B, T, C); keys and values from memory (cross) or x (self).
+
+        Returns q (B, H, T, D), k and v (B, H, S, D).
+        """
+        if self.cross:
+            if memory is None:
+                raise ValueError("cross-attention needs the encoder output (memory)")
+            q = self.w_q(x)  # (B, T, C)
+            k, v = self.w_kv(memory).split(self.d_model, dim=-1)  # 2 × (B, S, C)
+        else:
+            q, k, v = self.w_qkv(x).split(self.d_model, dim=-1)  # 3 × (B, T, C)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) -> (out (B, T, C), weights (B, H, T, S) or None).
+
+        With a ``cache``, self-attention appends this step's keys/values to it and attends over
+        all of them; cross-attention computes the memory's keys/values on the first call only.
+        """
+        b, t, c = x.shape
+        if self.cross and cache is not None and cache.k is not None:
+            q = self._split_heads(self.w_q(x))  # (B, H, T, D); K, V come from the cache
+            k, v = cache.k, cache.v
+        else:
+            q, k, v = self.project(x, memory)
+            if cache is not None:
+                if self.cross:
+                    cache.k, cache.v, cache.static = k, v, True
+                else:
+                    k, v = cache.append(k, v)  # (B, H, S, D) with S = past + T
+        z, weights = scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_weights=return_weights,
+            is_causal=is_causal,
+            backend=self.backend,
+        )  # z: (B, H, T, D)
+        z = z.transpose(1, 2).reshape(b, t, c)  # Concat(head_1..head_H)  (B, T, C)
+        return self.w_o(z), weights  # (B, T, C)

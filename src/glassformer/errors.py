@@ -1,0 +1,17 @@
+"""Errors that mean "the input was wrong", as opposed to a bug in glassformer.
+
+The CLI turns these (and ValueError, TypeError, KeyError, OSError from input checks) into one
+line on stderr and exit code 2.
+"""
+
+
+class GlassformerError(Exception):
+    """Base class for user-facing errors: bad input, bad files, bad flags."""
+
+
+class DataError(GlassformerError, ValueError):
+    """A corpus, dataset file or tokenizer input that cannot be used; names the file and place."""
+
+
+class CheckpointError(GlassformerError, ValueError):
+    """A model or checkpoint directory that cannot be read or written."""

@@ -1,0 +1,214 @@
+"""The boxes of the paper's Figure 1: embeddings, positional encodings, the position-wise
+feed-forward network, and the encoder and decoder layers that stack them around attention.
+
+Residual + LayerNorm come in two orders (``norm_first``):
+    post-LN (the paper, BERT, Marian):  x = LayerNorm(x + Dropout(Sublayer(x)))
+    pre-LN  (GPT-2 and most LLMs):      x = x + Dropout(Sublayer(LayerNorm(x)))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glassformer.attention import KVCache, MultiHeadAttention
+
+if TYPE_CHECKING:  # configs live in models/, which imports this module
+    from glassformer.models.config import ModelConfig
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids -> vectors. The paper multiplies by √d_model (§3.4); GPT and BERT do not."""
+
+    def __init__(self, vocab_size: int, d_model: int, scale: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
+        self.scale = math.sqrt(d_model) if scale else 1.0
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = F.embedding(ids, self.weight)  # (B, T, C)
+        return x * self.scale if self.scale != 1.0 else x
+
+
+def sinusoidal_table(max_len: int, d_model: int, layout: str = "interleaved") -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...) — §3.5.
+
+    ``layout="interleaved"`` puts sin and cos in alternate columns as the paper writes it;
+    ``"halves"`` puts all sines first, then all cosines (Marian's checkpoints).
+    """
+    pos = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # (max_len, 1)
+    i2 = torch.arange(0, d_model, 2, dtype=torch.float64)  # the even indices 2i
+    angle = pos / torch.pow(10000.0, i2 / d_model)  # (max_len, ceil(C / 2))
+    table = torch.zeros(max_len, d_model, dtype=torch.float64)
+    n_cos = d_model // 2
+    if layout == "interleaved":
+        table[:, 0::2] = torch.sin(angle)
+        table[:, 1::2] = torch.cos(angle[:, :n_cos])
+    elif layout == "halves":
+        n_sin = d_model - n_cos
+        table[:, :n_sin] = torch.sin(angle)
+        table[:, n_sin:] = torch.cos(angle[:, :n_cos])
+    else:
+        raise ValueError(f"unknown sinusoidal layout {layout!r}")
+    return table.float()  # (max_len, C)
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed positional encodings; a buffer, not a parameter, so nothing is learned or saved."""
+
+    def __init__(self, max_len: int, d_model: int, layout: str = "interleaved") -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(max_len, d_model, layout), persistent=False)
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        return self.table[position_ids]  # (B, T, C)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """One trained vector per position (GPT-2, BERT)."""
+
+    def __init__(self, max_len: int, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_len, d_model))
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        return F.embedding(position_ids, self.weight)  # (B, T, C)
+
+
+def positional_encoding(config: ModelConfig) -> nn.Module:
+    """The positional encoding a config asks for."""
+    if config.pos_encoding == "sinusoidal":
+        return SinusoidalPositionalEncoding(config.max_len, config.d_model, config.sinusoidal_layout)
+    return LearnedPositionalEmbedding(config.max_len, config.d_model)
+
+
+# --------------------------------------------------------------------------- feed-forward
+
+ACTIVATIONS = {
+    "relu": F.relu,  # the paper
+    "gelu": F.gelu,  # BERT (exact, erf)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2
+    "silu": F.silu,  # Marian ("swish")
+}
+
+
+class PositionwiseFeedForward(nn.Module):
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to every position alike — §3.3."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", bias: bool = True) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(ACTIVATIONS[self.activation](self.w_1(x)))  # (B, T, C)
+
+
+# --------------------------------------------------------------------------------- layers
+
+
+class _Sublayer(nn.Module):
+    """Residual connection around one sublayer, with LayerNorm before (pre-LN) or after (post-LN)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_first = config.norm_first
+
+    def normed_input(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.norm_first else x
+
+    def add(self, x: Tensor, sublayer_out: Tensor) -> Tensor:
+        x = x + self.dropout(sublayer_out)  # (B, T, C)
+        return x if self.norm_first else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention over the whole sequence, then the feed-forward network (§3.1)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.dropout, config.bias)
+        self.attn_sub = _Sublayer(config)
+        self.ffn = PositionwiseFeedForward(config.d_model, config.d_ff, config.activation, config.bias)
+        self.ffn_sub = _Sublayer(config)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C), weights (B, H, S, S)."""
+        a, weights = self.self_attn(self.attn_sub.normed_input(x), mask=mask, return_weights=return_weights)
+        x = self.attn_sub.add(x, a)
+        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x)))
+        return x, weights
+
+
+@dataclass
+class LayerCache:
+    """What one decoder layer keeps between decoding steps."""
+
+    self_attn: KVCache = field(default_factory=KVCache)
+    cross_attn: KVCache = field(default_factory=KVCache)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention -> encoder-decoder (cross) attention -> feed-forward (§3.1).
+
+    With ``cross_attention=False`` this is the block of a decoder-only model such as GPT.
+    """
+
+    def __init__(self, config: ModelConfig, cross_attention: bool = True) -> None:
+        super().__init__()
+        d, h = config.d_model, config.n_heads
+        self.self_attn = MultiHeadAttention(d, h, config.dropout, config.bias)
+        self.self_sub = _Sublayer(config)
+        self.cross_attn = MultiHeadAttention(d, h, config.dropout, config.bias, cross=True) if cross_attention else None
+        self.cross_sub = _Sublayer(config) if cross_attention else None
+        self.ffn = PositionwiseFeedForward(d, config.d_ff, config.activation, config.bias)
+        self.ffn_sub = _Sublayer(config)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: LayerCache | None = None,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x (B, T, C), memory (B, S, C) -> (B, T, C), self weights (B, H, T, past+T), cross (B, H, T, S).
+
+        The self-attention is always causal; ``self_mask`` can add key padding on top.
+        """
+        a, w_self = self.self_attn(
+            self.self_sub.normed_input(x),
+            mask=self_mask,
+            is_causal=True,
+            cache=cache.self_attn if cache is not None else None,
+            return_weights=return_weights,
+        )
+        x = self.self_sub.add(x, a)
+        w_cross = None
+        if self.cross_attn is not None:
+            a, w_cross = self.cross_attn(
+                self.cross_sub.normed_input(x),
+                memory,
+                mask=memory_mask,
+                cache=cache.cross_attn if cache is not None else None,
+                return_weights=return_weights,
+            )
+            x = self.cross_sub.add(x, a)
+        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x)))
+        return x, w_self, w_cross

@@ -1,0 +1,264 @@
+"""Typed configurations for the three families, with named presets.
+
+Field names follow the paper: ``d_model``, ``n_heads``, ``n_layers``, ``d_ff``, ``max_len``,
+``dropout``. Configs are pure data: they round-trip through JSON, unknown keys are refused, and
+every validation error names the field at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+C = TypeVar("C", bound="ModelConfig")
+
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
+PosEncoding = Literal["sinusoidal", "learned"]
+SinusoidalLayout = Literal["interleaved", "halves"]
+
+
+@dataclass
+class ModelConfig:
+    """Fields every family shares."""
+
+    vocab_size: int = 256  # number of token ids
+    d_model: int = 512  # width of the residual stream (C)
+    n_heads: int = 8  # attention heads per layer (H); d_head = d_model / n_heads
+    n_layers: int = 6  # layers in each stack
+    d_ff: int = 2048  # inner width of the position-wise feed-forward network
+    max_len: int = 512  # longest sequence the positional encoding covers
+    dropout: float = 0.1  # P_drop on sublayer outputs, embeddings and attention weights
+    activation: Activation = "relu"  # feed-forward non-linearity
+    norm_first: bool = False  # pre-LN (GPT-2) instead of post-LN (the paper)
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    bias: bool = True  # biases in linear layers and LayerNorms
+    pos_encoding: PosEncoding = "learned"  # sinusoidal (§3.5) or learned position vectors
+    sinusoidal_layout: SinusoidalLayout = "interleaved"  # sin/cos column order, when sinusoidal
+    pad_token_id: int | None = None  # id of <pad>, if the vocabulary has one
+    bos_token_id: int | None = None  # id of <bos>
+    eos_token_id: int | None = None  # id of <eos>
+
+    model_type: ClassVar[str] = "base"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head (D)."""
+        return self.d_model // self.n_heads
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_value(f.name, getattr(self, f.name), hints[f.name])
+
+    # ------------------------------------------------------------------------ presets & JSON
+
+    @classmethod
+    def from_name(cls: type[C], name: str, **overrides: Any) -> C:
+        """A named preset, e.g. ``GPTConfig.from_name("gpt2", dropout=0.0)``."""
+        if name not in cls.presets:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose one of {sorted(cls.presets)}")
+        return cls.from_dict({**cls.presets[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        data = dict(data)
+        model_type = data.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config is for model_type {model_type!r}, not {cls.model_type!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json_file(cls: type[C], path: str | os.PathLike) -> C:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a JSON object")
+        return cls.from_dict(data)
+
+
+def _check_value(name: str, value: Any, hint: Any) -> None:
+    """Refuse a value whose type does not match the field's annotation (configs are data)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{name} must be one of {list(args)}, got {value!r}")
+        return
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for arg in args:
+            try:
+                _check_value(name, value, arg)
+                return
+            except (TypeError, ValueError) as e:
+                errors.append(e)
+        raise TypeError(f"{name} has the wrong type: {value!r}")
+    if hint is type(None):
+        if value is not None:
+            raise TypeError(f"{name} must be None")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+        for v in value:
+            _check_value(name, v, args[0])
+        return
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise TypeError(f"{name} must be {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
+
+
+# -------------------------------------------------------------------------------- families
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """Decoder-only, causal, pre-LN, learned positions, LM head tied to the token embedding."""
+
+    activation: Activation = "gelu_tanh"
+    norm_first: bool = True
+    dropout: float = 0.0
+    max_len: int = 1024
+    tie_embeddings: bool = True  # LM head shares the token embedding matrix (GPT-2)
+
+    model_type: ClassVar[str] = "gpt"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "gpt2": dict(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_len=1024,
+                     dropout=0.1, eos_token_id=50256, bos_token_id=50256),
+        "gpt2-medium": dict(vocab_size=50257, d_model=1024, n_heads=16, n_layers=24, d_ff=4096,
+                            max_len=1024, dropout=0.1, eos_token_id=50256, bos_token_id=50256),
+        "gpt-mini": dict(vocab_size=65, d_model=384, n_heads=6, n_layers=6, d_ff=1536, max_len=256),
+        "gpt-small-demo": dict(vocab_size=256, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=256),
+        "gpt-tiny": dict(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=64),
+    }
+
+
+@dataclass
+class BERTConfig(ModelConfig):
+    """Encoder-only, bidirectional, post-LN, learned positions plus token-type embeddings."""
+
+    activation: Activation = "gelu"
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2  # segment (sentence A / B) embeddings
+    pooler: bool = True  # tanh dense layer over [CLS] (next-sentence / classification input)
+    mlm_head: bool = True  # masked-language-model head, tied to the token embedding
+    num_labels: int = 0  # > 0 adds a sequence-classification head on the pooled output
+    label_names: list[str] = field(default_factory=list)  # optional names of the num_labels classes
+    pad_token_id: int | None = 0
+    mask_token_id: int | None = None  # id of [MASK] / <mask>, if known
+
+    model_type: ClassVar[str] = "bert"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "bert-base": dict(vocab_size=30522, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_len=512),
+        "bert-large": dict(vocab_size=30522, d_model=1024, n_heads=16, n_layers=24, d_ff=4096, max_len=512),
+        "minilm-l6": dict(vocab_size=30522, d_model=384, n_heads=12, n_layers=6, d_ff=1536, max_len=512),
+        "bert-tiny": dict(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=64),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.type_vocab_size <= 0:
+            raise ValueError(f"type_vocab_size must be positive, got {self.type_vocab_size}")
+        if self.num_labels < 0:
+            raise ValueError(f"num_labels must be >= 0, got {self.num_labels}")
+        if self.label_names and len(self.label_names) != self.num_labels:
+            raise ValueError(
+                f"label_names has {len(self.label_names)} names but num_labels is {self.num_labels}"
+            )
+        if self.num_labels > 0 and not self.pooler:
+            raise ValueError("num_labels > 0 needs pooler=True: the classifier reads the pooled [CLS]")
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """The paper's encoder-decoder: sinusoidal positions, post-LN, embeddings scaled by √d_model,
+    one vocabulary shared by source and target."""
+
+    pos_encoding: PosEncoding = "sinusoidal"
+    n_decoder_layers: int | None = None  # decoder depth when it differs from n_layers (the encoder's)
+    scale_embeddings: bool = True  # multiply embeddings by √d_model (§3.4)
+    tie_embeddings: bool = True  # source, target embeddings and pre-softmax projection share weights (§3.4)
+    output_bias: bool = False  # a bias on the pre-softmax projection (Marian has one)
+    decoder_start_token_id: int | None = None  # first decoder input; defaults to bos_token_id
+
+    model_type: ClassVar[str] = "transformer"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "transformer-base": dict(vocab_size=37000, d_model=512, n_heads=8, n_layers=6, d_ff=2048,
+                                 max_len=512, dropout=0.1),
+        "transformer-big": dict(vocab_size=37000, d_model=1024, n_heads=16, n_layers=6, d_ff=4096,
+                                max_len=512, dropout=0.3),
+        "transformer-small": dict(vocab_size=128, d_model=128, n_heads=4, n_layers=3, d_ff=512,
+                                  max_len=128, dropout=0.1),
+        "transformer-tiny": dict(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=64),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_decoder_layers is not None and self.n_decoder_layers <= 0:
+            raise ValueError(f"n_decoder_layers must be positive, got {self.n_decoder_layers}")
+        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
+            raise ValueError(f"decoder_start_token_id={self.decoder_start_token_id} is outside the vocabulary")
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
+
+
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    c.model_type: c for c in (GPTConfig, BERTConfig, TransformerConfig)
+}
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """Read a glassformer ``config.json`` of any family."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("model_type") not in CONFIG_CLASSES:
+        found = data.get("model_type") if isinstance(data, dict) else None
+        raise ValueError(
+            f"{path}: model_type {found!r} is not a glassformer family ({', '.join(CONFIG_CLASSES)})"
+        )
+    return CONFIG_CLASSES[data["model_type"]].from_dict(data)

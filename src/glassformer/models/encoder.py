@@ -1,0 +1,34 @@
+"""The encoder stack: N identical EncoderLayers (§3.1, left half of Figure 1)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from glassformer.layers import EncoderLayer
+from glassformer.models.config import ModelConfig
+
+
+class Encoder(nn.Module):
+    """Maps embedded inputs (B, S, C) to contextual representations (B, S, C).
+
+    Embeddings live in the family model (BERT, Transformer); the stack sees vectors only.
+    Pre-LN stacks end with a final LayerNorm, since their last residual sum is un-normalised.
+    """
+
+    def __init__(self, config: ModelConfig, n_layers: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(n_layers or config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias) if config.norm_first else None
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_attentions: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C), [(B, H, S, S)] per layer."""
+        attentions = []
+        for layer in self.layers:
+            x, weights = layer(x, mask, return_weights=return_attentions)
+            if return_attentions:
+                attentions.append(weights)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, attentions

@@ -1,0 +1,116 @@
+"""GPT: a decoder-only Transformer trained to predict the next token (Radford et al., 2018/2019).
+
+The paper's decoder without the cross-attention: token + learned position embeddings, N pre-LN
+blocks of masked self-attention and feed-forward, a final LayerNorm, and an LM head that shares
+its matrix with the token embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from glassformer.attention import padding_mask
+from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
+from glassformer.models.base import (
+    PretrainedModel,
+    check_attention_mask,
+    check_input_ids,
+    check_length,
+    lm_loss,
+)
+from glassformer.models.config import GPTConfig
+from glassformer.models.decoder import Decoder
+from glassformer.models.outputs import AttentionMap, ModelOutput
+
+
+def cache_length(cache: list[LayerCache] | None) -> int:
+    """How many positions a decoder cache already holds."""
+    return 0 if cache is None else len(cache[0].self_attn)
+
+
+class GPT(PretrainedModel):
+    """``GPT(config)(input_ids, attention_mask=None, labels=None, return_attentions=False)``.
+
+    ``labels`` are aligned with ``input_ids`` positions: ``labels[:, t]`` is the token that should
+    follow ``input_ids[:, :t+1]`` (-100 = ignore). With a ``cache`` (see :meth:`new_cache`) only the
+    new tokens are passed; ``attention_mask`` then covers past + new positions.
+    """
+
+    config_class = GPTConfig
+    tied_weights = {"lm_head.weight": "tok_emb.weight"}
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.tok_emb = TokenEmbedding(config.vocab_size, config.d_model)
+        self.pos_emb = positional_encoding(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = Decoder(config, cross_attention=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self._init_normal(0.02)
+        # scaled residual init: projections into the residual stream get std 0.02/√(2N) (GPT-2 §2.3)
+        for name, p in self.named_parameters():
+            if name.endswith("w_o.weight") or name.endswith("ffn.w_2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def new_cache(self) -> list[LayerCache]:
+        """An empty KV cache for incremental decoding."""
+        return self.decoder.new_cache()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        return_attentions: bool = False,
+        *,
+        position_ids: Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> ModelOutput:
+        check_input_ids(input_ids, self.config.vocab_size)
+        b, t = input_ids.shape
+        past = cache_length(cache)
+        check_length(past + t, self.config.max_len)
+        check_attention_mask(attention_mask, b, past + t)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)  # (1, T)
+        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))  # (B, T, C)
+        self_mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, past+T)
+        h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions)
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)}")
+            loss = lm_loss(logits, labels)
+        attentions = [AttentionMap("decoder-self", i, w) for i, w in enumerate(self_ws)] if return_attentions else None
+        return ModelOutput(logits=logits, loss=loss, attentions=attentions, last_hidden_state=h)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        eos_token_id: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        **kwargs,
+    ) -> Tensor:
+        """Continue each prompt; returns token ids (see :func:`glassformer.generation.generate`)."""
+        from glassformer.generation import generate
+
+        return generate(
+            self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id, stop=stop, seed=seed, use_cache=use_cache, **kwargs,
+        )
