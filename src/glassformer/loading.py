@@ -1,0 +1,64 @@
+"""Open any model directory: a glassformer save/run directory or a Hugging Face checkpoint.
+
+This is the one entry point the CLI commands use, so ``generate``, ``explain`` and friends
+work on a model trained here and on a converted or raw Hugging Face directory alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from glassformer.errors import CheckpointError
+from glassformer.models import MODEL_CLASSES
+from glassformer.models.base import PretrainedModel
+
+
+def read_config_dict(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / "config.json"
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: no such model directory")
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json; not a model directory")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a config must be a JSON object")
+    return data
+
+
+def is_glassformer_dir(directory: str | os.PathLike) -> bool:
+    return read_config_dict(directory).get("model_type") in MODEL_CLASSES
+
+
+def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> PretrainedModel:
+    """A glassformer model from ``directory``, converting a Hugging Face checkpoint on the fly."""
+    config = read_config_dict(directory)
+    if config.get("model_type") in MODEL_CLASSES:
+        return MODEL_CLASSES[config["model_type"]].from_pretrained(directory, map_location=map_location)
+    from glassformer.interop import load_hf
+
+    return load_hf(directory).to(map_location)
+
+
+def load_model_and_tokenizer(directory: str | os.PathLike, map_location: str = "cpu", require_tokenizer: bool = True):
+    """``(model, tokenizer)``; the tokenizer is None only when absent and not required."""
+    model = load_model(directory, map_location)
+    tokenizer = None
+    if is_glassformer_dir(directory):
+        if (Path(directory) / "tokenizer.json").is_file():
+            from glassformer.tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(directory)
+    else:
+        from glassformer.interop import load_hf_tokenizer
+
+        tokenizer = load_hf_tokenizer(directory)
+    if tokenizer is None and require_tokenizer:
+        raise CheckpointError(f"{directory}: no tokenizer (tokenizer.json) in the model directory")
+    model.eval()
+    return model, tokenizer
