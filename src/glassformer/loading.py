@@ -31,14 +31,19 @@ def read_config_dict(directory: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def is_glassformer_config(config: dict[str, Any]) -> bool:
+    """True for our config.json; "bert" is also Hugging Face's model_type, but theirs says hidden_size."""
+    return config.get("model_type") in MODEL_CLASSES and ("d_model" in config or "hidden_size" not in config)
+
+
 def is_glassformer_dir(directory: str | os.PathLike) -> bool:
-    return read_config_dict(directory).get("model_type") in MODEL_CLASSES
+    return is_glassformer_config(read_config_dict(directory))
 
 
 def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> PretrainedModel:
     """A glassformer model from ``directory``, converting a Hugging Face checkpoint on the fly."""
     config = read_config_dict(directory)
-    if config.get("model_type") in MODEL_CLASSES:
+    if is_glassformer_config(config):
         return MODEL_CLASSES[config["model_type"]].from_pretrained(directory, map_location=map_location)
     from glassformer.interop import load_hf
 
@@ -54,6 +59,10 @@ def load_model_and_tokenizer(directory: str | os.PathLike, map_location: str = "
             from glassformer.tokenizers import load_tokenizer
 
             tokenizer = load_tokenizer(directory)
+        elif (Path(directory) / "source.spm").is_file():  # a converted Marian model keeps its SentencePiece files
+            from glassformer.interop import load_hf_tokenizer
+
+            tokenizer = load_hf_tokenizer(directory)
     else:
         from glassformer.interop import load_hf_tokenizer
 

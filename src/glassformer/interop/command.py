@@ -1,0 +1,167 @@
+"""``glassformer convert SRC DST [--to hf]``: Hugging Face directory <-> glassformer directory.
+
+Without ``--to``, SRC is a Hugging Face checkpoint (GPT-2, BERT or Marian) and DST becomes a
+glassformer model directory (config.json + model.safetensors + the tokenizer files). With
+``--to hf``, SRC is a glassformer model and DST a directory ``transformers`` can load.
+
+Everything is read and checked before anything is written; the output is assembled in a
+temporary directory next to DST and renamed into place at the end, so a failed conversion
+leaves no DST behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from glassformer.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# tokenizer files carried over verbatim, whichever the direction
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+MARIAN_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a Hugging Face checkpoint to a glassformer model directory, or back",
+        description="Convert a Hugging Face directory (GPT-2, BERT, Marian) into a glassformer model "
+        "directory, or with --to hf a glassformer model into a directory transformers loads.",
+    )
+    p.add_argument("src", metavar="SRC", help="the directory to read")
+    p.add_argument("dst", metavar="DST", help="the directory to write (must not exist, unless --overwrite)")
+    p.add_argument("--to", choices=("glassformer", "hf"), default="glassformer",
+                   help="output format (default: glassformer)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it already exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, dst = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
+    print(f"wrote {dst} ({type(model).__name__}, {model.num_parameters():,} parameters, format: {args.to})")
+    return 0
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassformer", overwrite: bool = False):
+    """Convert ``src`` into ``dst``; returns ``(model, dst)``. Nothing is written on error."""
+    from glassformer.loading import is_glassformer_dir
+
+    src, dst = Path(src), Path(dst)
+    if to not in ("glassformer", "hf"):
+        raise ValueError(f"unknown format {to!r}; choose 'glassformer' or 'hf'")
+    if dst.exists() and not overwrite and not (dst.is_dir() and not any(dst.iterdir())):
+        raise FileExistsError(f"{dst}: already exists; choose a new directory or pass --overwrite")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: the destination is the source directory")
+    ours = is_glassformer_dir(src)  # also refuses a missing directory or config.json
+    if to == "glassformer":
+        if ours:
+            raise CheckpointError(f"{src}: already a glassformer model; use --to hf to write a Hugging Face directory")
+        model, tokenizer, write = _from_hf(src)
+    else:
+        if not ours:
+            raise CheckpointError(f"{src}: not a glassformer model directory (is it already in the Hugging Face layout?)")
+        model, tokenizer, write = _to_hf(src)
+    _write_atomically(dst, write, overwrite)
+    return model, dst
+
+
+def _from_hf(src: Path):
+    from glassformer.interop import load_hf, load_hf_tokenizer
+    from glassformer.interop.marian_tokenizer import MarianTokenizer
+
+    model = load_hf(src)
+    tokenizer = load_hf_tokenizer(src)  # loading it checks the files before we copy them
+    if tokenizer is None:
+        log.warning("%s: no tokenizer found; the converted model will need one for text input", src)
+    names = MARIAN_FILES if isinstance(tokenizer, MarianTokenizer) else TOKENIZER_FILES if tokenizer else ()
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        _copy(src, tmp, names)
+
+    return model, tokenizer, write
+
+
+def _to_hf(src: Path):
+    from glassformer.interop import export_hf, load_hf_tokenizer, write_hf
+    from glassformer.interop.marian_tokenizer import MarianTokenizer
+    from glassformer.loading import load_model
+    from glassformer.tokenizers import HFTokenizer
+
+    model = load_model(src)
+    tokenizer = load_hf_tokenizer(src)
+    exported = export_hf(model)  # refuses a model with no Hugging Face counterpart before anything is written
+    extra: dict[str, str] = {}
+    if isinstance(tokenizer, MarianTokenizer):
+        names = MARIAN_FILES
+    elif isinstance(tokenizer, HFTokenizer):
+        names = TOKENIZER_FILES
+        extra = _hf_tokenizer_config(src, tokenizer)
+    else:
+        names = ()
+        if tokenizer is not None:
+            log.warning("%s: the %s tokenizer has no transformers equivalent; DST gets the model only", src, tokenizer.kind)
+
+    def write(tmp: Path) -> None:
+        write_hf(tmp, *exported)
+        _copy(src, tmp, names)
+        for name, text in extra.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return model, tokenizer, write
+
+
+def _hf_tokenizer_config(src: Path, tokenizer) -> dict[str, str]:
+    """A tokenizer_config.json that makes transformers use tokenizer.json exactly as written.
+
+    A config that already names its class (one that came from transformers) is kept as it is.
+    Otherwise transformers would pick the class from config.json's model_type and rebuild the
+    pipeline from that class's defaults (e.g. lower-casing for BERT), changing the ids.
+    """
+    path = src / "tokenizer_config.json"
+    config = {}
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(config, dict) and "tokenizer_class" in config:
+        return {}
+    config = dict(config) if isinstance(config, dict) else {}
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for role, token in tokenizer.special_tokens.items():
+        config.setdefault(f"{role}_token", token)
+    return {"tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+
+
+def _copy(src: Path, dst: Path, names) -> None:
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def _write_atomically(dst: Path, write, overwrite: bool) -> None:
+    """Run ``write(tmp)`` in a fresh directory beside ``dst``, then rename it to ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        write(tmp)
+        if dst.exists() and (overwrite or not any(dst.iterdir())):
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

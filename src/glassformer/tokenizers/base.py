@@ -1,0 +1,169 @@
+"""What every tokenizer offers: text <-> ids, special tokens by role, save to ``tokenizer.json``.
+
+A tokenizer knows five special *roles*: ``pad`` (filler after the end of a short sequence),
+``bos`` (start of a sequence; BERT's ``[CLS]``), ``eos`` (end; BERT's ``[SEP]``), ``unk`` (a
+character or piece the vocabulary lacks) and ``mask`` (the token a masked language model must
+recover). Each role maps to a token string, and through the vocabulary to an id, or to None when
+the vocabulary has no such token.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from glassformer.errors import DataError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+ROLES = ("pad", "bos", "eos", "unk", "mask")
+DEFAULT_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
+
+# Names that mean a role in the vocabularies people meet: ours, BERT's, RoBERTa/T5/Marian's, GPT-2's.
+# Earlier names win, so a vocabulary holding both <bos> and <|endoftext|> uses <bos>.
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "pad": ("<pad>", "[PAD]", "<|pad|>"),
+    "bos": ("<bos>", "[CLS]", "<s>", "<|endoftext|>"),
+    "eos": ("<eos>", "[SEP]", "</s>", "<|endoftext|>"),
+    "unk": ("<unk>", "[UNK]", "<|unk|>"),
+    "mask": ("<mask>", "[MASK]"),
+}
+
+
+def discover_specials(token_to_id, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """role -> token string, for the roles whose token is in the vocabulary.
+
+    ``token_to_id`` looks a token up (None when absent); ``overrides`` (role -> token) come first,
+    e.g. from a Hugging Face ``tokenizer_config.json``.
+    """
+    found: dict[str, str] = {}
+    for role in ROLES:
+        candidates = ((overrides or {}).get(role),) + ROLE_NAMES[role]
+        for name in candidates:
+            if name is not None and token_to_id(name) is not None:
+                found[role] = name
+                break
+    return found
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Tokenizer(ABC):
+    """Base class: ``encode``/``decode``, the vocabulary, special ids by role, ``save``.
+
+    Subclasses set ``kind`` ("char", "bpe", "wordpiece", ...) and ``special_tokens``
+    (role -> token string).
+    """
+
+    kind: str = "base"
+    special_tokens: dict[str, str]
+
+    # ------------------------------------------------------------------ text <-> ids
+
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``. ``add_special_tokens`` applies the tokenizer's own template
+        (e.g. BERT's ``[CLS] ... [SEP]``); tokenizers without one ignore it."""
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """``encode`` for many texts (subclasses may run them in parallel)."""
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``; special tokens are written out unless skipped."""
+
+    # ------------------------------------------------------------------ vocabulary
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids; every id is in ``[0, vocab_size)``."""
+
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one vocabulary entry, or None when it is not in the vocabulary."""
+
+    @abstractmethod
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary entry of id ``i``; a ValueError when ``i`` is outside the vocabulary."""
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def check_ids(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` as a list, refusing any outside ``[0, vocab_size)`` by position."""
+        ids = [int(i) for i in ids]
+        n = self.vocab_size
+        for pos, i in enumerate(ids):
+            if not 0 <= i < n:
+                raise DataError(f"token id {i} at position {pos} is outside the vocabulary [0, {n})")
+        return ids
+
+    # ------------------------------------------------------------------ special tokens
+
+    def _role_id(self, role: str) -> int | None:
+        token = self.special_tokens.get(role)
+        return None if token is None else self.token_to_id(token)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._role_id("pad")
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._role_id("bos")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._role_id("eos")
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._role_id("unk")
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._role_id("mask")
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Every id that stands for a special token (never masked, never sampled as noise)."""
+        return frozenset(i for i in (self._role_id(r) for r in ROLES) if i is not None)
+
+    def require(self, *roles: str, purpose: str) -> None:
+        """Raise a DataError naming the missing special tokens that ``purpose`` needs."""
+        missing = [r for r in roles if self._role_id(r) is None]
+        if missing:
+            wanted = ", ".join(f"{r} ({' / '.join(ROLE_NAMES[r][:2])})" for r in missing)
+            raise DataError(f"{purpose} needs special tokens this {self.kind} tokenizer lacks: {wanted}")
+
+    # ------------------------------------------------------------------ saving
+
+    @abstractmethod
+    def to_json(self) -> str:
+        """The full ``tokenizer.json`` text."""
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/tokenizer.json`` (atomically); returns its path."""
+        path = Path(directory) / TOKENIZER_FILE
+        atomic_write_text(path, self.to_json())
+        return path
+
+    def __repr__(self) -> str:
+        specials = ", ".join(f"{r}={self._role_id(r)}" for r in ROLES if r in self.special_tokens)
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size}, {specials})"
