@@ -1,0 +1,287 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Attention, seen through glass
+#
+# A literate tour of the Transformer, run on real (tiny) models with the `glassformer` library.
+# Every number printed here comes out of a model's own forward pass, and every walk-through
+# checks itself against the model. Nothing is re-implemented in this file: it imports the
+# library and looks inside.
+#
+# The story follows "Attention Is All You Need":
+#
+# 1. queries, keys and values — what a token asks for, what it offers, what it passes on;
+# 2. the four steps of attention — QKᵀ, ÷√d_k, softmax, ·V — with real numbers;
+# 3. many heads, each looking for something different;
+# 4. the encoder, which looks both ways, and the decoder, which may not look ahead;
+# 5. encoder-decoder (cross) attention, where the output looks back at the input;
+# 6. BERT and GPT: the two halves of the Transformer, grown into families of their own;
+# 7. the interactive viewer and the generation inspector.
+#
+# Run it as a script (`python docs/walkthrough.py`) or open it as a notebook with jupytext.
+# It takes well under a minute on a laptop CPU. Pictures and pages go to a temporary folder
+# (or to `$GLASSFORMER_WALKTHROUGH_OUT`).
+
+# %%
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+from glassformer import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
+from glassformer.explain.capture import attention_module, attention_set, capture_calls
+from glassformer.explain.command import alignment
+from glassformer.explain.heatmaps import image_stats, save_cross_alignment, save_layer_heatmaps
+from glassformer.explain.masks import build_mask_demo, format_masks
+from glassformer.explain.snapshot import head_entropy, load_snapshots, save_attention_snapshot
+from glassformer.explain.steps import format_four_steps, four_steps
+from glassformer.explain.viewer import save_attention_html
+from glassformer.tokenizers import CharTokenizer
+
+OUT = Path(os.environ.get("GLASSFORMER_WALKTHROUGH_OUT") or tempfile.mkdtemp(prefix="glassformer-walkthrough-"))
+OUT.mkdir(parents=True, exist_ok=True)
+torch.manual_seed(0)
+random.seed(0)
+print("pictures and pages go to", OUT)
+
+# %% [markdown]
+# ## 0. A small model that has learned something
+#
+# Attention in a freshly initialised model is close to uniform: every token looks a little at
+# everything. To see structure we need a model that has learned. Two hundred steps of a tiny
+# GPT (2 layers, 4 heads, d_model 32) on a repetitive text are enough, and along the way we save
+# the attention on a probe sentence every 50 steps, exactly as `glassformer train
+# --snapshot-attention "probe"` does at each evaluation.
+
+# %%
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 20
+PROBE = "the dog sat on the mat."
+tokenizer = CharTokenizer.train(TEXT)
+ids = torch.tensor([tokenizer.encode(TEXT)])  # (1, N)
+
+gpt = GPT(GPTConfig.from_name("gpt-tiny", vocab_size=tokenizer.vocab_size, dropout=0.0))
+optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
+context = 48
+for step in range(201):
+    if step % 50 == 0:
+        save_attention_snapshot(gpt, tokenizer, PROBE, step, OUT / "gpt-run")
+    starts = torch.randint(0, ids.shape[1] - context - 1, (12,))
+    batch = torch.stack([ids[0, s : s + context + 1] for s in starts.tolist()])  # (12, context + 1)
+    loss = gpt(batch[:, :-1], labels=batch[:, 1:]).loss  # next-token prediction
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+gpt.eval()
+print(f"final training loss {loss.item():.3f} nats/char (a uniform guess would be {torch.log(torch.tensor(tokenizer.vocab_size)).item():.2f})")
+
+# %% [markdown]
+# ## 1. Queries, keys and values
+#
+# Inside each attention layer every token's vector x is projected three ways:
+#
+# * its **query** q = x W^Q — what this token is looking for;
+# * its **key** k = x W^K — what it offers to tokens looking for something;
+# * its **value** v = x W^V — what it hands over to whoever attends to it.
+#
+# Below, we catch the real input of the first layer's attention during a forward pass (a
+# temporary hook, removed straight after) and project it with the layer's own
+# `MultiHeadAttention.project`. Shapes follow the library's legend: B batch, H heads,
+# T positions, D = d_model / H per head.
+
+# %%
+probe_ids = torch.tensor([tokenizer.encode(PROBE)])  # (1, T)
+mha = attention_module(gpt, "decoder-self", 0)
+with torch.no_grad(), capture_calls(mha) as calls:
+    gpt(probe_ids)
+q, k, v = mha.project(calls[0].x)
+print("x", tuple(calls[0].x.shape), "-> q", tuple(q.shape), "k", tuple(k.shape), "v", tuple(v.shape))
+print(f"{mha.n_heads} heads of width D = {mha.d_head}: each head has its own slice of W^Q, W^K, W^V")
+
+# %% [markdown]
+# ## 2. The four steps, with real numbers
+#
+# For one query token and one head:
+#
+# 1. **QKᵀ** — the dot product of the query with every key: how well each token matches;
+# 2. **÷ √d_k** — scaled, so the scores do not grow with the head width and push the softmax
+#    into saturation;
+# 3. **softmax** — the scores become weights that are positive and sum to 1; positions the
+#    mask hides get exactly 0;
+# 4. **· V** — the output z is the weighted sum of the values.
+#
+# `four_steps` runs these on the trained model and then compares z with the head's output
+# inside the model's own forward pass. The last line of the table is that check. We follow the
+# head of layer 1 whose attention is the most focused (lowest entropy, see section 3) as the
+# last token of the probe, ".", decides what comes next.
+
+# %%
+tokens = list(PROBE)
+probe_set = attention_set(gpt, probe_ids, {"tokens": tokens})
+weights = probe_set.get("decoder-self")  # (L, H, T, T) every layer and head
+head = int(head_entropy(weights)[1].argmin())
+steps = four_steps(gpt, probe_ids, layer=1, head=head, token=len(tokens) - 1)
+print(format_four_steps(steps, tokens))
+assert steps.max_diff <= 1e-5 and steps.weights_max_diff <= 1e-5
+
+# %% [markdown]
+# Step 3 really is a softmax of step 2 (with the hidden positions removed), and the weights
+# really sum to one:
+
+# %%
+visible = steps.scaled_scores.masked_fill(~steps.mask, float("-inf"))
+assert torch.allclose(torch.softmax(visible, dim=-1), steps.weights)
+print("sum of weights:", float(steps.weights.sum()))
+
+# %% [markdown]
+# ## 3. Many heads
+#
+# One head can only compute one weighted average per token. Multi-head attention runs H of
+# them side by side on narrower slices and concatenates the results before W^O, so one layer
+# can follow several relations at once. The heatmaps show every head of the last layer on the
+# probe: rows are the tokens asking, columns the tokens looked at. The entropy of a head's
+# rows (in nats) says how spread out its attention is — uniform over n tokens would be ln n.
+
+# %%
+png = save_layer_heatmaps(weights[1], tokens, tokens, OUT / "gpt-heads.png", "GPT layer 1, every head")
+shape, variance = image_stats(png)
+assert variance > 1e-3
+print("heads of layer 1 ->", png, shape)
+for layer, row in enumerate(head_entropy(weights)):
+    print(f"layer {layer} head entropies:", " ".join(f"{e:.2f}" for e in row))
+
+# %% [markdown]
+# ### Watching heads form
+#
+# The snapshots saved during training show the heads sharpening. Their gallery page,
+# `gpt-run/attention/index.html`, has a slider over the steps; here are the numbers behind it.
+
+# %%
+for snap in load_snapshots(OUT / "gpt-run"):
+    entropy = torch.tensor(snap["maps"]["decoder-self"]["entropy"]).mean().item()
+    print(f"step {snap['step']:>4}: mean head entropy {entropy:.3f}")
+print("gallery ->", OUT / "gpt-run" / "attention" / "index.html")
+
+# %% [markdown]
+# ## 4. Encoder and decoder: who may look where
+#
+# The **encoder** reads the whole input at once, so each token may attend to every other one —
+# before and after it. The only thing hidden is padding, the filler that makes sequences of a
+# batch the same length.
+#
+# The **decoder** produces its output one token at a time, so in training it must not peek at
+# the tokens it is about to predict: the **causal mask** hides every later position. With
+# padding too, the two masks are combined with AND. Below, the masks of a small padded batch
+# are drawn from the library's own mask functions and then checked against the weights the
+# model actually produced. With left padding, a padding query at the start sees nothing at all:
+# its weights are zeros, never NaN.
+
+# %%
+print(format_masks(build_mask_demo(["the cat sat", "a dog"], tokenizer, gpt, padding_side="left")))
+
+# %%
+bert = BERT(BERTConfig.from_name("bert-tiny", vocab_size=tokenizer.vocab_size))
+print(format_masks(build_mask_demo(["the cat sat", "a dog"], tokenizer, bert)))
+bert_steps = four_steps(bert, torch.tensor([tokenizer.encode("the cat sat")]), layer=0, head=0, token=0)
+print("BERT's first token attends to", int(bert_steps.mask.sum()), "of", bert_steps.mask.numel(), "positions,",
+      f"max |z - model z| = {bert_steps.max_diff:.1e}")
+
+# %% [markdown]
+# ## 5. Encoder-decoder attention
+#
+# In the full Transformer the decoder has a third sublayer: **cross-attention**, whose queries
+# come from the decoder and whose keys and values come from the encoder's output. It is how
+# each output token finds the input it depends on. A tiny encoder-decoder learns to reverse
+# six letters in a couple of hundred steps; its cross-attention then shows the reversal as an
+# anti-diagonal: the first output letter looks at the last input letter, and so on.
+
+# %%
+letters = "abcdefghij"
+rev_tok = CharTokenizer.train(letters)
+s2s = Transformer(TransformerConfig.from_name(
+    "transformer-tiny", vocab_size=rev_tok.vocab_size, d_model=64, d_ff=128, dropout=0.0,
+    bos_token_id=rev_tok.bos_id, eos_token_id=rev_tok.eos_id, pad_token_id=rev_tok.pad_id))
+optimizer = torch.optim.AdamW(s2s.parameters(), lr=2e-3)
+for _ in range(250):
+    words = ["".join(random.choice(letters) for _ in range(6)) for _ in range(32)]
+    src = torch.tensor([rev_tok.encode(w) for w in words])  # (32, 6)
+    rev = torch.tensor([rev_tok.encode(w[::-1]) for w in words])  # (32, 6)
+    tgt = torch.cat([torch.full((32, 1), rev_tok.bos_id), rev], dim=1)  # decoder input: bos + target
+    labels = torch.cat([rev, torch.full((32, 1), rev_tok.eos_id)], dim=1)  # what it must emit: target + eos
+    loss = s2s(src, tgt, labels=labels).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+s2s.eval()
+print(f"reversal loss {loss.item():.4f}")
+
+cross, src_tokens, out_tokens = alignment(s2s, rev_tok, "abcdef")
+print("input", "".join(src_tokens), "-> output", out_tokens)
+png = save_cross_alignment(cross, src_tokens, out_tokens, OUT / "reverse-alignment.png")
+print("alignment ->", png)
+mean = cross.mean(axis=(0, 1))  # (T, S): every layer and head
+print("the input letter each output letter looks at most:",
+      [src_tokens[j] for j in mean.argmax(axis=1)[: len(src_tokens)]])
+
+# %% [markdown]
+# The same four steps hold for cross-attention; only the keys and values come from the other
+# side. Below, the decoder position that has just read "f" (and must now write "e") asks the
+# source: its weight lands mostly on the source's "e".
+
+# %%
+src_ids = rev_tok.encode("abcdef")
+tgt_ids = [rev_tok.bos_id] + rev_tok.encode("fedcba")
+cross_steps = four_steps(s2s, src_ids, layer=1, head=0, token=1, kind="cross", tgt_ids=tgt_ids)
+print(format_four_steps(cross_steps, list("abcdef"), q_token="f"))
+
+# %% [markdown]
+# ## 6. BERT and GPT
+#
+# BERT keeps the encoder: bidirectional attention, trained by hiding some input tokens behind
+# `[MASK]` and asking the model to recover them — good for understanding a text (fill-mask,
+# classification, sentence embeddings). GPT keeps the decoder without cross-attention: causal
+# attention, trained to predict the next token — good for generating text. The masks above are
+# the whole difference in where attention may look; the rest of each block is the same
+# attention + feed-forward with residual connections and layer norm.
+
+# %%
+for name, model in (("BERT", bert), ("GPT", gpt)):
+    demo = build_mask_demo(["the cat sat"], tokenizer, model)
+    seen = demo.combined[0].sum(dim=1).tolist()  # how many positions each query may see
+    print(f"{name}: positions visible to each query of 'the cat sat' -> {seen}")
+
+# %% [markdown]
+# ## 7. The viewer and the generation inspector
+#
+# `save_attention_html` (or `glassformer attention MODEL "text" --out page.html`) writes one
+# self-contained page — no network — with the head view (hover a token to see what it attends
+# to), the attention matrix, and for GPT and encoder-decoders a generation inspector: for every
+# generated token, the attention it paid and its top candidates with probabilities before and
+# after temperature, top-k and top-p.
+
+# %%
+page = save_attention_html(gpt, tokenizer, "the dog sat", OUT / "gpt-viewer.html",
+                           max_new_tokens=12, temperature=0.8, top_k=5, seed=0)
+page2 = save_attention_html(s2s, rev_tok, "abcdef", OUT / "reverse-viewer.html")
+print("viewer pages ->", page, page2)
+
+# %% [markdown]
+# ## Where next
+#
+# The same tools from the command line, on a model you trained or a Hugging Face checkpoint:
+#
+# ```
+# glassformer explain MODEL "some text" --layer 1 --head 0 --token 5
+# glassformer explain MODEL "some text" --masks
+# glassformer attention MODEL "some text" --out heads.png --layer 1
+# glassformer attention MODEL "some text" --out viewer.html
+# glassformer train gpt --data notes.txt --snapshot-attention "a probe sentence"
+# ```

@@ -1,0 +1,230 @@
+"""Attention capture: find an attention module, run the model once, and read what it saw.
+
+Everything here is temporary: forward hooks live only inside a ``with`` block and are removed
+even when the forward raises, and weights come from ``return_attentions=True``. Nothing is
+ever stored on a module (DESIGN.md: "attention weights are returned when asked for").
+
+The three families read their inputs differently; this module hides that behind
+``run_model(model, input_ids, tgt_ids)`` so the walk-through, the heatmaps and the viewer
+work on GPT, BERT and the encoder-decoder alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glassformer.attention import MultiHeadAttention
+from glassformer.models.outputs import AttentionKind, ModelOutput
+
+KINDS: tuple[AttentionKind, ...] = ("encoder-self", "decoder-self", "cross")
+
+
+# ------------------------------------------------------------------------ model anatomy
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under a DDP/FSDP wrapper (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    seen = 0
+    while seen < 8:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model, seen = inner, seen + 1
+    return model
+
+
+def family(model: nn.Module) -> str:
+    """``"gpt"``, ``"bert"`` or ``"transformer"`` (the config's ``model_type``)."""
+    config = getattr(unwrap(model), "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in ("gpt", "bert", "transformer"):
+        raise TypeError(f"not a glassformer model (model_type {kind!r}); load it with glassformer.loading")
+    return kind
+
+
+def attention_kinds(model: nn.Module) -> list[AttentionKind]:
+    """The attentions a family has, in the order the model runs them."""
+    return {"gpt": ["decoder-self"], "bert": ["encoder-self"], "transformer": list(KINDS)}[family(model)]
+
+
+def default_kind(model: nn.Module) -> AttentionKind:
+    """GPT: masked self; BERT: encoder self; encoder-decoder: cross (the alignment people look for)."""
+    return {"gpt": "decoder-self", "bert": "encoder-self", "transformer": "cross"}[family(model)]
+
+
+def _stack(model: nn.Module, kind: AttentionKind) -> nn.ModuleList:
+    m = unwrap(model)
+    if kind not in attention_kinds(m):
+        raise ValueError(f"a {family(m)} model has no {kind} attention; it has {', '.join(attention_kinds(m))}")
+    return (m.encoder if kind == "encoder-self" else m.decoder).layers
+
+
+def n_layers(model: nn.Module, kind: AttentionKind) -> int:
+    """How many layers hold an attention of this kind."""
+    return len(_stack(model, kind))
+
+
+def attention_module(model: nn.Module, kind: AttentionKind, layer: int) -> MultiHeadAttention:
+    """The :class:`MultiHeadAttention` that computes ``kind`` attention in ``layer``."""
+    layers = _stack(model, kind)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"layer {layer} is out of range: the {kind} stack has layers 0..{len(layers) - 1}")
+    return layers[layer].cross_attn if kind == "cross" else layers[layer].self_attn
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def as_batch(ids: Tensor | list[int], name: str = "input_ids") -> Tensor:
+    """A (T,) list/tensor or a (B, T) tensor -> a (B, T) long tensor."""
+    t = ids if isinstance(ids, Tensor) else torch.tensor(list(ids), dtype=torch.long)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)  # (1, T)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must have shape (T,) or (B, T), got {tuple(t.shape)}")
+    return t
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout: the numbers must be reproducible) and no_grad; restores the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def run_model(
+    model: nn.Module, input_ids: Tensor, tgt_ids: Tensor | None = None, return_attentions: bool = True, **model_kwargs: Any
+) -> ModelOutput:
+    """One forward pass with each family's calling convention (call inside :func:`evaluating`).
+
+    For the encoder-decoder, ``input_ids`` is the source and ``tgt_ids`` the decoder input.
+    """
+    device = next(unwrap(model).parameters()).device
+    input_ids = as_batch(input_ids).to(device)
+    if family(model) == "transformer":
+        if tgt_ids is None:
+            raise ValueError("the encoder-decoder needs tgt_ids (the decoder input, starting with the start token)")
+        tgt_ids = as_batch(tgt_ids, "tgt_ids").to(device)
+        return model(input_ids, tgt_ids, return_attentions=return_attentions, **model_kwargs)
+    if tgt_ids is not None:
+        raise ValueError(f"tgt_ids is only for the encoder-decoder, not a {family(model)} model")
+    return model(input_ids, return_attentions=return_attentions, **model_kwargs)
+
+
+@dataclass
+class CapturedCall:
+    """What one call of a MultiHeadAttention received, and what it fed W^O."""
+
+    x: Tensor  # (B, T, C) the query-side input, after any pre-LN
+    memory: Tensor | None  # (B, S, C) the encoder output, for cross-attention
+    mask: Tensor | None  # bool, broadcastable to (B, H, T, S); True = may attend
+    is_causal: bool  # whether the module added the causal mask itself
+    concat_heads: Tensor | None = None  # (B, T, C) = Concat(head_1..head_H), the input of W^O
+
+
+@dataclass
+class _Recorder:
+    calls: list[CapturedCall] = field(default_factory=list)
+
+
+@contextmanager
+def capture_calls(module: MultiHeadAttention) -> Iterator[list[CapturedCall]]:
+    """Record each call of ``module`` (its inputs and its per-head output) while inside the block.
+
+    Two temporary hooks: one on the module (its arguments), one on ``w_o`` (its input is the
+    concatenation of every head's z, so head h is columns h·D .. (h+1)·D). Both are removed on exit.
+    """
+    rec = _Recorder()
+    signature = inspect.signature(module.forward)
+
+    def on_call(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        rec.calls.append(CapturedCall(a["x"].detach(), _detach(a.get("memory")), _detach(a.get("mask")), bool(a.get("is_causal"))))
+
+    def on_w_o(_mod: nn.Module, args: tuple) -> None:
+        if rec.calls and rec.calls[-1].concat_heads is None:
+            rec.calls[-1].concat_heads = args[0].detach()  # (B, T, C)
+
+    handles = [
+        module.register_forward_pre_hook(on_call, with_kwargs=True),
+        module.w_o.register_forward_pre_hook(on_w_o),
+    ]
+    try:
+        yield rec.calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return t.detach() if isinstance(t, Tensor) else None
+
+
+# ------------------------------------------------------------------------ attention sets
+
+
+@dataclass
+class AttentionSet:
+    """Every attention weight of one forward pass, for batch row 0, as float32 numpy.
+
+    ``maps[kind]`` is (L, H, Tq, Tk). ``tokens`` holds the token strings of each stream:
+    ``"tokens"`` for GPT/BERT, ``"source"`` and ``"target"`` for the encoder-decoder.
+    """
+
+    family: str
+    maps: dict[str, np.ndarray]
+    tokens: dict[str, list[str]]
+
+    def q_tokens(self, kind: str) -> list[str]:
+        """Token strings of the positions that ask (rows)."""
+        if self.family != "transformer":
+            return self.tokens["tokens"]
+        return self.tokens["source"] if kind == "encoder-self" else self.tokens["target"]
+
+    def k_tokens(self, kind: str) -> list[str]:
+        """Token strings of the positions looked at (columns)."""
+        if self.family != "transformer":
+            return self.tokens["tokens"]
+        return self.tokens["target"] if kind == "decoder-self" else self.tokens["source"]
+
+    def get(self, kind: str) -> np.ndarray:
+        if kind not in self.maps:
+            raise ValueError(f"no {kind} attention here; have {', '.join(self.maps)}")
+        return self.maps[kind]
+
+
+def collect_attentions(out: ModelOutput, row: int = 0) -> dict[str, np.ndarray]:
+    """ModelOutput.attentions -> {kind: (L, H, Tq, Tk) float32 array} for one batch row."""
+    if out.attentions is None:
+        raise ValueError("the model returned no attentions")
+    per_kind: dict[str, list[tuple[int, Tensor]]] = {}
+    for a in out.attentions:
+        per_kind.setdefault(a.kind, []).append((a.layer, a.weights[row]))
+    return {
+        kind: np.stack([w.float().cpu().numpy() for _, w in sorted(items, key=lambda p: p[0])])  # (L, H, Tq, Tk)
+        for kind, items in per_kind.items()
+    }
+
+
+def attention_set(
+    model: nn.Module, input_ids: Tensor | list[int], tokens: dict[str, list[str]], tgt_ids: Tensor | list[int] | None = None
+) -> AttentionSet:
+    """Run the model once (eval, no grad) and keep every attention map of batch row 0."""
+    with evaluating(model):
+        out = run_model(model, as_batch(input_ids), None if tgt_ids is None else as_batch(tgt_ids, "tgt_ids"))
+    return AttentionSet(family(model), collect_attentions(out), tokens)
