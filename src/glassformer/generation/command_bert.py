@@ -1,0 +1,190 @@
+"""``glassformer fill-mask | classify | embed MODEL_DIR ...``: the BERT helpers with tokenizers.
+
+Texts are wrapped the way the model was trained: ``bos ... eos`` (``[CLS] ... [SEP]``) for our
+tokenizers that have both, the tokenizer's own template for Hugging Face checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from glassformer.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction, common) -> None:
+    p = subparsers.add_parser("fill-mask", help="predict the masked tokens with a BERT", description=cmd_fill_mask.__doc__)
+    common(p)
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = subparsers.add_parser("classify", help="label texts with a BERT classifier", description=cmd_classify.__doc__)
+    common(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
+    p.set_defaults(func=cmd_classify)
+
+    p = subparsers.add_parser("embed", help="sentence vectors from a BERT", description=cmd_embed.__doc__)
+    common(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the vectors to FILE.npy (numpy, float32) or FILE.json; default: JSON on stdout")
+    p.set_defaults(func=cmd_embed)
+
+
+def _wrap(tokenizer, ids: list[int], is_hf: bool) -> list[int]:
+    if is_hf or tokenizer.bos_id is None or tokenizer.eos_id is None:
+        return ids
+    return [tokenizer.bos_id, *ids, tokenizer.eos_id]
+
+
+def _encode(tokenizer, texts: list[str], is_hf: bool, max_len: int) -> list[list[int]]:
+    """Wrapped ids of each text, cut to max_len (keeping the final eos) with a warning."""
+    from glassformer.generation.command import encode_all
+
+    rows = [_wrap(tokenizer, r, is_hf) for r in encode_all(tokenizer, texts, "text", add_special_tokens=is_hf)]
+    for i, r in enumerate(rows):
+        if not r:
+            raise ValueError(f"text {i + 1} is empty")
+        if len(r) > max_len:
+            log.warning("text %d has %d tokens; keeping the first %d (max_len)", i + 1, len(r), max_len)
+            rows[i] = r[: max_len - 1] + r[-1:]
+    return rows
+
+
+def _run(args, make_rows, step) -> None:
+    """Pad each batch of rows and hand (ids, mask, offset) to ``step``."""
+    from glassformer.data.batching import pad
+    from glassformer.generation.command import batches
+
+    rows, pad_id, device = make_rows()
+    for start, chunk in batches(rows, args.batch_size):
+        ids, mask = pad(chunk, pad_id)
+        step(ids.to(device), mask.to(device), start)
+
+
+def _setup(args, command: str):
+    from glassformer.generation.command import device_of, load, read_inputs
+
+    texts = read_inputs(args)
+    model, tokenizer, is_hf = load(args, "bert", command)
+    pad_id = next(v for v in (tokenizer.pad_id, model.config.pad_token_id, 0) if v is not None)
+    return texts, model, tokenizer, is_hf, pad_id, device_of(model)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """For each mask token in each text, the most likely tokens and their probabilities."""
+    from glassformer.generation.command import emit
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "fill-mask")
+    mask_id = tokenizer.mask_id if tokenizer.mask_id is not None else model.config.mask_token_id
+    if mask_id is None:
+        raise DataError(f"{args.model_dir}: the tokenizer has no mask token; fill-mask needs one")
+    mask_text = tokenizer.id_to_token(mask_id)
+    rows = []
+    for i, text in enumerate(texts):
+        if mask_text not in text:
+            raise ValueError(f"text {i + 1} has no {mask_text} to fill: {text!r}")
+        try:
+            row = _mask_row(tokenizer, text, mask_text, mask_id, is_hf)
+        except DataError as e:
+            raise DataError(f"text {i + 1}: {e}") from None
+        if len(row) > model.config.max_len:
+            raise ValueError(f"text {i + 1} has {len(row)} tokens, more than max_len={model.config.max_len}")
+        rows.append(row)
+
+    def step(ids, mask, start):
+        for j, per_mask in enumerate(model.fill_mask(ids, mask, mask_token_id=mask_id, top_k=args.top_k)):
+            text = texts[start + j]
+            found = [[{"token": tokenizer.decode([t]).strip() or tokenizer.id_to_token(t), "id": t, "p": round(p, 6)}
+                      for t, p in zip(cand, probs)] for cand, probs in per_mask]
+            if args.json:
+                emit(json.dumps({"text": text, "masks": found}, ensure_ascii=False) + "\n")
+                continue
+            emit(text + "\n")
+            for k, cands in enumerate(found):
+                emit(f"  {mask_text} #{k + 1}: " + "  ".join(f"{c['token']} ({c['p']:.3f})" for c in cands) + "\n")
+
+    _run(args, lambda: (rows, pad_id, device), step)
+    return 0
+
+
+def _mask_row(tokenizer, text: str, mask_text: str, mask_id: int, is_hf: bool) -> list[int]:
+    """Ids of a text holding mask tokens, wrapped as in training."""
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=is_hf)
+    except DataError:
+        ids = []  # e.g. a char tokenizer that never saw "<" or "[": encode around the mask
+    if mask_id in ids:  # the tokenizer knows its mask token (WordPiece, BPE)
+        return ids if is_hf else _wrap(tokenizer, ids, False)
+    # a tokenizer that would read the mask token as plain characters (char-level): encode around it
+    pieces = [tokenizer.encode(piece, add_special_tokens=False) for piece in text.split(mask_text)]
+    ids = [t for k, piece in enumerate(pieces) for t in ([mask_id] if k else []) + piece]
+    return _hf_wrap(tokenizer, ids) if is_hf else _wrap(tokenizer, ids, False)
+
+
+def _hf_wrap(tokenizer, ids: list[int]) -> list[int]:
+    """What the tokenizer's template puts around a text (e.g. [CLS] ... [SEP]), found by encoding ''."""
+    around = tokenizer.encode("", add_special_tokens=True)
+    if len(around) == 2:
+        return [around[0], *ids, around[1]]
+    return [*around, *ids] if around else ids
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """The most likely label of each text, with its probability (--json: every label)."""
+    from glassformer.generation.command import emit
+
+    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "classify")
+    if model.config.num_labels <= 0:
+        raise ValueError(f"{args.model_dir}: this BERT has no classification head (num_labels=0); "
+                         "train one with `glassformer train classifier`")
+    rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
+
+    def step(ids, mask, start):
+        probs, names = model.classify(ids, mask)
+        for j, p in enumerate(probs.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            if args.json:
+                emit(json.dumps({"text": texts[start + j], "label": names[best],
+                                 "probabilities": dict(zip(names, (round(x, 6) for x in p)))}, ensure_ascii=False) + "\n")
+            else:
+                emit(f"{names[best]}\t{p[best]:.4f}\t{texts[start + j]}\n")
+
+    _run(args, lambda: (rows, pad_id, device), step)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Mean-pooled, L2-normalised sentence vectors, one per text (JSON or .npy)."""
+    import numpy as np
+
+    from glassformer.generation.command import emit, write_atomic
+
+    out = args.out
+    if out is not None and out.suffix not in (".npy", ".json"):
+        raise ValueError(f"--out {out}: use a .npy or .json file name")
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name ending in .npy or .json")
+    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "embed")
+    rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
+    vectors = []
+    _run(args, lambda: (rows, pad_id, device), lambda ids, mask, start: vectors.append(model.embed(ids, mask).cpu()))
+    matrix = np.concatenate([v.numpy() for v in vectors]).astype(np.float32)  # (N, C)
+    if out is None:
+        for text, v in zip(texts, matrix.tolist()):
+            emit(json.dumps({"text": text, "embedding": v}, ensure_ascii=False) + "\n")
+    elif out.suffix == ".npy":
+        write_atomic(out, lambda tmp: np.save(open(tmp, "wb"), matrix))
+    else:
+        payload = json.dumps({"texts": texts, "embeddings": matrix.tolist()}, ensure_ascii=False)
+        write_atomic(out, lambda tmp: Path(tmp).write_text(payload + "\n", encoding="utf-8"))
+    if out is not None:
+        sys.stderr.write(f"wrote {len(texts)} vectors of size {matrix.shape[1]} to {out}\n")
+    return 0

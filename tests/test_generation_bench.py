@@ -1,0 +1,47 @@
+"""``benchmarks/generate_throughput.py --quick`` runs, and both peers generate the same tokens."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_throughput.py"
+
+
+@pytest.fixture
+def bench():
+    spec = importlib.util.spec_from_file_location("generate_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    n = torch.get_num_threads()
+    yield module
+    torch.set_num_threads(n)
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_benchmark_compares_the_same_greedy_tokens(bench, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert bench.main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {(r["dtype"], r["batch"]) for r in rows} == {("fp32", 1), ("fp32", 2), ("bf16", 1)}
+    for r in rows:
+        assert r["ours_tokens_per_s"] > 0 and r["peer_tokens_per_s"] > 0 and r["floor_ms"] > 0
+        assert abs(r["ratio"] - r["ours_tokens_per_s"] / r["peer_tokens_per_s"]) < 1e-6
+    assert all(r["same_tokens"] for r in rows if r["dtype"] == "fp32")  # the same weights, the same work
+    assert "| tiny | fp32 | 1 |" in capsys.readouterr().out
+
+
+def test_our_copy_of_the_peer_weights_gives_the_same_logits(bench):
+    peer, ours = bench.build_pair("tiny")
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(peer(ids).logits, ours(ids).logits, atol=1e-4)
+    params = sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("pos_emb"))
+    assert bench.weight_bytes(ours) == 4 * params

@@ -1,0 +1,188 @@
+"""Encoder-decoder decoding: the caches, greedy, beam search against greedy and exhaustive search."""
+
+import itertools
+
+import pytest
+import torch
+
+from glassformer.generation import beam_search, generate_seq2seq, greedy_seq2seq
+from glassformer.models import Transformer, TransformerConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def transformer(seed=0, std=0.1, **kw):
+    """A tiny untied Transformer with random weights that give varied, clear-cut choices."""
+    torch.manual_seed(seed)
+    cfg = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, dropout=0.0, tie_embeddings=False)
+    model = Transformer(TransformerConfig.from_name("transformer-tiny", **{**cfg, **kw})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std)
+    return model
+
+
+def sources(b=4, s=7, seed=0, v=64):
+    return torch.randint(3, v, (b, s), generator=torch.Generator().manual_seed(seed))
+
+
+def recompute_greedy(model, src, src_mask, n, eos):
+    """Greedy decoding without any cache: the whole target prefix is run at every step."""
+    out = []
+    for b in range(src.shape[0]):
+        s = src[b : b + 1] if src_mask is None else src[b : b + 1, src_mask[b].bool()]
+        tgt = [model.decoder_start_token_id]
+        for _ in range(n):
+            logits = model(s, torch.tensor([tgt])).logits[0, -1]
+            tgt.append(int(logits.argmax()))
+            if tgt[-1] == eos:
+                break
+        out.append(tgt[1:])
+    return out
+
+
+def log_prob(model, src, hyps):
+    """log P(y | x) of each hypothesis, teacher-forced in one batch (no cache)."""
+    start, longest = model.decoder_start_token_id, max(len(h) for h in hyps)
+    tgt = torch.tensor([[start, *h[:-1]] + [0] * (longest - len(h)) for h in hyps])
+    logp = model(src.expand(len(hyps), -1), tgt).logits.float().log_softmax(-1)  # (N, T, V)
+    return [sum(logp[i, t, tok].item() for t, tok in enumerate(h)) for i, h in enumerate(hyps)]
+
+
+# ------------------------------------------------------------------------------ greedy
+
+
+def test_cached_greedy_equals_recomputing_every_step_with_padded_sources():
+    m = transformer()
+    src = sources()
+    mask = torch.ones_like(src)
+    mask[1, :3] = 0  # padded sources: the padding must not change anything
+    mask[3, 5:] = 0
+    free = greedy_seq2seq(m, src, mask, 15, eos_token_id=[])
+    eos = free[0][4]  # row 0 stops early, so rows leave the batch mid-way
+    with torch.no_grad():
+        ref = recompute_greedy(m, src, mask, 15, eos)
+    got = greedy_seq2seq(m, src, mask, 15, eos_token_id=eos)
+    assert got == ref
+    assert len(got[0]) == 5 and len({tuple(r) for r in got}) > 1
+    for b in range(4):  # each source alone, unpadded
+        alone = greedy_seq2seq(m, src[b : b + 1, mask[b].bool()], None, 15, eos_token_id=eos)
+        assert alone[0] == got[b]
+
+
+def test_cross_attention_keys_and_values_are_computed_once():
+    m = transformer()
+    calls = []
+    for layer in m.decoder.layers:
+        layer.cross_attn.w_kv.register_forward_hook(lambda *a: calls.append(1))
+    for beam in (1, 3):
+        calls.clear()
+        generate_seq2seq(m, sources(b=2), max_new_tokens=10, beam=beam, eos_token_id=[])
+        assert len(calls) == len(m.decoder.layers)  # once per layer, not once per step
+
+
+# ------------------------------------------------------------------------- beam search
+
+
+def test_beam_width_one_is_greedy():
+    m = transformer(seed=1)
+    src = sources(b=5, seed=1)
+    free = greedy_seq2seq(m, src, None, 12, eos_token_id=[])
+    eos = free[2][3]
+    greedy = greedy_seq2seq(m, src, None, 12, eos_token_id=eos)
+    assert any(len(g) < 12 for g in greedy)  # eos handling is exercised
+    for lp in (0.0, 1.0, 2.5):
+        assert beam_search(m, src, None, 12, beam=1, length_penalty=lp, eos_token_id=eos) == greedy
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
+    """Vocabulary 5 (eos = 4), at most 4 tokens: 85 sequences end in eos, 256 reach the limit."""
+    v, eos, n = 5, 4, 4
+    m = transformer(seed=3, std=0.3, vocab_size=v, bos_token_id=3, eos_token_id=eos, pad_token_id=0)
+    src = torch.tensor([[1, 2, 0, 1, 3]])
+    hyps = [list(p) + [eos] for length in range(n) for p in itertools.product(range(4), repeat=length)]
+    hyps += [list(p) for p in itertools.product(range(4), repeat=n)]
+    assert len(hyps) == 341
+    with torch.no_grad():
+        scores = [s / len(h) ** length_penalty for s, h in zip(log_prob(m, src, hyps), hyps)]
+    ranked = sorted(zip(scores, hyps), reverse=True)
+    assert ranked[0][0] - ranked[1][0] > 1e-4  # a clear winner, so float noise cannot decide
+    best = beam_search(m, src, None, n, beam=len(hyps), length_penalty=length_penalty)[0]
+    assert best == ranked[0][1]
+    narrow = beam_search(m, src, None, n, beam=3, length_penalty=length_penalty)[0]
+    assert narrow in hyps  # a narrow beam still returns a complete hypothesis
+    if length_penalty == 2.0:  # here the best sequence is not the greedy one: the search matters
+        assert best != beam_search(m, src, None, n, beam=1, length_penalty=length_penalty)[0]
+
+
+def test_length_penalty_trades_length_for_probability():
+    m = transformer(seed=3, std=0.3, vocab_size=5, bos_token_id=3, eos_token_id=4, pad_token_id=0)
+    src = torch.tensor([[1, 2, 0, 1, 3]])
+    # beam 1365 holds every sequence of up to 5 tokens: the search is exact, and for an exact
+    # search a larger exponent can only make the best output longer (score = logP / len^lp, logP < 0)
+    lengths = [len(beam_search(m, src, None, 5, beam=1365, length_penalty=lp)[0]) for lp in (0.0, 0.5, 1.0, 3.0)]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_batched_beam_search_equals_one_source_at_a_time():
+    m = transformer(seed=3)
+    src = sources(b=4, seed=3)
+    mask = torch.ones_like(src)
+    mask[0, :2] = 0
+    free = greedy_seq2seq(m, src, mask, 10, eos_token_id=[])
+    eos = free[1][2]
+    batched = beam_search(m, src, mask, 10, beam=4, eos_token_id=eos)
+    for b in range(4):
+        alone = beam_search(m, src[b : b + 1, mask[b].bool()], None, 10, beam=4, eos_token_id=eos)
+        assert alone[0] == batched[b]
+
+
+# ---------------------------------------------------------------------------- API, input
+
+
+def test_generate_seq2seq_pads_after_eos_and_the_model_method_delegates():
+    m = transformer()
+    src = sources(b=3)
+    free = greedy_seq2seq(m, src, None, 8, eos_token_id=[])
+    eos = free[0][1]
+    rows = greedy_seq2seq(m, src, None, 8, eos_token_id=eos)
+    out = m.generate(src, max_new_tokens=8, eos_token_id=eos, pad_token_id=63)
+    for r, o in zip(rows, out.tolist()):
+        assert o[: len(r)] == r and all(t == 63 for t in o[len(r) :])
+    beams = beam_search(m, src, None, 8, beam=3, eos_token_id=eos)
+    out = m.generate(src, max_new_tokens=8, beam=3, eos_token_id=eos, pad_token_id=63)
+    for r, o in zip(beams, out.tolist()):
+        assert o[: len(r)] == r and all(t == 63 for t in o[len(r) :])
+
+
+def test_seeded_sampling_for_seq2seq_is_reproducible():
+    m = transformer()
+    src = sources(b=3)
+    a = generate_seq2seq(m, src, max_new_tokens=10, temperature=1.0, seed=4, eos_token_id=[])
+    assert torch.equal(a, generate_seq2seq(m, src, max_new_tokens=10, temperature=1.0, seed=4, eos_token_id=[]))
+    assert not torch.equal(a, generate_seq2seq(m, src, max_new_tokens=10, eos_token_id=[]))
+
+
+def test_bad_settings_are_refused_and_long_requests_are_capped():
+    m = transformer()
+    src = sources(b=1)
+    with pytest.raises(ValueError, match="beam"):
+        generate_seq2seq(m, src, beam=0)
+    with pytest.raises(ValueError, match="beam search"):
+        generate_seq2seq(m, src, beam=2, temperature=0.7)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_seq2seq(m, src, max_new_tokens=0)
+    out = generate_seq2seq(m, src, max_new_tokens=500, eos_token_id=[])
+    assert out.shape[1] == m.config.max_len - 1  # the decoder holds max_len positions, one is the start
+    no_start = transformer(bos_token_id=None)
+    with pytest.raises(ValueError, match="start"):
+        generate_seq2seq(no_start, src)
