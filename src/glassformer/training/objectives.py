@@ -1,0 +1,80 @@
+"""The loss of each training objective, as a sum over target tokens.
+
+All four objectives are cross-entropy between the model's logits and ``labels`` (-100 = not a
+target): next tokens for GPT, the masked tokens for BERT, the shifted target for seq2seq, the
+class for classification. The trainer needs *sums* and *counts*, not means, so that gradient
+accumulation divides by the number of target tokens in the whole optimiser step; a mean per
+micro-batch would weigh a short micro-batch's tokens more than a long one's.
+
+Seq2seq uses label smoothing ε_ls = 0.1 ("Attention Is All You Need", §5.4): it hurts
+perplexity but helps accuracy and BLEU. Validation loss is always reported without smoothing, so
+it stays a true negative log-likelihood (perplexity = e^loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+INPUT_ID_KEYS = ("input_ids", "src_ids", "tgt_ids")
+
+# what each task calls its model
+TASK_FAMILY = {"gpt": "gpt", "bert": "bert", "seq2seq": "transformer", "classifier": "bert"}
+
+
+@dataclass
+class LossSum:
+    """One micro-batch's summed loss, how many targets it had, and how many it got right."""
+
+    loss: Tensor  # scalar, Σ over targets (carries the graph in training)
+    count: Tensor  # scalar int64, number of targets
+    correct: Tensor  # scalar int64, argmax == label
+
+
+def split_batch(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """The model's forward kwargs and the labels."""
+    if "labels" not in batch:
+        raise KeyError(f"a training batch needs 'labels'; got keys {sorted(batch)}")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return inputs, batch["labels"]
+
+
+def count_targets(batch: dict[str, Tensor]) -> int:
+    """Targets in a batch (labels that are not -100): what the loss is averaged over."""
+    return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def count_input_tokens(batch: dict[str, Tensor]) -> int:
+    """Positions the model read (for tokens/s): input ids, or source plus target ids."""
+    return sum(int(batch[k].numel()) for k in INPUT_ID_KEYS if k in batch)
+
+
+def token_loss_sum(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> LossSum:
+    """Σ cross-entropy over labels != -100. logits (..., V) and labels (...), e.g. (B, T, V), (B, T)."""
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()  # (N, V); fp32 softmax under autocast
+    flat_labels = labels.reshape(-1)  # (N,)
+    loss = F.cross_entropy(
+        flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing
+    )
+    keep = flat_labels != IGNORE_INDEX
+    with torch.no_grad():
+        correct = ((flat_logits.argmax(-1) == flat_labels) & keep).sum()
+    return LossSum(loss, keep.sum(), correct)
+
+
+def compute_loss(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> LossSum:
+    """Run ``model`` on a batch (its keys are the forward kwargs plus ``labels``) and sum the loss.
+
+    The labels are not passed to the model: the loss is computed here, as a sum, for every family.
+    """
+    inputs, labels = split_batch(batch)
+    logits = model(**inputs).logits
+    if logits is None:
+        raise ValueError("the model returned no logits; it has no head for this objective")
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
+    return token_loss_sum(logits, labels, label_smoothing)

@@ -1,0 +1,311 @@
+"""From a :class:`TrainConfig` to what the trainer needs: tokenizer, datasets, model, callbacks.
+
+Each objective reads its own kind of data:
+
+| task       | data (default)                      | dataset                       | model               |
+| ---------- | ----------------------------------- | ----------------------------- | ------------------- |
+| gpt        | a corpus (``python-docs``)          | random windows, next token    | GPT                 |
+| bert       | a corpus (``python-docs``)          | dynamic 80/10/10 masking      | BERT + MLM head     |
+| seq2seq    | pairs file or built-in (``dates``)  | padded, length-bucketed pairs | Transformer         |
+| classifier | labelled file or built-in           | text + label                  | BERT + class head   |
+
+Everything that can be wrong with the input (files, flags, ``--init``) is found here, before the
+trainer touches the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glassformer.errors import CheckpointError, DataError
+from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
+from glassformer.models.base import PretrainedModel
+from glassformer.training.config import TrainConfig
+from glassformer.training.objectives import TASK_FAMILY
+
+log = logging.getLogger("glassformer.training")
+
+DEFAULT_DATA = {"gpt": "python-docs", "bert": "python-docs", "seq2seq": "dates", "classifier": "builtin"}
+
+
+@dataclass
+class TrainingSetup:
+    """What :func:`prepare` builds for a run."""
+
+    model: PretrainedModel
+    tokenizer: Any
+    train_data: Any
+    val_data: Any
+    eval_callbacks: list[Callable] = field(default_factory=list)
+    generation_config: dict[str, Any] | None = None
+    baseline: float | None = None  # unigram cross-entropy on the validation tokens (LM tasks), nats
+    summary: str = ""  # one line about the data, for the start-of-run report
+    label_names: list[str] | None = None  # classification: the class names, in label order
+
+
+def prepare(config: TrainConfig, resume_dir: Path | None = None) -> TrainingSetup:
+    """Tokenizer, data, model and eval callbacks for ``config``.
+
+    With ``resume_dir`` (a run directory with a checkpoint) the tokenizer and the model's shape
+    come from that run, not from ``--init`` or the flags; the trainer then loads the weights.
+    """
+    from glassformer.training.checkpoint import latest_checkpoint
+
+    init_model, tokenizer = None, None
+    resume_from = latest_checkpoint(resume_dir) if resume_dir is not None else None
+    if resume_from is not None:
+        tokenizer = _load_tokenizer(resume_dir if (resume_dir / "tokenizer.json").is_file() else resume_from)
+    elif config.init:
+        init_model, tokenizer = _load_init(config)
+    builders = {"gpt": _lm_data, "bert": _lm_data, "seq2seq": _seq2seq_data, "classifier": _classifier_data}
+    setup = builders[config.task](config, tokenizer)
+    torch.manual_seed(config.seed)  # the model's initial weights come from the run's seed
+    if resume_from is not None:
+        from glassformer.loading import load_model
+
+        setup.model = load_model(resume_from)
+    else:
+        setup.model = _build_model(config, setup, init_model)
+    if config.snapshot_attention:
+        setup.eval_callbacks.append(_attention_snapshot(config.snapshot_attention))
+    return setup
+
+
+# ------------------------------------------------------------------------------ tokenizers
+
+
+def _load_tokenizer(path: str | Path):
+    from glassformer.tokenizers import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _make_tokenizer(config: TrainConfig, text_or_texts):
+    """The tokenizer ``--tokenizer`` asks for: train char/BPE on the data, or load a file/directory."""
+    from glassformer.tokenizers import build_tokenizer
+
+    if config.tokenizer in ("char", "bpe"):
+        vocab = config.vocab_size if config.tokenizer == "bpe" else None
+        return build_tokenizer(config.tokenizer, text_or_texts, vocab)
+    if not Path(config.tokenizer).exists():
+        raise DataError(f"--tokenizer {config.tokenizer}: not 'char' or 'bpe', and no such file or directory")
+    return _load_tokenizer(config.tokenizer)
+
+
+def unigram_cross_entropy(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
+    """Loss (nats/token) of predicting every validation token from training token frequencies.
+
+    The bar a model must clear to show it learnt anything beyond "which tokens are common";
+    add-one smoothing keeps unseen tokens finite.
+    """
+    counts = np.bincount(np.asarray(train, dtype=np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.asarray(val, dtype=np.int64)].mean())
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
+    from glassformer.data import CausalLMDataset, MLMDataset, encode_corpus, load_corpus, split_tokens
+
+    spec = config.data or DEFAULT_DATA[config.task]
+    if tokenizer is None:
+        tokenizer = _make_tokenizer(config, load_corpus(spec, config.errors))
+    tokens = encode_corpus(spec, tokenizer, progress=config.progress != "none", errors=config.errors, is_text=False)
+    train, val = split_tokens(tokens, config.val_fraction)
+    if config.task == "gpt":
+        train_data = CausalLMDataset(train, config.context, source=f"{spec} (training split)")
+        val_data = CausalLMDataset(val, config.context, source=f"{spec} (validation split, --val-fraction {config.val_fraction})")
+        callbacks = [_gpt_sampler(tokenizer, val, config)]
+        gen = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 40, "eos_token_id": tokenizer.eos_id}
+    else:
+        train_data = MLMDataset(train, tokenizer, config.context, config.mask_prob, source_name=f"{spec} (training split)")
+        val_data = MLMDataset(val, tokenizer, config.context, config.mask_prob,
+                              source_name=f"{spec} (validation split, --val-fraction {config.val_fraction})")
+        callbacks, gen = [], None
+    baseline = unigram_cross_entropy(train, val, tokenizer.vocab_size)
+    summary = f"{spec}: {len(train):,} training and {len(val):,} validation tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size})"
+    return TrainingSetup(None, tokenizer, train_data, val_data, callbacks, gen, baseline, summary)
+
+
+def _split_examples(examples: list, val_fraction: float, what: str) -> tuple[list, list]:
+    n_val = max(1, int(round(len(examples) * val_fraction)))
+    if len(examples) - n_val < 1:
+        raise DataError(f"{what}: {len(examples)} examples leave nothing for training after the validation split")
+    return examples[:-n_val], examples[-n_val:]
+
+
+def _seq2seq_data(config: TrainConfig, tokenizer) -> TrainingSetup:
+    from glassformer.data import BUILTIN_PAIRS, Seq2SeqDataset, builtin_pairs, load_pairs
+
+    spec = config.data or DEFAULT_DATA["seq2seq"]
+    if spec in BUILTIN_PAIRS:
+        pairs = builtin_pairs(spec, config.num_examples, seed=config.seed)
+    else:
+        pairs = load_pairs(spec, errors=config.errors)
+    train, val = _split_examples(pairs, config.val_fraction, spec)
+    if tokenizer is None:
+        tokenizer = _make_tokenizer(config, [s for p in pairs for s in p])
+    train_data = Seq2SeqDataset(train, tokenizer, config.context, source=f"{spec} (training)")
+    val_data = Seq2SeqDataset(val, tokenizer, config.context, source=f"{spec} (validation)")
+    gen = {"max_new_tokens": config.context, "beam": 1, "eos_token_id": tokenizer.eos_id}
+    summary = f"{spec}: {len(train):,} training and {len(val):,} validation pairs ({tokenizer.kind}, vocab {tokenizer.vocab_size})"
+    return TrainingSetup(None, tokenizer, train_data, val_data, [_seq2seq_sampler(tokenizer, val[:3], config)], gen,
+                         None, summary)
+
+
+def _classifier_data(config: TrainConfig, tokenizer) -> TrainingSetup:
+    from glassformer.data import ClassificationDataset, builtin_classification, load_labelled
+
+    spec = config.data or DEFAULT_DATA["classifier"]
+    if spec == "builtin":
+        examples, names = builtin_classification(config.num_examples, seed=config.seed)
+    else:
+        examples, names = load_labelled(spec, errors=config.errors)
+    train, val = _split_examples(examples, config.val_fraction, spec)
+    if tokenizer is None:
+        tokenizer = _make_tokenizer(config, [text for text, _ in examples])
+    train_data = ClassificationDataset(train, tokenizer, config.context, label_names=names, source=f"{spec} (training)")
+    val_data = ClassificationDataset(val, tokenizer, config.context, label_names=names, source=f"{spec} (validation)")
+    summary = f"{spec}: {len(train):,} training and {len(val):,} validation examples, {len(names)} classes ({', '.join(names)})"
+    return TrainingSetup(None, tokenizer, train_data, val_data, [], None, None, summary, list(names))
+
+
+# ----------------------------------------------------------------------------------- model
+
+
+def _load_init(config: TrainConfig):
+    """The ``--init`` model and its tokenizer, checked against the task."""
+    from glassformer.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(config.init, require_tokenizer=True)
+    family = getattr(model.config, "model_type", "?")
+    want = TASK_FAMILY[config.task]
+    if family != want:
+        raise CheckpointError(f"--init {config.init}: holds a {family} model; `train {config.task}` needs a {want} model")
+    if config.context > model.config.max_len:
+        raise ValueError(f"--context {config.context} is above max_len {model.config.max_len} of the --init model")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"--init {config.init}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
+                              f"{model.config.vocab_size}")
+    return model, tokenizer
+
+
+def _build_model(config: TrainConfig, setup: TrainingSetup, init_model: PretrainedModel | None) -> PretrainedModel:
+    tok = setup.tokenizer
+    if config.task == "classifier":
+        return _classifier_model(config, setup, init_model)
+    if init_model is not None:
+        log.info("model from --init %s; the model-shape flags are ignored", config.init)
+        return init_model
+    common = dict(vocab_size=tok.vocab_size, d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers,
+                  d_ff=config.ffn_width, max_len=config.max_len or config.context, dropout=config.dropout,
+                  pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    if config.task == "gpt":
+        return GPT(GPTConfig(**common))
+    if config.task == "bert":
+        return BERT(BERTConfig(**common, mask_token_id=tok.mask_id))
+    return Transformer(TransformerConfig(**common, decoder_start_token_id=tok.bos_id))
+
+
+def _classifier_model(config: TrainConfig, setup: TrainingSetup, init_model: PretrainedModel | None) -> BERT:
+    names = setup.label_names or []
+    tok = setup.tokenizer
+    if init_model is None:
+        return BERT(BERTConfig(
+            vocab_size=tok.vocab_size, d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers,
+            d_ff=config.ffn_width, max_len=config.max_len or config.context, dropout=config.dropout,
+            pad_token_id=tok.pad_id, mask_token_id=tok.mask_id, mlm_head=False, num_labels=len(names), label_names=names))
+    base = init_model.config.to_dict()
+    base.update(num_labels=len(names), label_names=list(names), mlm_head=False, pooler=True)
+    model = BERT(BERTConfig.from_dict(base))
+    source = dict(init_model.state_dict())
+    target = model.state_dict()
+    fresh = [k for k in target if k not in source]
+    unexpected_fresh = [k for k in fresh if not k.startswith(("classifier.", "pooler."))]
+    if unexpected_fresh:
+        raise CheckpointError(f"--init {config.init}: has no weight {unexpected_fresh[0]!r}; not a compatible BERT")
+    with torch.no_grad():
+        for k, v in target.items():
+            if k in source:
+                if source[k].shape != v.shape:
+                    raise CheckpointError(f"--init {config.init}: weight {k!r} has shape {tuple(source[k].shape)}, "
+                                          f"expected {tuple(v.shape)}")
+                v.copy_(source[k])
+    if fresh:
+        log.info("--init %s: new %s initialised at random", config.init, ", ".join(sorted({k.split('.')[0] for k in fresh})))
+    return model
+
+
+# ------------------------------------------------------------------------- eval callbacks
+
+
+def _gpt_sampler(tokenizer, val_tokens: np.ndarray, config: TrainConfig) -> Callable:
+    """Continue the first few validation tokens; the same prompt and seed at every eval."""
+    prompt = [int(t) for t in np.asarray(val_tokens[: min(16, max(len(val_tokens) - 1, 1))])]
+
+    def sample(trainer, step: int) -> str | None:
+        if config.sample_tokens == 0:
+            return None
+        model = trainer.model
+        room = model.config.max_len - len(prompt)
+        ids = torch.tensor([prompt], device=trainer.device)
+        out = model.generate(ids, max_new_tokens=max(1, min(config.sample_tokens, room)), temperature=0.8, top_k=40,
+                             seed=config.seed, eos_token_id=[])
+        new = out[0, len(prompt):].tolist()
+        return f"sample: {tokenizer.decode(prompt)!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}"
+
+    return sample
+
+
+def _seq2seq_sampler(tokenizer, pairs: list[tuple[str, str]], config: TrainConfig) -> Callable:
+    """Greedy translations of the first validation pairs, marked right or wrong."""
+
+    def sample(trainer, step: int) -> str | None:
+        if config.sample_tokens == 0 or not pairs:
+            return None
+        from glassformer.data import pad
+
+        model = trainer.model
+        rows = [tokenizer.encode(src, add_special_tokens=False)[: model.config.max_len] for src, _ in pairs]
+        src_ids, src_mask = pad(rows, tokenizer.pad_id)
+        out = model.generate(src_ids.to(trainer.device), src_mask.to(trainer.device),
+                             max_new_tokens=min(config.sample_tokens, model.config.max_len - 1))
+        lines = []
+        for (src, tgt), ids in zip(pairs, out.tolist()):
+            pred = tokenizer.decode(ids, skip_special_tokens=True)
+            lines.append(f"  {'ok ' if pred == tgt else 'BAD'} {src!r} -> {pred!r}" + ("" if pred == tgt else f" (want {tgt!r})"))
+        return "samples:\n" + "\n".join(lines)
+
+    return sample
+
+
+def _attention_snapshot(probe: str) -> Callable:
+    """Save the attention on ``probe`` at every eval (``--snapshot-attention``), via glassformer.explain."""
+
+    def snapshot(trainer, step: int) -> str | None:
+        if trainer.run_dir is None:
+            return None
+        try:
+            from glassformer.explain.snapshot import save_attention_snapshot
+        except ImportError:
+            log.warning("--snapshot-attention needs glassformer.explain.snapshot, which is not available")
+            return None
+        path = save_attention_snapshot(trainer.model, trainer.tokenizer, probe, step, trainer.run_dir)
+        return f"attention snapshot: {path}" if path else None
+
+    return snapshot
+
+
+def bits_per_character(loss_nats: float, tokens: int, characters: int) -> float:
+    """Loss per token (nats) -> bits per character of text: loss · tokens / (characters · ln 2)."""
+    return loss_nats * tokens / (characters * math.log(2))

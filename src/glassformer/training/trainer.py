@@ -1,0 +1,389 @@
+"""One training loop for every objective: GPT, BERT (masked LM), seq2seq and classification.
+
+The loop only knows that a dataset hands out batches (``dataset.batch(batch_size, generator)``,
+a dict of the model's forward kwargs plus ``labels``) and that the model returns logits; the
+objective is cross-entropy over the labels (see :mod:`glassformer.training.objectives`). Each
+optimiser step:
+
+    draw grad_accum micro-batches from the data generator
+    count their targets (summed over ranks)      -> the step's loss is Σ loss / Σ targets
+    forward under autocast, backward per micro-batch (no gradient all-reduce until the last)
+    clip the global gradient norm, stop if the loss is not finite, AdamW step
+
+Every ``eval_every`` steps: evaluate on fixed validation batches, run the eval callbacks
+(samples, attention snapshots), keep the best model at the run directory's root, redraw the loss
+curve and save a checkpoint. Ctrl-C or SIGTERM finishes the step, saves, and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glassformer.errors import GlassformerError
+from glassformer.training import checkpoint as ckpt
+from glassformer.training.config import TrainConfig
+from glassformer.training.monitor import METRICS_NAME, PLOT_NAME, MetricsLog, Reporter, plot_losses
+from glassformer.training.objectives import compute_loss, count_input_tokens, count_targets
+from glassformer.training.optim import Schedule, build_optimizer
+from glassformer.training.runtime import (
+    ProcessContext,
+    autocast,
+    preserve_rng,
+    resolve_device,
+    resolve_dtype,
+    unwrap_model,
+)
+
+log = logging.getLogger("glassformer.training")
+
+Batch = dict[str, Tensor]
+
+
+class Dataset(Protocol):
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+
+
+# an eval callback gets (trainer, step) and may return text to show (a sample, a file written)
+EvalCallback = Callable[["Trainer", int], "str | None"]
+
+
+class TrainingDiverged(GlassformerError):
+    """The loss became NaN or infinite; the run stopped without saving the bad weights."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # the last completed step
+    best_val_loss: float | None
+    last_val_loss: float | None
+    stopped_by: str | None  # "SIGINT"/"SIGTERM" when a signal ended the run early
+    run_dir: Path | None
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data``, evaluating on ``val_data``; see the module docstring.
+
+    Args:
+        model: a glassformer model (GPT, BERT, Transformer), on any device.
+        config: the run's :class:`TrainConfig`.
+        train_data, val_data: objects with ``batch(batch_size, generator) -> dict``.
+        tokenizer: saved next to the model (root and checkpoints) when given.
+        run_dir: where metrics, plots, checkpoints and the best model go; None keeps nothing.
+        eval_callbacks: called after each evaluation on the main process.
+        generation_config: written as ``generation_config.json`` beside the best model.
+        baseline: a loss drawn as a dashed line on the plot (e.g. the unigram entropy).
+        process: rank/world size and the DDP hooks (:class:`ProcessContext`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        *,
+        tokenizer: Any = None,
+        run_dir: str | Path | None = None,
+        eval_callbacks: list[EvalCallback] | None = None,
+        generation_config: dict[str, Any] | None = None,
+        baseline: float | None = None,
+        process: ProcessContext | None = None,
+    ) -> None:
+        self.config = config
+        self.process = process or ProcessContext()
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_dtype(config.dtype, self.device)
+        self.model = unwrap_model(model).to(self.device)  # the plain model: saved, evaluated, sampled
+        self.train_model = self.process.wrap_model(self.model, self.device)  # what the step calls
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.train_data, self.val_data = train_data, val_data
+        self.tokenizer = tokenizer
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.eval_callbacks = list(eval_callbacks or [])
+        self.generation_config = generation_config
+        self.baseline = baseline
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.schedule = Schedule.from_config(config)
+        self.generator = torch.Generator().manual_seed(self.process.data_seed(config.seed))
+        self.step = 0
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.tokens_seen = 0
+        self.elapsed_before = 0.0  # training seconds of earlier processes of this run
+        self._val_batches: list[Batch] | None = None
+        self._stop_signal: str | None = None
+        self.metrics = MetricsLog(self.run_dir / METRICS_NAME) if self.run_dir is not None else None
+
+    # ----------------------------------------------------------------------------- one step
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def draw_batches(self) -> list[Batch]:
+        """The micro-batches of the next optimiser step, drawn from the data generator."""
+        return [self.train_data.batch(self.config.batch_size, self.generator) for _ in range(self.config.grad_accum)]
+
+    def accumulate_gradients(self, batches: list[Batch]) -> tuple[Tensor, int]:
+        """Forward and backward over ``batches``; gradients hold d(Σ loss / Σ targets).
+
+        Dividing every micro-batch's summed loss by the targets of the *whole* step makes the
+        accumulated gradient equal to the gradient of one batch holding all micro-batches.
+        Returns the summed loss (detached) and the target count.
+        """
+        counts = sum(count_targets(b) for b in batches)  # labels are still on the host: no device sync
+        total = counts
+        if self.process.world_size > 1:  # every rank divides by the global number of targets
+            total = int(self.process.all_reduce_sum(torch.tensor(counts, device=self.device)).item())
+        denom = float(max(total, 1))
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            batch = self._to_device(batch)
+            with self.process.no_sync(self.train_model, last_micro_step=i == len(batches) - 1):
+                with autocast(self.device, self.amp_dtype):
+                    out = compute_loss(self.train_model, batch, self.config.smoothing)
+                (out.loss / denom).backward()
+            loss_sum += out.loss.detach()
+        return loss_sum, counts
+
+    def train_step(self, step: int) -> tuple[float | None, int, int]:
+        """One optimiser step: (mean loss or None when not synced, targets, input tokens)."""
+        lr = self.schedule.apply(self.optimizer, step)
+        batches = self.draw_batches()
+        n_tokens = sum(count_input_tokens(b) for b in batches)
+        loss_sum, count = self.accumulate_gradients(batches)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        # Reading the loss forces a device sync: every step on the CPU (free), on log steps elsewhere.
+        loss = None
+        if self.device.type == "cpu" or step % self.config.log_every == 0:
+            loss = loss_sum.item() / max(count, 1)
+            if not math.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged(self._diverged_message(loss, step))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._lr = lr
+        return loss, count, n_tokens
+
+    def _diverged_message(self, loss: float, step: int) -> str:
+        last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        return f"training loss is {loss} at step {step}; stopped without saving it ({keep}; try a lower --lr)"
+
+    # ----------------------------------------------------------------------------- evaluation
+
+    def validation_batches(self) -> list[Batch]:
+        """The same ``eval_batches`` batches at every evaluation.
+
+        A dataset's own ``eval_batches`` (consecutive windows, every pair once, a fixed masking
+        seed) when it has one; otherwise batches from a generator with a fixed seed. Either way
+        the training data generator is not touched.
+        """
+        if self._val_batches is None:
+            n, bs = self.config.eval_batches, self.config.batch_size
+            if hasattr(self.val_data, "eval_batches"):
+                self._val_batches = list(self.val_data.eval_batches(bs, n))
+            else:
+                g = torch.Generator().manual_seed(self.config.seed + 1)
+                self._val_batches = [self.val_data.batch(bs, g) for _ in range(n)]
+        return self._val_batches
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (nats per target, no label smoothing) and accuracy over the fixed batches."""
+        if self.val_data is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        loss, count, correct = 0.0, 0, 0
+        with preserve_rng(self.device):
+            for batch in self.validation_batches():
+                with autocast(self.device, self.amp_dtype):
+                    out = compute_loss(self.model, self._to_device(batch), 0.0)
+                loss += out.loss.item()
+                count += int(out.count)
+                correct += int(out.correct)
+        self.model.train(was_training)
+        sums = self.process.all_reduce_sum(torch.tensor([loss, count, correct], dtype=torch.float64, device=self.device))
+        loss, count, correct = sums.tolist()
+        return {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
+
+    # --------------------------------------------------------------------------- save / load
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's JSON-able state that goes into a checkpoint."""
+        return {
+            "schedule": self.schedule.state_dict(), "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss, "tokens_seen": self.tokens_seen,
+            "elapsed_s": self._elapsed(), "train_config": self.config.to_dict(),
+            "world_size": self.process.world_size,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.process.is_main and self.run_dir is not None:
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.step, model=self.model, optimizer=self.optimizer, data_generator=self.generator,
+                state=self.state_dict(), tokenizer=self.tokenizer, keep=self.config.keep_checkpoints,
+            )
+        self.process.barrier()
+        return path
+
+    def save_model(self, directory: str | Path) -> None:
+        """A loadable model directory: config, weights, tokenizer, generation config."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
+        if self.generation_config is not None:
+            import json
+
+            ckpt.write_text_atomic(directory / "generation_config.json", json.dumps(self.generation_config, indent=2) + "\n")
+
+    def resume(self, path: str | Path | None = None) -> Path:
+        """Load the latest checkpoint of the run (or ``path``): weights, optimiser, RNGs, step."""
+        path = Path(path) if path is not None else (ckpt.latest_checkpoint(self.run_dir) if self.run_dir else None)
+        if path is None:
+            raise ckpt.CheckpointError(f"{self.run_dir}: no checkpoint to resume from (no {ckpt.CHECKPOINTS}/{ckpt.LATEST})")
+        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, data_generator=self.generator)
+        self.step = int(state["step"])
+        self.best_val_loss = state.get("best_val_loss")
+        self.last_val_loss = state.get("last_val_loss")
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        if self.metrics is not None and self.process.is_main:
+            self.metrics.truncate_after(self.step)
+        return path
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    @contextlib.contextmanager
+    def _catch_signals(self) -> Iterator[None]:
+        """Ctrl-C / SIGTERM set a flag; the loop saves after the current step. A second Ctrl-C aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def fit(self) -> TrainResult:
+        """Train from the current step (0, or where :meth:`resume` left it) to ``max_steps``."""
+        cfg, main = self.config, self.process.is_main
+        if self.run_dir is not None and main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_stale(self.run_dir)
+        if self.step == 0:  # a fresh run: every random stream from the seed (dropout differs per rank)
+            seed = cfg.seed + self.process.rank
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        self.model.train()
+        self._t0 = time.perf_counter()
+        self._lr = self.schedule(self.step + 1)
+        reporter = Reporter(cfg.progress, cfg.max_steps, self.step, enabled=main)
+        win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
+        step_time_ema = None
+        evaluated_at = None
+        try:
+            with self._catch_signals():
+                while self.step < cfg.max_steps and self._stop_signal is None:
+                    step = self.step + 1
+                    t = time.perf_counter()
+                    loss, count, n_tokens = self.train_step(step)
+                    dt = time.perf_counter() - t
+                    self.step = step
+                    self.tokens_seen += n_tokens
+                    step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
+                    if loss is not None:
+                        win_loss, win_count = win_loss + loss * count, win_count + count
+                    win_tokens, win_time = win_tokens + n_tokens, win_time + dt
+                    out_of_time = cfg.max_minutes is not None and time.perf_counter() - self._t0 > cfg.max_minutes * 60
+                    eval_now = step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time
+                    log_now = step % cfg.log_every == 0 or eval_now or self._stop_signal is not None
+                    tps = win_tokens / win_time if win_time > 0 else 0.0
+                    reporter.step(step, loss, self._lr, tps, (cfg.max_steps - step) * step_time_ema, log_now)
+                    if not log_now:
+                        continue
+                    record = {"step": step, "train_loss": win_loss / win_count if win_count else None,
+                              "lr": self._lr, "tokens_per_s": round(tps, 1), "elapsed_s": round(self._elapsed(), 3)}
+                    if eval_now:
+                        record.update(self._eval_step(step, reporter))
+                        evaluated_at = step
+                    if main and self.metrics is not None:
+                        self.metrics.append(record)
+                        if eval_now:
+                            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, baseline=self.baseline,
+                                        title=f"{cfg.task}: cross-entropy")
+                    if eval_now:
+                        self.save_checkpoint()
+                    win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
+                    if out_of_time:
+                        reporter.message(f"--max-minutes {cfg.max_minutes:g} reached after step {step}; stopping")
+                        break
+                if self._stop_signal is not None and evaluated_at != self.step:
+                    if win_tokens and main and self.metrics is not None:  # steps the signal kept from being logged
+                        self.metrics.append({"step": self.step, "train_loss": win_loss / win_count if win_count else None,
+                                             "lr": self._lr, "tokens_per_s": round(win_tokens / max(win_time, 1e-9), 1),
+                                             "elapsed_s": round(self._elapsed(), 3)})
+                    path = self.save_checkpoint()
+                    reporter.message(f"{self._stop_signal}: stopped after step {self.step}; saved {path}; "
+                                     f"continue with --resume --out {self.run_dir}")
+        finally:
+            reporter.close()
+        return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir)
+
+    def _eval_step(self, step: int, reporter: Reporter) -> dict[str, Any]:
+        """Evaluate, report, run callbacks, keep the best model. Returns fields for metrics.jsonl."""
+        result = self.evaluate()
+        if not result:  # no validation data: the newest model stands in for the best
+            if self.process.is_main and self.run_dir is not None:
+                self.save_model(self.run_dir)
+            return {}
+        val = result["val_loss"]
+        if not math.isfinite(val):
+            raise TrainingDiverged(self._diverged_message(val, step).replace("training loss", "validation loss"))
+        self.last_val_loss = val
+        improved = self.best_val_loss is None or val < self.best_val_loss
+        if improved:
+            self.best_val_loss = val
+            if self.process.is_main and self.run_dir is not None:
+                self.save_model(self.run_dir)
+        reporter.message(f"step {step}: val loss {val:.4f} (accuracy {result['val_accuracy']:.1%})"
+                         + (" - best so far, saved" if improved else ""))
+        if self.process.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            with preserve_rng(self.device), torch.no_grad():
+                for callback in self.eval_callbacks:
+                    text = callback(self, step)
+                    if text:
+                        reporter.message(text)
+            self.model.train(was_training)
+        return {"val_loss": val, "val_accuracy": result["val_accuracy"]}

@@ -1,0 +1,45 @@
+"""``benchmarks/train_throughput.py --quick`` runs both sides on the same weights and reports consistent figures."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    n = torch.get_num_threads()
+    yield module
+    torch.set_num_threads(n)
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_benchmark_times_the_same_model_on_both_sides(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "result.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["max_logit_diff"] < 1e-4  # the peer holds our weights: the same function, the same work
+    rows = {r["precision"]: r for r in result["rows"]}
+    assert set(rows) == {"fp32", "bf16"}
+    for r in rows.values():
+        assert r["ours_tokens_per_s"] > 0 and r["peer_tokens_per_s"] > 0 and r["matmul_peak_gflops"] > 0
+        assert min(r["ratios"]) <= r["ratio"] <= max(r["ratios"])  # a median of the per-repeat ratios
+        tokens = result["tokens_per_step"]
+        assert math.isclose(r["ours_gflops"], result["flops_per_token"] * tokens / r["ours_s_per_step"] / 1e9)
+    curve = result["curve"]
+    assert len(curve["fp32"]) == len(curve["bf16"]) == 3
+    assert curve["max_gap"] == max(abs(a - b) for a, b in zip(curve["fp32"], curve["bf16"]))
+    assert "| tiny | fp32 |" in capsys.readouterr().out

@@ -1,0 +1,163 @@
+"""Training building blocks: the loss as a sum, gradient accumulation, optimiser groups, schedules, configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from glassformer.models import GPT, GPTConfig
+from glassformer.training.config import TrainConfig, read_config_file, resolve_config
+from glassformer.training.objectives import compute_loss, token_loss_sum
+from glassformer.training.optim import Schedule, param_groups
+from glassformer.training.trainer import Trainer
+
+
+def tiny_gpt(seed: int = 0, dropout: float = 0.0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_name("gpt-tiny", dropout=dropout))
+
+
+class FixedBatches:
+    """A dataset stub that hands out prepared batches in order."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def batch(self, batch_size, generator):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+
+def lm_batch(b: int, t: int, seed: int, ignore: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (b, t), generator=g)
+    labels = torch.randint(0, 64, (b, t), generator=g)
+    if ignore:  # hide the first `ignore` positions of every row: micro-batches get different target counts
+        labels[:, :ignore] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+# --------------------------------------------------------------------------- loss & accumulation
+
+
+def test_loss_sum_over_targets_equals_model_mean_loss():
+    model = tiny_gpt()
+    batch = lm_batch(3, 10, seed=1, ignore=4)
+    out = compute_loss(model, batch)
+    assert int(out.count) == 3 * 6
+    mean_from_model = model(**batch).loss
+    assert torch.allclose(out.loss / out.count, mean_from_model, atol=1e-6)
+
+
+def test_label_smoothing_matches_its_definition():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    labels[0, 0] = -100
+    eps = 0.1
+    got = token_loss_sum(logits, labels, eps).loss
+    logp = logits.log_softmax(-1)
+    keep = labels != -100
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    uniform = -logp.mean(-1)  # cross-entropy against the uniform distribution
+    want = ((1 - eps) * nll + eps * uniform)[keep].sum()
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, token_loss_sum(logits, labels, 0.0).loss)
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulated_gradient_equals_gradient_of_concatenated_batch():
+    # two micro-batches with different numbers of targets (4 of 8 vs 7 of 8 positions per row)
+    a, b = lm_batch(2, 8, seed=2, ignore=4), lm_batch(2, 8, seed=3, ignore=1)
+    cfg = TrainConfig(grad_accum=2, batch_size=2, max_steps=1, grad_clip=0.0, device="cpu", dtype="float32")
+    model = tiny_gpt()
+    trainer = Trainer(model, cfg, FixedBatches([a, b]))
+    trainer.accumulate_gradients([a, b])
+    accumulated = grads(trainer.model)
+
+    whole = tiny_gpt()
+    joined = {k: torch.cat([a[k], b[k]]) for k in a}
+    whole(**joined).loss.backward()  # the model's mean over every target of the joined batch
+    reference = grads(whole)
+    assert accumulated.keys() == reference.keys()
+    for name in reference:
+        assert torch.allclose(accumulated[name], reference[name], atol=1e-6, rtol=1e-5), name
+
+    # the property is not vacuous: averaging each micro-batch's mean gives a different gradient
+    naive = tiny_gpt()
+    for part in (a, b):
+        (naive(**part).loss / 2).backward()
+    assert any(not torch.allclose(grads(naive)[n], reference[n], atol=1e-6) for n in reference)
+
+
+# -------------------------------------------------------------------------------- optimiser
+
+
+def test_param_groups_split_matrices_from_vectors_and_list_tied_weights_once():
+    model = tiny_gpt()
+    decay, no_decay = param_groups(model, 0.1)
+    ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # each tensor exactly once
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    norms = [m.weight for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert all(any(p is w for p in no_decay["params"]) for w in norms)
+    assert any(p is model.tok_emb.weight for p in decay["params"])  # the tied LM head is the same tensor
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_min_lr():
+    s = Schedule("cosine", lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110)
+    assert [s(i) for i in (1, 5, 10)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    after = [s(i) for i in range(10, 111)]
+    assert all(x >= y for x, y in zip(after, after[1:]))  # monotone down
+    assert s(60) == pytest.approx((1e-3 + 1e-4) / 2)  # half way through the cosine
+    assert s(110) == pytest.approx(1e-4) and s(500) == pytest.approx(1e-4)
+
+
+def test_noam_schedule_peaks_at_lr_then_falls_as_inverse_sqrt():
+    s = Schedule("noam", lr=2e-3, min_lr=0.0, warmup_steps=100, decay_steps=1000)
+    assert max(s(i) for i in range(1, 1000)) == pytest.approx(2e-3)
+    assert s(100) == pytest.approx(2e-3)
+    assert s(50) == pytest.approx(1e-3)  # linear during warmup
+    assert s(400) == pytest.approx(s(100) / 2)  # ∝ step^-0.5 after: 4x the steps, half the rate
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def test_config_file_yaml_and_toml_then_flags_win(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("d-model: 64\nlr: 1e-3\nn_heads: 2\ncompile: false\n")  # YAML 1.1 reads 1e-3 as text
+    t = tmp_path / "run.toml"
+    t.write_text('d_model = 64\nlr = 0.001\nn_heads = 2\ndata = "notes.txt"\n')
+    for path in (y, t):
+        values = read_config_file(path)
+        cfg = resolve_config("gpt", values, {"n_heads": 4})
+        assert cfg.d_model == 64 and cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+        assert cfg.n_heads == 4  # the flag wins over the file
+    cfg = resolve_config("seq2seq", {}, {})
+    assert cfg.beta2 == 0.98 and cfg.smoothing == 0.1  # the paper's settings are the task defaults
+    assert resolve_config("gpt", {}, {}).smoothing == 0.0
+
+
+def test_config_errors_name_the_field_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("d_model: 64\nlearning_rate: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown field 'learning_rate'"):
+        read_config_file(bad)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="context 300 is above max_len 256"):
+        TrainConfig(context=300, max_len=256)
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("lr = \n")
+    with pytest.raises(ValueError, match="typo.toml: cannot parse"):
+        read_config_file(typo)
+    assert math.isfinite(TrainConfig().lr)
