@@ -26,7 +26,6 @@ COMMANDS: dict[str, str] = {
     "explain": "glassformer.explain.command",
     "attention": "glassformer.explain.command",
     "convert": "glassformer.interop.command",
-    "bench": "glassformer.bench",
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)
