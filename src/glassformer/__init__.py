@@ -4,7 +4,14 @@ Scaled dot-product attention, multi-head attention, the encoder and decoder stac
 three model families built from them (Transformer, BERT, GPT), in readable PyTorch.
 """
 
-from glassformer.attention import MultiHeadAttention, scaled_dot_product_attention
+import os
+
+# OpenMP threads that spin while waiting at barriers make every op 5-10x slower when other
+# processes share the cores (measured on a 2-core CI box); sleeping waiters cost little when
+# idle. Takes effect only if torch is not imported yet; set OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from glassformer.attention import MultiHeadAttention, scaled_dot_product_attention  # noqa: E402
 from glassformer.models import (
     BERT,
     GPT,
