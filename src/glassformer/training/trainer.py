@@ -107,6 +107,9 @@ class Trainer:
         self.process = process or ProcessContext()
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cuda":  # TF32 tensor cores for the fp32 matmuls left outside autocast
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.model = unwrap_model(model).to(self.device)  # the plain model: saved, evaluated, sampled
         self.train_model = self.process.wrap_model(self.model, self.device)  # what the step calls
         if config.compile:
@@ -132,7 +135,9 @@ class Trainer:
     # ----------------------------------------------------------------------------- one step
 
     def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.device.type == "cuda":  # page-locked memory lets the copy overlap with compute
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def draw_batches(self) -> list[Batch]:
         """The micro-batches of the next optimiser step, drawn from the data generator."""
@@ -148,7 +153,8 @@ class Trainer:
         counts = sum(count_targets(b) for b in batches)  # labels are still on the host: no device sync
         total = counts
         if self.process.world_size > 1:  # every rank divides by the global number of targets
-            total = int(self.process.all_reduce_sum(torch.tensor(counts, device=self.device)).item())
+            # a host tensor: the process group reduces it on the CPU, so the device never syncs here
+            total = int(self.process.all_reduce_sum(torch.tensor(counts)).item())
         denom = float(max(total, 1))
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
