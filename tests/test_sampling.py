@@ -57,6 +57,12 @@ def test_out_of_range_settings_are_refused_by_name(kwargs, field):
 def test_boundary_settings_are_accepted():
     validate_sampling(temperature=0.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
     validate_sampling(temperature=2.0, top_k=10**9, top_p=1e-9, repetition_penalty=0.5)
+    x = logits()
+    # top_k past the vocabulary is clamped: the same draw as no top-k at all
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(sample_next(x, 2.0, 10**9, None, generator=g1), sample_next(x, 2.0, None, None, generator=g2))
+    # a tiny top_p still keeps one token: the most likely one
+    assert torch.equal(sample_next(x, 2.0, None, 1e-9, generator=torch.Generator().manual_seed(0)), x.argmax(-1))
 
 
 # ------------------------------------------------------------------------ temperature, greedy
