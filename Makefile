@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassformer-installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test test-fast lint bench clean install
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests marked slow (demo quality, real processes), ~1-2 minutes.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

@@ -26,6 +26,10 @@ COMMANDS: dict[str, str] = {
     "explain": "glassformer.explain.command",
     "attention": "glassformer.explain.command",
     "convert": "glassformer.interop.command",
+    "heads": "glassformer.explain.insight",
+    "lens": "glassformer.explain.insight",
+    "ablate": "glassformer.explain.insight",
+    "attribute": "glassformer.explain.insight",
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)

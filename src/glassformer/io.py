@@ -1,0 +1,209 @@
+"""The one way glassformer writes and reads its files (the base layer: imports only the stdlib).
+
+* :func:`atomic_write` / :func:`atomic_path`: a file appears whole or not at all. The data goes to
+  a uniquely named temporary file beside the target, is flushed and ``fsync``-ed, gets the
+  permissions an ordinary ``open()`` would give (``0o666 & ~umask``: 0644 under umask 022;
+  ``mkstemp`` alone gives 0600), and is renamed over the target; the directory is then synced
+  so the rename itself survives a power cut.
+* :func:`make_dirs`: directories honour the umask too (0755 under 022; ``mkdtemp`` gives 0700).
+* :func:`read_json`: one error form that names the file: ``path: not valid JSON (...)``.
+* :func:`remove_stale_temps`: temporary files left by a process that was killed (``kill -9``)
+  are removed at the next start.
+* :data:`IGNORE_INDEX` and :func:`unwrap_model`: the label the loss skips and the plain model
+  inside compile/DDP/FSDP wrappers, defined once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from glassformer.errors import GlassformerError
+
+IGNORE_INDEX = -100  # label value the cross-entropy skips (padding, unmasked MLM positions)
+
+# ".{name}.tmp-{pid}-{random}": the pid lets remove_stale_temps tell a live writer from a dead one
+_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where the platform allows)."""
+    try:  # Linux exposes it without the set-and-restore race
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions for a new file: what ``open(path, "w")`` would give (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Permissions for a new directory: what ``mkdir`` would give (0o755 under umask 022)."""
+    return 0o777 & ~current_umask()
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` that honours the umask; returns the path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A unique temporary name beside ``path`` (same directory, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a library that writes to a path
+    (``safetensors.torch.save_file``, ``savefig``); on success it becomes ``path``, else it is removed.
+
+    The parent directory must exist (create it with :func:`make_dirs` after validating input).
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: the writer did not create its file")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write ``data`` (bytes, UTF-8 text, or a function that writes to the path it is given) to
+    ``path`` atomically, with umask permissions. Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "xb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 ``text`` to ``path``, atomically."""
+    return atomic_write(path, text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """``obj`` as JSON (UTF-8, keys in insertion order, trailing newline) to ``path``, atomically."""
+    return atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(
+    path: str | os.PathLike,
+    *,
+    expect: type | tuple[type, ...] = dict,
+    error: type[GlassformerError] = GlassformerError,
+) -> Any:
+    """Parse the JSON file at ``path``; every failure is ``error("PATH: what is wrong")``.
+
+    ``expect`` is the type the top-level value must have (an object by default).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if expect is not None and not isinstance(value, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        kind = {"dict": "a JSON object", "list": "a JSON array"}.get(names, names)
+        raise error(f"{path}: must hold {kind}, found {type(value).__name__}")
+    return value
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files named by :func:`temp_name` in ``directory`` whose writer process is
+    gone (killed before its rename). Only files matching that exact pattern are touched; symlinks
+    are never followed. Returns what was removed."""
+    removed: list[Path] = []
+    directory = Path(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue  # a writer that may still be running
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unwrap_model(model: Any) -> Any:
+    """The plain model inside ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``)
+    wrappers, however deeply nested. Saving the unwrapped model keeps ``_orig_mod.`` and
+    ``module.`` out of checkpoint keys. (FSDP2 shards in place and needs no unwrapping.)"""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None) if type(model).__name__ in (
+                "DistributedDataParallel", "DataParallel") else None
+        if inner is None:
+            return model
+        model = inner
