@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from glassformer.generation import generate, optimize_for_decoding  # noqa: E402
+from glassformer.generation import GenerationConfig, generate, optimize_for_decoding  # noqa: E402
 from glassformer.models import GPT, GPTConfig  # noqa: E402
 
 SHAPES = {  # name -> (n_layers, n_heads, d_model, vocab_size)
@@ -123,7 +123,7 @@ def compare(peer, ours, batch: int, prompt_len: int, new_tokens: int, repeats: i
             return peer.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, num_beams=1)
 
     def run_ours():
-        return generate(ours, ids, max_new_tokens=new_tokens, eos_token_id=[])
+        return generate(ours, ids, GenerationConfig(max_new_tokens=new_tokens, eos_token_id=()))
 
     best_peer = best_ours = float("inf")
     same = True

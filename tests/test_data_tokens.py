@@ -85,6 +85,24 @@ def test_a_damaged_cache_file_is_rebuilt(bpe, tmp_path):
     assert counting.calls > 0 and np.array_equal(a, b)
 
 
+def test_a_cache_corrupted_in_place_is_noticed_by_its_checksum_and_rebuilt(bpe, tmp_path, caplog):
+    a = np.array(encode_corpus(CODE, bpe, cache_dir=tmp_path, progress=False))
+    (bin_path,) = (tmp_path / "tokens").glob("*.bin")
+    data = bytearray(bin_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same length, one id changed: a length check alone would miss it
+    bin_path.write_bytes(bytes(data))
+    counting = Counting(bpe)
+    caplog.set_level("WARNING")
+    b = encode_corpus(CODE, counting, cache_dir=tmp_path, progress=False)
+    assert counting.calls > 0 and np.array_equal(a, b)
+    assert str(bin_path) in caplog.text and "checksum" in caplog.text
+    # a cache written by a version without checksums is rebuilt too, never trusted
+    meta = bin_path.with_suffix(".json")
+    meta.write_text(meta.read_text().replace('"format": 2', '"format": 1'))
+    again = Counting(bpe)
+    assert np.array_equal(encode_corpus(CODE, again, cache_dir=tmp_path, progress=False), a) and again.calls > 0
+
+
 def test_cache_dir_comes_from_the_environment(bpe, tmp_path, monkeypatch):
     monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path / "env-cache"))
     encode_corpus(CODE[:1000], bpe, progress=False)

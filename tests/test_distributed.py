@@ -18,19 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-TEXT = textwrap.dedent("""\
-    The quick brown fox jumps over the lazy dog. A list holds items in order; a dict maps keys to values.
-    def add(a, b):
-        return a + b
-    Iteration visits each element once. Exceptions unwind the stack until a handler catches them.
-""") * 40
+from conftest import TRAIN_TEXT
 
 FIELDS = dict(n_layers=2, n_heads=2, d_model=32, context=32, batch_size=4, grad_accum=2, eval_batches=2,
               sample_tokens=0, progress="none", log_every=1, dropout=0.0, lr=1e-2, warmup_steps=2, seed=7,
@@ -63,16 +57,16 @@ def phases(root: Path, corpus: str) -> list[list[str]]:
 def worker(root: str, corpus: str) -> None:
     """What each torchrun process runs: the phases above, through the CLI."""
     from glassformer.cli import main
-    from glassformer.training.distributed import DistributedTrainer
+    from glassformer.training.trainer import Trainer
 
-    step_once = DistributedTrainer.train_step
+    step_once = Trainer.train_step
 
     def train_step(self, step):  # only rank 1 is signalled, in the middle of step 3 of the last phase
         if self.run_dir.name == "signal" and self.process.rank == 1 and step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
         return step_once(self, step)
 
-    DistributedTrainer.train_step = train_step
+    Trainer.train_step = train_step
     for argv in phases(Path(root), corpus):
         code = main(argv)
         if code:
@@ -88,7 +82,7 @@ def launched(tmp_path_factory):
     """Run the torchrun job once for the whole module; returns (root, corpus, stdout)."""
     root = tmp_path_factory.mktemp("distributed")
     corpus = root / "corpus.txt"
-    corpus.write_text(TEXT)
+    corpus.write_text(TRAIN_TEXT)
     from glassformer.cli import main
 
     with pytest.MonkeyPatch.context() as mp:

@@ -128,3 +128,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(models, tmp_path, capsy
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and re.search(match, lines[0]) and "Traceback" not in captured.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_options_may_come_anywhere_on_the_line(models, capsys):
+    """argparse alone binds RUN and an empty text list at once, then calls the text unrecognised."""
+    run = str(models / "gpt")
+    outputs = []
+    for argv in (
+        ["explain", run, "--layer", "0", "--head", "1", "the lazy dog"],
+        ["explain", "--layer", "0", run, "--head", "1", "the lazy dog", "--plain"],
+        ["explain", run, "the lazy dog", "--layer", "0", "--head", "1"],
+    ):
+        assert main(argv) == 0, argv
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert "layer 0 · head 1" in outputs[0]
+    assert main(["explain", "--masks", "--padding-side", "left", "a dog", "the lazy dog"]) == 0
+    assert "padded on the left" in capsys.readouterr().out
+    png = models / "anywhere.png"
+    assert main(["attention", run, "--layer", "1", "--head", "0", "the lazy dog", "--out", str(png)]) == 0
+    assert png.is_file()
+    with pytest.raises(SystemExit) as e:  # an unknown option is still refused
+        main(["explain", run, "--nope", "the lazy dog"])
+    assert e.value.code == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from glassformer.explain.trace import trace_generation
-from glassformer.generation import generate_lists, greedy_seq2seq
+from glassformer.generation import generate_lists, generate_seq2seq_lists
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 
 
@@ -38,7 +38,7 @@ PROMPT = [7, 8, 9, 10, 11]
 def test_tokens_are_what_the_library_generates(settings):
     model = gpt()
     trace = trace_generation(model, PROMPT, 12, **settings)
-    want = generate_lists(model, [PROMPT], 12, **settings)[0]
+    want = generate_lists(model, [PROMPT], max_new_tokens=12, **settings)[0]
     assert trace.generated_ids == want
     assert trace.context_ids == PROMPT + want
 
@@ -77,7 +77,7 @@ def test_seq2seq_trace_matches_greedy_decoding_and_records_cross_attention():
     model = Transformer(TransformerConfig.from_name("transformer-tiny", bos_token_id=1, eos_token_id=2)).eval()
     src = [5, 6, 7, 8, 9, 10]
     trace = trace_generation(model, src, 7, eos_token_id=2, start_token_id=1)
-    assert trace.generated_ids == greedy_seq2seq(model, torch.tensor([src]), max_new_tokens=7)[0]
+    assert trace.generated_ids == generate_seq2seq_lists(model, torch.tensor([src]), max_new_tokens=7)[0]
     for n, step in enumerate(trace.steps):
         assert step.attention["cross"].shape == (2, 4, len(src))
         assert step.attention["decoder-self"].shape == (2, 4, n + 1)

@@ -67,8 +67,8 @@ def test_cached_greedy_is_token_identical_to_uncached_and_to_the_reference():
     n = 130  # 10 + 130 > 2 · max_len (64): the window slides twice
     with torch.no_grad():
         ref = reference_greedy(m, p, n)
-    cached = generate_lists(m, [p], n, eos_token_id=NO_EOS)[0]
-    uncached = generate_lists(m, [p], n, eos_token_id=NO_EOS, use_cache=False)[0]
+    cached = generate_lists(m, [p], max_new_tokens=n, eos_token_id=NO_EOS)[0]
+    uncached = generate_lists(m, [p], max_new_tokens=n, eos_token_id=NO_EOS, use_cache=False)[0]
     assert cached == ref
     assert uncached == ref
     assert len(set(ref)) > 5  # a varied sequence, not one token repeated
@@ -77,10 +77,10 @@ def test_cached_greedy_is_token_identical_to_uncached_and_to_the_reference():
 def test_a_prompt_longer_than_max_len_is_cropped_to_its_recent_tokens():
     m = gpt()
     p = prompt(90, 2)  # max_len is 64
-    out = generate_lists(m, [p], 5, eos_token_id=NO_EOS)[0]
+    out = generate_lists(m, [p], max_new_tokens=5, eos_token_id=NO_EOS)[0]
     # only the last window_keep(64) tokens matter: changing older ones changes nothing
     q = prompt(90 - window_keep(64), 3) + p[-window_keep(64) :]
-    assert generate_lists(m, [q], 5, eos_token_id=NO_EOS)[0] == out
+    assert generate_lists(m, [q], max_new_tokens=5, eos_token_id=NO_EOS)[0] == out
     with torch.no_grad():
         assert out == reference_greedy(m, p, 5)
 
@@ -108,8 +108,8 @@ def test_each_row_of_a_left_padded_batch_equals_generating_it_alone():
     m = gpt()
     prompts = [prompt(n, 10 + n) for n in (3, 17, 1, 8, 30)]
     n = 50  # the 30-token prompt overflows max_len, so the batch is rebuilt mid-way
-    batched = generate_lists(m, prompts, n, eos_token_id=NO_EOS)
-    alone = [generate_lists(m, [p], n, eos_token_id=NO_EOS)[0] for p in prompts]
+    batched = generate_lists(m, prompts, max_new_tokens=n, eos_token_id=NO_EOS)
+    alone = [generate_lists(m, [p], max_new_tokens=n, eos_token_id=NO_EOS)[0] for p in prompts]
     assert batched == alone
     assert len({tuple(x) for x in batched}) == len(prompts)
 
@@ -117,10 +117,10 @@ def test_each_row_of_a_left_padded_batch_equals_generating_it_alone():
 def test_rows_that_stop_early_leave_the_batch_without_changing_the_others():
     m = gpt()
     prompts = [prompt(n, 20 + n) for n in (4, 9, 2, 6)]
-    free = generate_lists(m, prompts, 25, eos_token_id=NO_EOS)
+    free = generate_lists(m, prompts, max_new_tokens=25, eos_token_id=NO_EOS)
     eos = free[0][3]  # a token row 0 produces early: it will stop there
-    batched = generate_lists(m, prompts, 25, eos_token_id=eos)
-    alone = [generate_lists(m, [p], 25, eos_token_id=eos)[0] for p in prompts]
+    batched = generate_lists(m, prompts, max_new_tokens=25, eos_token_id=eos)
+    alone = [generate_lists(m, [p], max_new_tokens=25, eos_token_id=eos)[0] for p in prompts]
     assert batched == alone
     assert batched[0] == free[0][: free[0].index(eos) + 1]  # stops right after eos
     for row in batched:
@@ -134,31 +134,31 @@ def test_padding_side_does_not_matter_and_output_keeps_the_input():
     left_mask = torch.tensor([[1] * 5, [0, 0, 0, 1, 1]])
     right = torch.tensor([a, b + [7, 7, 7]])
     right_mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])
-    out_left = generate(m, left, left_mask, max_new_tokens=6, eos_token_id=NO_EOS)
-    out_right = generate(m, right, right_mask, max_new_tokens=6, eos_token_id=NO_EOS)
+    out_left = generate(m, left, attention_mask=left_mask, max_new_tokens=6, eos_token_id=NO_EOS)
+    out_right = generate(m, right, attention_mask=right_mask, max_new_tokens=6, eos_token_id=NO_EOS)
     assert torch.equal(out_left[:, :5], left) and torch.equal(out_right[:, :5], right)
     assert torch.equal(out_left[:, 5:], out_right[:, 5:])
-    assert out_left[1, 5:].tolist() == generate_lists(m, [b], 6, eos_token_id=NO_EOS)[0]
+    assert out_left[1, 5:].tolist() == generate_lists(m, [b], max_new_tokens=6, eos_token_id=NO_EOS)[0]
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent():
     m = gpt()
     prompts = [prompt(n, 30 + n) for n in (2, 7, 4)]
     kw = dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3, eos_token_id=NO_EOS)
-    first = generate_lists(m, prompts, 20, seed=11, **kw)
-    assert first == generate_lists(m, prompts, 20, seed=11, **kw)
-    assert first != generate_lists(m, prompts, 20, seed=12, **kw)
+    first = generate_lists(m, prompts, max_new_tokens=20, seed=11, **kw)
+    assert first == generate_lists(m, prompts, max_new_tokens=20, seed=11, **kw)
+    assert first != generate_lists(m, prompts, max_new_tokens=20, seed=12, **kw)
     for i, p in enumerate(prompts):  # row i is drawn with seed + i
-        assert generate_lists(m, [p], 20, seed=11 + i, **kw)[0] == first[i]
-    greedy = generate_lists(m, prompts, 20, eos_token_id=NO_EOS)
+        assert generate_lists(m, [p], max_new_tokens=20, seed=11 + i, **kw)[0] == first[i]
+    greedy = generate_lists(m, prompts, max_new_tokens=20, eos_token_id=NO_EOS)
     assert first != greedy
 
 
 def test_repetition_penalty_reduces_repeats():
     m = gpt(std=0.1)  # small weights: greedy output repeats itself a lot
     p = prompt(4, 5)
-    plain = generate_lists(m, [p], 40, eos_token_id=NO_EOS)[0]
-    penalised = generate_lists(m, [p], 40, eos_token_id=NO_EOS, repetition_penalty=5.0)[0]
+    plain = generate_lists(m, [p], max_new_tokens=40, eos_token_id=NO_EOS)[0]
+    penalised = generate_lists(m, [p], max_new_tokens=40, eos_token_id=NO_EOS, repetition_penalty=5.0)[0]
     assert len(set(penalised)) > len(set(plain))
 
 
@@ -167,7 +167,7 @@ def test_repetition_penalty_reduces_repeats():
 
 def test_max_new_tokens_is_honoured_and_output_is_padded_after_eos():
     m = gpt(pad_token_id=63)
-    free = generate_lists(m, [prompt(3, 1), prompt(3, 2)], 12, eos_token_id=NO_EOS)
+    free = generate_lists(m, [prompt(3, 1), prompt(3, 2)], max_new_tokens=12, eos_token_id=NO_EOS)
     eos = free[0][2]
     out = generate(m, torch.tensor([prompt(3, 1), prompt(3, 2)]), max_new_tokens=12, eos_token_id=eos)
     assert out.shape[1] <= 3 + 12
@@ -182,25 +182,25 @@ def test_stop_strings_end_a_row_once_its_text_contains_one():
     m = gpt(vocab_size=tok.vocab_size)
     p = tok.encode("abc", add_special_tokens=False)
     specials = sorted(tok.special_ids)
-    free = generate_lists(m, [p], 30, eos_token_id=NO_EOS, suppress_tokens=specials)[0]
+    free = generate_lists(m, [p], max_new_tokens=30, eos_token_id=NO_EOS, suppress_tokens=specials)[0]
     assert not set(free) & set(specials)  # suppressed tokens are never generated
     text = tok.decode(free)
     stop = text[6:8]  # a string the free run produces
-    out = generate_lists(m, [p], 30, eos_token_id=NO_EOS, stop=[stop, "never"], tokenizer=tok,
+    out = generate_lists(m, [p], max_new_tokens=30, eos_token_id=NO_EOS, stop=[stop, "never"], tokenizer=tok,
                          suppress_tokens=specials)[0]
     assert out == free[: len(out)] and len(out) < 30
     assert stop in tok.decode(out) and stop not in tok.decode(out[:-1])
-    assert generate_lists(m, [p], 30, eos_token_id=NO_EOS, stop=stop, tokenizer=tok, suppress_tokens=specials)[0] == out
+    assert generate_lists(m, [p], max_new_tokens=30, eos_token_id=NO_EOS, stop=stop, tokenizer=tok, suppress_tokens=specials)[0] == out
     with pytest.raises(ValueError, match="tokenizer"):
-        generate_lists(m, [p], 3, stop=["x"])
+        generate_lists(m, [p], max_new_tokens=3, stop=["x"])
 
 
 def test_empty_prompt_starts_from_bos_or_is_refused():
     m = gpt(bos_token_id=1)
     from_empty = generate(m, torch.zeros(1, 0, dtype=torch.long), max_new_tokens=4, eos_token_id=NO_EOS)
-    assert from_empty[0].tolist() == generate_lists(m, [[1]], 4, eos_token_id=NO_EOS)[0]
+    assert from_empty[0].tolist() == generate_lists(m, [[1]], max_new_tokens=4, eos_token_id=NO_EOS)[0]
     with pytest.raises(ValueError, match="empty.*bos"):
-        generate_lists(gpt(), [[]], 4)
+        generate_lists(gpt(), [[]], max_new_tokens=4)
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5])
@@ -216,14 +216,14 @@ def test_bad_ids_and_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="top_p"):
         generate(m, torch.tensor([[1, 2]]), temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
-        m.generate(torch.tensor([[1, 2]]), temperature=-1.0)
+        generate(m, torch.tensor([[1, 2]]), temperature=-1.0)
 
 
 def test_generate_leaves_a_training_model_in_training_mode_and_ignores_dropout():
     m = gpt(dropout=0.5).train()
     p = prompt(6, 1)
-    a = generate_lists(m, [p], 10, eos_token_id=NO_EOS)
-    b = generate_lists(m, [p], 10, eos_token_id=NO_EOS, use_cache=False)
+    a = generate_lists(m, [p], max_new_tokens=10, eos_token_id=NO_EOS)
+    b = generate_lists(m, [p], max_new_tokens=10, eos_token_id=NO_EOS, use_cache=False)
     assert a == b and m.training
 
 
@@ -263,7 +263,7 @@ def test_streamed_text_equals_the_full_decode_without_replacement_characters():
     out = Recorder()
     streamer = TextStreamer(tok, out=out, eos_ids=[tok.eos_id])
     seen = []
-    new = generate_lists(m, [[tok.bos_id]], 40, eos_token_id=tok.eos_id,
+    new = generate_lists(m, [[tok.bos_id]], max_new_tokens=40, eos_token_id=tok.eos_id,
                          streamer=lambda row, t: (seen.append(t), streamer(row, t)))
     streamer.flush()
     assert new[0] == script + [tok.eos_id] and seen == new[0]
@@ -296,7 +296,7 @@ def test_streamer_never_prints_a_stop_string():
 def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     m = gpt()
     p = [prompt(n, n) for n in (3, 9)]
-    before = generate_lists(m, p, 20, eos_token_id=NO_EOS)
+    before = generate_lists(m, p, max_new_tokens=20, eos_token_id=NO_EOS)
     logits = m(torch.tensor([p[1]])).logits
     state = {k: v.clone() for k, v in m.state_dict().items()}
     optimize_for_decoding(m)
@@ -304,7 +304,7 @@ def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     assert m.lm_head.weight.stride(0) == 1  # (in, out) storage
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
     assert torch.allclose(m(torch.tensor([p[1]])).logits, logits, atol=1e-5)
-    assert generate_lists(m, p, 20, eos_token_id=NO_EOS) == before
+    assert generate_lists(m, p, max_new_tokens=20, eos_token_id=NO_EOS) == before
     m.save_pretrained(tmp_path)  # saved in the usual layout, loads back with the same values
     loaded = GPT.from_pretrained(tmp_path)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
@@ -316,3 +316,39 @@ def test_decoding_layout_is_chosen_per_dtype():
     m = optimize_for_decoding(m.to(torch.bfloat16))  # .to() keeps the strides; bf16 wants rows
     assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
     assert m.lm_head.weight is m.tok_emb.weight
+
+
+def test_cached_steps_reuse_one_mask_buffer_and_one_position_buffer():
+    """Issue 16: a decoding step allocates no new attention mask or position ids (views of buffers)."""
+    seen = []
+
+    class Recording(GPT):
+        def forward(self, input_ids, attention_mask=None, *args, position_ids=None, **kwargs):
+            if input_ids.shape[1] == 1 and attention_mask is not None:  # a cached step of a padded batch
+                seen.append((attention_mask.untyped_storage().data_ptr(), position_ids.untyped_storage().data_ptr()))
+            return super().forward(input_ids, attention_mask, *args, position_ids=position_ids, **kwargs)
+
+    torch.manual_seed(0)
+    m = Recording(GPTConfig.from_name("gpt-tiny")).eval()
+    out = generate_lists(m, [prompt(3, 1), prompt(7, 2)], max_new_tokens=8, eos_token_id=NO_EOS)
+    assert len(seen) == 7 and len(set(seen)) == 1
+    assert out == [generate_lists(m, [p], max_new_tokens=8, eos_token_id=NO_EOS)[0] for p in (prompt(3, 1), prompt(7, 2))]
+
+
+def test_the_prefill_runs_only_the_last_position_through_the_lm_head():
+    calls = []
+
+    class Recording(GPT):
+        def forward(self, input_ids, attention_mask=None, labels=None, return_attentions=False, *, position_ids=None,
+                    cache=None, last_only=False, hooks=None):
+            out = super().forward(input_ids, attention_mask, labels, return_attentions, position_ids=position_ids,
+                                  cache=cache, last_only=last_only, hooks=hooks)
+            calls.append((input_ids.shape[1], tuple(out.logits.shape)))
+            return out
+
+    torch.manual_seed(0)
+    m = Recording(GPTConfig.from_name("gpt-tiny")).eval()
+    new = generate_lists(m, [prompt(9, 1), prompt(5, 2)], max_new_tokens=3, eos_token_id=NO_EOS)
+    assert calls[0] == (9, (2, 1, 64)) and all(shape == (2, 1, 64) for _, shape in calls)
+    with torch.no_grad():  # and the tokens are those of the full logits
+        assert new == [reference_greedy(m, prompt(9, 1), 3), reference_greedy(m, prompt(5, 2), 3)]

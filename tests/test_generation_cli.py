@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glassformer.cli import main
-from glassformer.generation import generate_lists, greedy_seq2seq
+from glassformer.generation import generate_lists, generate_seq2seq_lists
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 from glassformer.tokenizers import build_tokenizer
 
@@ -36,9 +36,13 @@ def randomize(model, std=0.3):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """A GPT, a BERT classifier and a Transformer, each saved with a char tokenizer."""
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def save_tiny_models(root):
+    """A GPT, a BERT classifier and a Transformer, each saved with a char tokenizer (also used by
+    test_cli.py and test_api.py)."""
     tok = build_tokenizer("char", TEXT)
-    root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     v, ids = tok.vocab_size, dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     models = {
@@ -78,7 +82,7 @@ def assert_refused(capsys, *argv, match):
 def test_generate_prints_the_prompt_and_the_api_continuation(dirs, capsys):
     tok = dirs["tok"]
     model = GPT.from_pretrained(dirs["gpt"])
-    new = generate_lists(model, [tok.encode("the cat")], 12, eos_token_id=tok.eos_id)[0]
+    new = generate_lists(model, [tok.encode("the cat")], max_new_tokens=12, eos_token_id=tok.eos_id)[0]
     want = "the cat" + tok.decode([t for t in new if t != tok.eos_id], skip_special_tokens=True)
     for stream in ("--stream", "--no-stream"):
         code, out, _ = run(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--max-new-tokens", 12, stream)
@@ -117,7 +121,7 @@ def test_generate_bad_input_is_one_line_and_exit_2(dirs, capsys, tmp_path):
     g = dirs["gpt"]
     assert_refused(capsys, "generate", g, "--prompt", "hello Q", match="prompt 1: character 'Q'")
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--max-new-tokens", 0, match="max_new_tokens")
-    assert_refused(capsys, "generate", g, "--prompt", "hi", "--beam", 4, match="--beam is not supported")
+    assert_refused(capsys, "generate", g, "--prompt", "hi", "--beam", 2, "--temperature", 1, match="beam search")
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--temperature", -1, match="temperature")
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--top-p", 0, match="top_p")
     assert_refused(capsys, "generate", dirs["bert"], "--prompt", "hi", match="needs a gpt model")
@@ -156,7 +160,7 @@ def test_translate_matches_the_api_and_beam_runs(dirs, capsys, monkeypatch):
                        stdin="\n".join(sources), monkeypatch=monkeypatch)
     assert code == 0
     for src, line in zip(sources, out.splitlines()):
-        ids = greedy_seq2seq(model, torch.tensor([tok.encode(src)]), None, 8)[0]
+        ids = generate_seq2seq_lists(model, torch.tensor([tok.encode(src)]), max_new_tokens=8)[0]
         want = tok.decode([t for t in ids if t != tok.eos_id], skip_special_tokens=True)
         assert json.loads(line) == {"source": src, "translation": want}
     code, out, _ = run(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--beam", 3, "--max-new-tokens", 8)
@@ -229,18 +233,24 @@ def test_generate_on_a_run_directory_written_by_glassformer_train(capsys, tmp_pa
 
 def test_generation_config_reads_hugging_face_spellings(tmp_path):
     from glassformer.errors import CheckpointError
-    from glassformer.generation.genconfig import read_generation_config
+    from glassformer.generation.config import GenerationConfig, load_generation_config, read_generation_config
 
     assert read_generation_config(tmp_path) == {}  # the file is optional
+    assert load_generation_config(tmp_path) == GenerationConfig()
     marian = {"num_beams": 4, "max_length": 512, "bad_words_ids": [[58100]], "pad_token_id": 58100,
               "eos_token_id": 0, "transformers_version": "4.x"}
     (tmp_path / "generation_config.json").write_text(json.dumps(marian))
-    assert read_generation_config(tmp_path) == {"beam": 4, "max_new_tokens": 511, "suppress_tokens": [58100],
-                                                "eos_token_id": 0}
+    assert read_generation_config(tmp_path) == {"num_beams": 4, "max_new_tokens": 511, "suppress_tokens": [58100],
+                                                "eos_token_id": 0, "pad_token_id": 58100}
     (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.7, "top_k": 5}))
-    assert read_generation_config(tmp_path) == {"temperature": 0.0, "top_k": 5}
+    assert read_generation_config(tmp_path) == {"temperature": 0.0}  # transformers ignores top_k without do_sample
+    (tmp_path / "generation_config.json").write_text(json.dumps({"beam": 3, "top_k": 0}))  # our old key; HF's "no top-k"
+    assert load_generation_config(tmp_path) == GenerationConfig(num_beams=3)
     (tmp_path / "generation_config.json").write_text(json.dumps({"stop": "\n"}))
     with pytest.raises(CheckpointError, match="stop must be a list of strings"):
+        read_generation_config(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": float("nan")}))
+    with pytest.raises(CheckpointError, match="generation_config.json: temperature must be a finite number"):
         read_generation_config(tmp_path)
     (tmp_path / "generation_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):

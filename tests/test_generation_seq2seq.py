@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from glassformer.generation import beam_search, generate_seq2seq, greedy_seq2seq
+from glassformer.generation import generate_seq2seq, generate_seq2seq_lists
 from glassformer.models import Transformer, TransformerConfig
 
 
@@ -66,15 +66,15 @@ def test_cached_greedy_equals_recomputing_every_step_with_padded_sources():
     mask = torch.ones_like(src)
     mask[1, :3] = 0  # padded sources: the padding must not change anything
     mask[3, 5:] = 0
-    free = greedy_seq2seq(m, src, mask, 15, eos_token_id=[])
+    free = generate_seq2seq_lists(m, src, src_mask=mask, max_new_tokens=15, eos_token_id=[])
     eos = free[0][4]  # row 0 stops early, so rows leave the batch mid-way
     with torch.no_grad():
         ref = recompute_greedy(m, src, mask, 15, eos)
-    got = greedy_seq2seq(m, src, mask, 15, eos_token_id=eos)
+    got = generate_seq2seq_lists(m, src, src_mask=mask, max_new_tokens=15, eos_token_id=eos)
     assert got == ref
     assert len(got[0]) == 5 and len({tuple(r) for r in got}) > 1
     for b in range(4):  # each source alone, unpadded
-        alone = greedy_seq2seq(m, src[b : b + 1, mask[b].bool()], None, 15, eos_token_id=eos)
+        alone = generate_seq2seq_lists(m, src[b : b + 1, mask[b].bool()], max_new_tokens=15, eos_token_id=eos)
         assert alone[0] == got[b]
 
 
@@ -85,7 +85,7 @@ def test_cross_attention_keys_and_values_are_computed_once():
         layer.cross_attn.w_kv.register_forward_hook(lambda *a: calls.append(1))
     for beam in (1, 3):
         calls.clear()
-        generate_seq2seq(m, sources(b=2), max_new_tokens=10, beam=beam, eos_token_id=[])
+        generate_seq2seq(m, sources(b=2), max_new_tokens=10, num_beams=beam, eos_token_id=[])
         assert len(calls) == len(m.decoder.layers)  # once per layer, not once per step
 
 
@@ -95,12 +95,12 @@ def test_cross_attention_keys_and_values_are_computed_once():
 def test_beam_width_one_is_greedy():
     m = transformer(seed=1)
     src = sources(b=5, seed=1)
-    free = greedy_seq2seq(m, src, None, 12, eos_token_id=[])
+    free = generate_seq2seq_lists(m, src, max_new_tokens=12, eos_token_id=[])
     eos = free[2][3]
-    greedy = greedy_seq2seq(m, src, None, 12, eos_token_id=eos)
+    greedy = generate_seq2seq_lists(m, src, max_new_tokens=12, eos_token_id=eos)
     assert any(len(g) < 12 for g in greedy)  # eos handling is exercised
     for lp in (0.0, 1.0, 2.5):
-        assert beam_search(m, src, None, 12, beam=1, length_penalty=lp, eos_token_id=eos) == greedy
+        assert generate_seq2seq_lists(m, src, max_new_tokens=12, num_beams=1, length_penalty=lp, eos_token_id=eos, beam_search=True) == greedy
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
@@ -116,12 +116,12 @@ def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
         scores = [s / len(h) ** length_penalty for s, h in zip(log_prob(m, src, hyps), hyps)]
     ranked = sorted(zip(scores, hyps), reverse=True)
     assert ranked[0][0] - ranked[1][0] > 1e-4  # a clear winner, so float noise cannot decide
-    best = beam_search(m, src, None, n, beam=len(hyps), length_penalty=length_penalty)[0]
+    best = generate_seq2seq_lists(m, src, max_new_tokens=n, num_beams=len(hyps), length_penalty=length_penalty)[0]
     assert best == ranked[0][1]
-    narrow = beam_search(m, src, None, n, beam=3, length_penalty=length_penalty)[0]
+    narrow = generate_seq2seq_lists(m, src, max_new_tokens=n, num_beams=3, length_penalty=length_penalty)[0]
     assert narrow in hyps  # a narrow beam still returns a complete hypothesis
     if length_penalty == 2.0:  # here the best sequence is not the greedy one: the search matters
-        assert best != beam_search(m, src, None, n, beam=1, length_penalty=length_penalty)[0]
+        assert best != generate_seq2seq_lists(m, src, max_new_tokens=n, num_beams=1, length_penalty=length_penalty, beam_search=True)[0]
 
 
 def test_length_penalty_trades_length_for_probability():
@@ -129,7 +129,7 @@ def test_length_penalty_trades_length_for_probability():
     src = torch.tensor([[1, 2, 0, 1, 3]])
     # beam 1365 holds every sequence of up to 5 tokens: the search is exact, and for an exact
     # search a larger exponent can only make the best output longer (score = logP / len^lp, logP < 0)
-    lengths = [len(beam_search(m, src, None, 5, beam=1365, length_penalty=lp)[0]) for lp in (0.0, 0.5, 1.0, 3.0)]
+    lengths = [len(generate_seq2seq_lists(m, src, max_new_tokens=5, num_beams=1365, length_penalty=lp)[0]) for lp in (0.0, 0.5, 1.0, 3.0)]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
 
 
@@ -138,28 +138,28 @@ def test_batched_beam_search_equals_one_source_at_a_time():
     src = sources(b=4, seed=3)
     mask = torch.ones_like(src)
     mask[0, :2] = 0
-    free = greedy_seq2seq(m, src, mask, 10, eos_token_id=[])
+    free = generate_seq2seq_lists(m, src, src_mask=mask, max_new_tokens=10, eos_token_id=[])
     eos = free[1][2]
-    batched = beam_search(m, src, mask, 10, beam=4, eos_token_id=eos)
+    batched = generate_seq2seq_lists(m, src, src_mask=mask, max_new_tokens=10, num_beams=4, eos_token_id=eos)
     for b in range(4):
-        alone = beam_search(m, src[b : b + 1, mask[b].bool()], None, 10, beam=4, eos_token_id=eos)
+        alone = generate_seq2seq_lists(m, src[b : b + 1, mask[b].bool()], max_new_tokens=10, num_beams=4, eos_token_id=eos)
         assert alone[0] == batched[b]
 
 
 # ---------------------------------------------------------------------------- API, input
 
 
-def test_generate_seq2seq_pads_after_eos_and_the_model_method_delegates():
+def test_generate_seq2seq_pads_after_eos():
     m = transformer()
     src = sources(b=3)
-    free = greedy_seq2seq(m, src, None, 8, eos_token_id=[])
+    free = generate_seq2seq_lists(m, src, max_new_tokens=8, eos_token_id=[])
     eos = free[0][1]
-    rows = greedy_seq2seq(m, src, None, 8, eos_token_id=eos)
-    out = m.generate(src, max_new_tokens=8, eos_token_id=eos, pad_token_id=63)
+    rows = generate_seq2seq_lists(m, src, max_new_tokens=8, eos_token_id=eos)
+    out = generate_seq2seq(m, src, max_new_tokens=8, eos_token_id=eos, pad_token_id=63)
     for r, o in zip(rows, out.tolist()):
         assert o[: len(r)] == r and all(t == 63 for t in o[len(r) :])
-    beams = beam_search(m, src, None, 8, beam=3, eos_token_id=eos)
-    out = m.generate(src, max_new_tokens=8, beam=3, eos_token_id=eos, pad_token_id=63)
+    beams = generate_seq2seq_lists(m, src, max_new_tokens=8, num_beams=3, eos_token_id=eos)
+    out = generate_seq2seq(m, src, max_new_tokens=8, num_beams=3, eos_token_id=eos, pad_token_id=63)
     for r, o in zip(beams, out.tolist()):
         assert o[: len(r)] == r and all(t == 63 for t in o[len(r) :])
 
@@ -176,9 +176,9 @@ def test_bad_settings_are_refused_and_long_requests_are_capped():
     m = transformer()
     src = sources(b=1)
     with pytest.raises(ValueError, match="beam"):
-        generate_seq2seq(m, src, beam=0)
+        generate_seq2seq(m, src, num_beams=0)
     with pytest.raises(ValueError, match="beam search"):
-        generate_seq2seq(m, src, beam=2, temperature=0.7)
+        generate_seq2seq(m, src, num_beams=2, temperature=0.7)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_seq2seq(m, src, max_new_tokens=0)
     out = generate_seq2seq(m, src, max_new_tokens=500, eos_token_id=[])

@@ -29,7 +29,7 @@ from transformers import (  # noqa: E402
 
 from glassformer import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig  # noqa: E402
 from glassformer.errors import CheckpointError  # noqa: E402
-from glassformer.interop import load_hf  # noqa: E402
+from glassformer.interop import load_hf, save_hf  # noqa: E402
 
 TOL = 1e-4
 V = 96
@@ -91,7 +91,7 @@ def batch():
 @pytest.mark.parametrize("tie", [True, False])
 def test_gpt2_logits_match_and_cached_continuation(tmp_path, batch, tie):
     hf = randomize(GPT2LMHeadModel(gpt2_config(tie_word_embeddings=tie)))
-    ours = GPT.from_hf(save(hf, tmp_path))
+    ours = load_hf(save(hf, tmp_path), expect=GPT)
     ids = batch[0]  # a 9-token prompt
     with torch.no_grad():
         want = hf(ids).logits
@@ -106,7 +106,7 @@ def test_gpt2_logits_match_and_cached_continuation(tmp_path, batch, tie):
 def test_bert_model_hidden_states_with_padding_and_segments(tmp_path, batch, caplog):
     hf = randomize(BertModel(bert_config()))
     with caplog.at_level(logging.INFO):
-        ours = BERT.from_hf(save(hf, tmp_path))
+        ours = load_hf(save(hf, tmp_path), expect=BERT)
     assert (ours.config.pooler, ours.config.mlm_head, ours.config.num_labels) == (True, False, 0)
     assert "not in the checkpoint: masked-LM head" in caplog.text  # absent heads are reported
     ids, mask, types = batch
@@ -133,7 +133,7 @@ def test_bert_minilm_shape(tmp_path, batch):
 
 def test_bert_masked_lm_logits(tmp_path, batch):
     hf = randomize(BertForMaskedLM(bert_config()))
-    ours = BERT.from_hf(save(hf, tmp_path))
+    ours = load_hf(save(hf, tmp_path), expect=BERT)
     assert (ours.config.pooler, ours.config.mlm_head) == (False, True)
     ids, mask, types = batch
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_bert_masked_lm_logits(tmp_path, batch):
 def test_bert_sequence_classification_logits_and_labels(tmp_path, batch):
     hf = randomize(BertForSequenceClassification(bert_config(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
                                                              label2id={"neg": 0, "neu": 1, "pos": 2})))
-    ours = BERT.from_hf(save(hf, tmp_path))
+    ours = load_hf(save(hf, tmp_path), expect=BERT)
     assert ours.config.num_labels == 3 and ours.config.label_names == ["neg", "neu", "pos"]
     ids, mask, types = batch
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_bert_sequence_classification_logits_and_labels(tmp_path, batch):
                                 {"share_encoder_decoder_embeddings": False, "tie_word_embeddings": False}])
 def test_marian_logits_with_padded_source(tmp_path, batch, kw):
     hf = randomize(MarianMTModel(marian_config(**kw)))
-    ours = Transformer.from_hf(save(hf, tmp_path))
+    ours = load_hf(save(hf, tmp_path), expect=Transformer)
     assert ours.config.sinusoidal_layout == "halves" and ours.config.output_bias
     src, mask, _ = batch
     tgt = torch.cat([torch.full((2, 1), V - 1), src[:, :6]], dim=1)  # decoder starts from <pad>
@@ -240,7 +240,7 @@ def load_reported(cls, path):
 @pytest.mark.parametrize("tie", [True, False])
 def test_gpt_round_trip_through_transformers(tmp_path, batch, tie):
     ours = ours_randomized(GPT(GPTConfig.from_name("gpt-tiny", vocab_size=V, tie_embeddings=tie)))
-    ours.to_hf(tmp_path)
+    save_hf(ours, tmp_path)
     hf, info = load_reported(GPT2LMHeadModel, tmp_path)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = batch[0]
@@ -257,7 +257,7 @@ def test_gpt_round_trip_through_transformers(tmp_path, batch, tie):
 ])
 def test_bert_round_trip_through_transformers(tmp_path, batch, heads, cls):
     ours = ours_randomized(BERT(BERTConfig.from_name("bert-tiny", vocab_size=V, **heads)))
-    ours.to_hf(tmp_path)
+    save_hf(ours, tmp_path)
     hf, info = load_reported(cls, tmp_path)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids, mask, types = batch
@@ -281,7 +281,7 @@ def test_transformer_round_trip_through_marian(tmp_path, batch, kw):
     config = TransformerConfig.from_name("transformer-tiny", vocab_size=V, sinusoidal_layout="halves", pad_token_id=V - 1,
                                          eos_token_id=0, decoder_start_token_id=V - 1, **kw)
     ours = ours_randomized(Transformer(config))
-    ours.to_hf(tmp_path)
+    save_hf(ours, tmp_path)
     hf, info = load_reported(MarianMTModel, tmp_path)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     src, mask, _ = batch
@@ -300,7 +300,7 @@ def test_transformer_round_trip_through_marian(tmp_path, batch, kw):
 ])
 def test_models_without_a_hf_counterpart_are_refused(tmp_path, model, match):
     with pytest.raises(ValueError, match=match):
-        model().to_hf(tmp_path / "out")
+        save_hf(model(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -330,4 +330,4 @@ def test_config_switches_transformers_ignores_are_refused(tmp_path):
 def test_family_mismatch_is_an_error(tmp_path):
     save(BertModel(bert_config()), tmp_path)
     with pytest.raises(CheckpointError, match="a bert checkpoint loads as BERT, not GPT"):
-        GPT.from_hf(tmp_path)
+        load_hf(tmp_path, expect=GPT)

@@ -1,7 +1,7 @@
 """Bad checkpoints: each is refused with an error that names the file and the fault, and nothing
 in a checkpoint is ever executed (pickled code, remote-code configs).
 
-The directories are written by our own ``to_hf`` (no `transformers` needed), then damaged.
+The directories are written by our own ``save_hf`` (no `transformers` needed), then damaged.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from glassformer import GPT, GPTConfig
 from glassformer.errors import CheckpointError
-from glassformer.interop import load_hf
+from glassformer.interop import load_hf, save_hf
 from glassformer.interop.weights import validate_safetensors
 
 
 def hf_dir(path) -> pathlib.Path:
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("gpt-tiny")).to_hf(path)
+    save_hf(GPT(GPTConfig.from_name("gpt-tiny")), path)
     return path
 
 

@@ -138,6 +138,10 @@ def test_marian_sentencepiece_ids_match(tmp_path):
     for text in TEXTS:  # target side (labels for training)
         assert ours.encode_target(text) == hf(text_target=text)["input_ids"], text
     assert ours.encode(">>fr<< Hello")[0] == vocab[">>fr<<"]  # a language tag is one token
+    long = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
+    for limit in (7, 30):  # cut inside, </s> kept, as transformers' truncation does
+        assert ours.encode_for_model(long, limit) == hf(long, truncation=True, max_length=limit)["input_ids"]
+    assert ours.encode_for_model("Hello", 30) == hf("Hello")["input_ids"]
 
 
 def test_marian_tokenizer_save_is_read_by_transformers(tmp_path):

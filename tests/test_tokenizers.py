@@ -245,7 +245,7 @@ def test_load_tokenizer_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_tokenizer(tmp_path / "nope.json")
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"tokenizer.json: not valid JSON \(line 1"):
+    with pytest.raises(DataError, match=r"tokenizer.json: not valid JSON \(.*line 1"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "Nonsense"}}')
     with pytest.raises(DataError, match="tokenizer.json: not a tokenizer.json"):

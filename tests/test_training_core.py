@@ -161,3 +161,41 @@ def test_config_errors_name_the_field_and_file(tmp_path):
     with pytest.raises(ValueError, match="typo.toml: cannot parse"):
         read_config_file(typo)
     assert math.isfinite(TrainConfig().lr)
+
+
+def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_configs(capsys):
+    import argparse
+    import dataclasses
+    import typing
+
+    from glassformer.models.config import GPTConfig, ModelConfig
+    from glassformer.training import config as config_module
+    from glassformer.training.command import add_config_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, "gpt")
+    helps = {a.dest: a.help for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "task":
+            assert f.metadata["help"] and helps[f.name].startswith(f.metadata["help"]), f.name
+    # the help is the metadata, not the source: a changed text shows up as it is
+    lr = next(f for f in dataclasses.fields(TrainConfig) if f.name == "lr")
+    original = lr.metadata
+    try:
+        lr.metadata = {**original, "help": "a learning rate from metadata"}
+        parser = argparse.ArgumentParser()
+        add_config_flags(parser, "gpt")
+        assert next(a.help for a in parser._actions if a.dest == "lr").startswith("a learning rate from metadata")
+    finally:
+        lr.metadata = original
+    # the model-shape fields are ModelConfig's own, and become a model config unchanged
+    model_hints = typing.get_type_hints(ModelConfig)
+    marked = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("model")]
+    assert {"n_layers", "n_heads", "d_model", "d_ff", "max_len", "dropout"} == set(marked)
+    assert all(name in model_hints for name in marked)
+    cfg = TrainConfig(d_model=64, n_layers=3, context=48)
+    gpt = GPTConfig(vocab_size=50, **cfg.model_kwargs())
+    assert (gpt.d_model, gpt.n_layers, gpt.d_ff, gpt.max_len) == (64, 3, 256, 48)
+    from glassformer.training import command
+
+    assert not hasattr(command, "_field_comments") and config_module.field_help("lr") == "peak learning rate"

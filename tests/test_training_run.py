@@ -8,48 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import fingerprint, losses, run_cli, subprocess_env, tiny_flags
 from glassformer.cli import main
 from glassformer.loading import load_model
 from glassformer.training import checkpoint as ckpt
-
-TEXT = textwrap.dedent("""\
-    The quick brown fox jumps over the lazy dog. A list holds items in order; a dict maps keys to values.
-    def add(a, b):
-        return a + b
-    Iteration visits each element once. Exceptions unwind the stack until a handler catches them.
-""") * 40
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
-
-def tiny_flags(corpus: Path) -> list[str]:
-    return ["--data", str(corpus), "--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--context", "32",
-            "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "0", "--progress", "none",
-            "--log-every", "1", "--dropout", "0.2", "--lr", "1e-2", "--warmup-steps", "2", "--seed", "7"]
-
-
-def losses(run: Path) -> list[tuple]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"], r.get("val_loss"), r["lr"]) for r in rows]
-
-
-def subprocess_env(tmp_path: Path) -> dict:
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, "GLASSFORMER_CACHE": str(tmp_path / "cache"),
-            "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def resume_in_new_process(run: Path, tmp_path: Path, prelude: str = "") -> subprocess.CompletedProcess:
@@ -155,19 +123,6 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpu
 
 
 # ----------------------------------------------------------------------------- bad input
-
-
-def fingerprint(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse errors exit from inside the parser
-        rc = e.code
-    err = capsys.readouterr().err
-    return rc, err
 
 
 def test_bad_input_is_one_line_exit_2_and_destroys_nothing(corpus, tmp_path, capsys):

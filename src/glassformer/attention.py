@@ -12,19 +12,42 @@ Notation used in every shape comment of this package:
 
 Masks are boolean and follow PyTorch's convention: True means "may attend". They are applied
 with ``masked_fill``/``where``; no large negative numbers are ever added to scores.
+
+Named activations: every ``forward`` here takes an optional ``hooks`` object, None by default.
+Each place a reader may want to see (or change) is one line ``x = tap(hooks, "site", x)``,
+which returns ``x`` untouched when ``hooks`` is None: nothing is installed and nothing is kept
+unless someone asks (``model.run_with_cache``, ``model.run_with_hooks``; the names and the
+``Hooks`` object are in :mod:`glassformer.models.hooks`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # the concrete Hooks lives with the models, which import this module
+    from glassformer.models.hooks import Hooks
+
 Backend = Literal["auto", "math", "fused"]
+
+
+# ----------------------------------------------------------------------- named activations
+
+
+def tap(hooks: Hooks | None, site: str, x: Tensor) -> Tensor:
+    """The activation ``x`` at ``site``: ``x`` itself when no hooks are installed (the default),
+    otherwise whatever the hooks make of it (kept in a cache, read, or replaced)."""
+    return x if hooks is None else hooks(site, x)
+
+
+def scope(hooks: Hooks | None, name: str) -> Hooks | None:
+    """The hooks of a part (``"attn"``, ``"ffn"``, a layer index): names get ``name.`` in front."""
+    return None if hooks is None else hooks.scope(name)
 
 
 # --------------------------------------------------------------------------------------- masks
@@ -87,6 +110,7 @@ def scaled_dot_product_attention(
     *,
     is_causal: bool = False,
     backend: Backend = "auto",
+    hooks: Hooks | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention(Q, K, V) = softmax(QKᵀ / √d_k) V  — equation (1) of the paper.
 
@@ -99,6 +123,7 @@ def scaled_dot_product_attention(
         backend: ``"math"`` runs the four explicit steps, ``"fused"`` calls
             ``torch.nn.functional.scaled_dot_product_attention``; ``"auto"`` picks math when the
             weights are requested and fused otherwise.
+        hooks: named activations ``scores`` and ``pattern`` of the math path (see :func:`tap`).
 
     Returns:
         ``(z, weights)``: z is (B, H, Tq, D); weights is None unless requested.
@@ -129,7 +154,7 @@ def scaled_dot_product_attention(
         mask = mask | ~has_key
 
     if use_math:
-        z, weights = _attention_math(q, k, v, mask, dropout_p)
+        z, weights = _attention_math(q, k, v, mask, dropout_p, hooks)
     else:
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         weights = None
@@ -141,16 +166,18 @@ def scaled_dot_product_attention(
 
 
 def _attention_math(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, hooks: Hooks | None = None
 ) -> tuple[Tensor, Tensor]:
     """The four steps, one line each, so a reader can follow the formula."""
     d_k = q.shape[-1]
     scores = q @ k.transpose(-2, -1)  # step 1: QKᵀ             (B, H, Tq, Tk)
     scores = scores / math.sqrt(d_k)  # step 2: ÷ √d_k           (B, H, Tq, Tk)
+    scores = tap(hooks, "scores", scores)  # named activation: before the mask and the softmax
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     # step 3: softmax over the keys, in fp32 so bf16 inputs keep their precision
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
+    weights = tap(hooks, "pattern", weights)  # named activation: the attention pattern
     attended = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     z = attended @ v  # step 4: weights · V         (B, H, Tq, D)
     return z, weights
@@ -164,12 +191,11 @@ class KVCache:
     """Keys and values of one attention layer, kept between decoding steps.
 
     Self-attention appends the new positions at each step; cross-attention computes the
-    encoder's keys and values once and reuses them (``static``).
+    encoder's keys and values once and reuses them.
     """
 
     k: Tensor | None = None  # (B, H, S, D)
     v: Tensor | None = None  # (B, H, S, D)
-    static: bool = False
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
@@ -215,7 +241,6 @@ class MultiHeadAttention(nn.Module):
         else:
             self.w_qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # W^Q, W^K, W^V stacked
         self.w_o = nn.Linear(d_model, d_model, bias=bias)  # W^O
-        self.backend: Backend = "auto"
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -244,23 +269,28 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         return_weights: bool = False,
+        hooks: Hooks | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, C) -> (out (B, T, C), weights (B, H, T, S) or None).
 
         With a ``cache``, self-attention appends this step's keys/values to it and attends over
         all of them; cross-attention computes the memory's keys/values on the first call only.
+        ``hooks`` sees ``q``, ``k``, ``v`` (this call's new positions), ``scores``, ``pattern``,
+        ``z`` (B, H, T, D) and ``out``; asking for scores or pattern selects the explicit path.
         """
         b, t, c = x.shape
         if self.cross and cache is not None and cache.k is not None:
-            q = self._split_heads(self.w_q(x))  # (B, H, T, D); K, V come from the cache
+            q = tap(hooks, "q", self._split_heads(self.w_q(x)))  # (B, H, T, D); K, V come from the cache
             k, v = cache.k, cache.v
         else:
             q, k, v = self.project(x, memory)
+            q, k, v = tap(hooks, "q", q), tap(hooks, "k", k), tap(hooks, "v", v)
             if cache is not None:
                 if self.cross:
-                    cache.k, cache.v, cache.static = k, v, True
+                    cache.k, cache.v = k, v
                 else:
                     k, v = cache.append(k, v)  # (B, H, S, D) with S = past + T
+        explicit = hooks is not None and (hooks.wants("scores") or hooks.wants("pattern"))
         z, weights = scaled_dot_product_attention(
             q,
             k,
@@ -269,7 +299,9 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             return_weights=return_weights,
             is_causal=is_causal,
-            backend=self.backend,
+            backend="math" if explicit else "auto",
+            hooks=hooks,
         )  # z: (B, H, T, D)
+        z = tap(hooks, "z", z)  # each head's output, before W^O
         z = z.transpose(1, 2).reshape(b, t, c)  # Concat(head_1..head_H)  (B, T, C)
-        return self.w_o(z), weights  # (B, T, C)
+        return tap(hooks, "out", self.w_o(z)), weights  # (B, T, C)

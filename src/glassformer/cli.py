@@ -1,8 +1,12 @@
 """``glassformer ...``: a table from subcommand to the module that implements it.
 
 Each module listed in :data:`COMMANDS` exposes ``register(subparsers)``, which adds its parser
-and sets ``func`` to the function that runs it. This file only dispatches and turns input
-errors into one line on stderr with exit code 2.
+and sets ``func`` to the function that runs it. Only the module of the command being run is
+imported (``glassformer --help`` imports none, so it answers at once); the others appear in the
+help with their one-line summary. Options may come anywhere on the line: each command's parser
+reads its options and positionals intermixed (``explain RUN --layer 0 "text"`` and
+``explain RUN "text" --layer 0`` are the same). This file only dispatches and turns input errors
+into one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -12,54 +16,83 @@ import importlib
 import logging
 import sys
 
+from glassformer import __version__
 from glassformer.errors import GlassformerError
 
-# subcommand -> module with register(subparsers); several subcommands may share a module
-COMMANDS: dict[str, str] = {
-    "demo": "glassformer.demo",
-    "train": "glassformer.training.command",
-    "generate": "glassformer.generation.command",
-    "translate": "glassformer.generation.command",
-    "fill-mask": "glassformer.generation.command",
-    "classify": "glassformer.generation.command",
-    "embed": "glassformer.generation.command",
-    "explain": "glassformer.explain.command",
-    "attention": "glassformer.explain.command",
-    "convert": "glassformer.interop.command",
-    "heads": "glassformer.explain.insight",
-    "lens": "glassformer.explain.insight",
-    "ablate": "glassformer.explain.insight",
-    "attribute": "glassformer.explain.insight",
+# subcommand -> (module with register(subparsers), one-line help); several subcommands may share a module
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("glassformer.demos", "train a small model on built-in data and look inside it (a few minutes)"),
+    "train": ("glassformer.training.command", "train a GPT, BERT, seq2seq Transformer or classifier"),
+    "generate": ("glassformer.generation.command", "continue text with a GPT"),
+    "translate": ("glassformer.generation.command", "translate with an encoder-decoder"),
+    "fill-mask": ("glassformer.generation.command_bert", "predict the masked tokens with a BERT"),
+    "classify": ("glassformer.generation.command_bert", "label texts with a BERT classifier"),
+    "embed": ("glassformer.generation.command_bert", "sentence vectors from a BERT"),
+    "explain": ("glassformer.explain.command", "the four steps of attention, checked against the model"),
+    "attention": ("glassformer.explain.command", "attention heatmaps and the interactive viewer"),
+    "heads": ("glassformer.explain.insight", "what each attention head does"),
+    "lens": ("glassformer.explain.insight", "the logit lens: each layer's guess"),
+    "ablate": ("glassformer.explain.insight", "switch heads off and measure the change"),
+    "attribute": ("glassformer.explain.insight", "which input tokens the output depends on"),
+    "convert": ("glassformer.interop.command", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
+    """One-line errors, and options anywhere among the positionals (``parse_intermixed_args``)
+    for every command parser that allows it (one with sub-commands of its own does not)."""
+
+    _intermixing = False
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         sys.stderr.write(f"glassformer: error: {message}\n")
         raise SystemExit(2)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="glassformer", description="A Transformer you can see through.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    registered: set[str] = set()
-    for module_name in dict.fromkeys(COMMANDS.values()):
+    def parse_known_args(self, args=None, namespace=None):
+        self.raw_args = list(sys.argv[1:] if args is None else args)  # EffectiveHelp looks for MODEL_DIR here
+        if self._intermixing or self.prog == "glassformer":
+            return super().parse_known_args(args, namespace)
+        if any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions):
+            return super().parse_known_args(args, namespace)  # argparse cannot intermix these
+        self._intermixing = True
         try:
-            module = importlib.import_module(module_name)
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (all of them when None)."""
+    parser = CommandParser(prog="glassformer", description="A Transformer you can see through.")
+    parser.add_argument("--version", action="version", version=f"glassformer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
+
+    wanted = [COMMANDS[command][0]] if command in COMMANDS else [] if command is not None else \
+        list(dict.fromkeys(m for m, _ in COMMANDS.values()))
+    for module_name in wanted:
+        try:
+            importlib.import_module(module_name).register(sub)
         except ModuleNotFoundError as e:
             if e.name is None or not module_name.startswith(e.name):
                 raise
             continue  # a command whose module has not been written yet
-        module.register(sub)
-        registered.update(sub.choices)
+    for name, (_, text) in COMMANDS.items():  # the others: listed in the help, imported when run
+        if name not in sub.choices:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the line: the first word that is not a top-level option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):

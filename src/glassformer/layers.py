@@ -4,6 +4,10 @@ feed-forward network, and the encoder and decoder layers that stack them around 
 Residual + LayerNorm come in two orders (``norm_first``):
     post-LN (the paper, BERT, Marian):  x = LayerNorm(x + Dropout(Sublayer(x)))
     pre-LN  (GPT-2 and most LLMs):      x = x + Dropout(Sublayer(LayerNorm(x)))
+
+Named activations of a layer (``hooks``, None by default; see :func:`glassformer.attention.tap`):
+``resid_pre``, ``attn.*``, ``resid_mid``, ``cross.*``, ``ffn.pre``, ``ffn.post``, ``ffn.out``,
+``resid_post``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glassformer.attention import KVCache, MultiHeadAttention
+from glassformer.attention import KVCache, MultiHeadAttention, scope, tap
 
-if TYPE_CHECKING:  # configs live in models/, which imports this module
+if TYPE_CHECKING:  # configs and hooks live in models/, which imports this module
     from glassformer.models.config import ModelConfig
+    from glassformer.models.hooks import Hooks
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -111,8 +116,10 @@ class PositionwiseFeedForward(nn.Module):
         self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
         self.activation = activation
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_2(ACTIVATIONS[self.activation](self.w_1(x)))  # (B, T, C)
+    def forward(self, x: Tensor, hooks: Hooks | None = None) -> Tensor:
+        h = tap(hooks, "pre", self.w_1(x))  # (B, T, d_ff) before the activation
+        h = tap(hooks, "post", ACTIVATIONS[self.activation](h))  # (B, T, d_ff)
+        return tap(hooks, "out", self.w_2(h))  # (B, T, C)
 
 
 # --------------------------------------------------------------------------------- layers
@@ -146,13 +153,16 @@ class EncoderLayer(nn.Module):
         self.ffn_sub = _Sublayer(config)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False
+        self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False, hooks: Hooks | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C), weights (B, H, S, S)."""
-        a, weights = self.self_attn(self.attn_sub.normed_input(x), mask=mask, return_weights=return_weights)
-        x = self.attn_sub.add(x, a)
-        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x)))
-        return x, weights
+        x = tap(hooks, "resid_pre", x)
+        a, weights = self.self_attn(
+            self.attn_sub.normed_input(x), mask=mask, return_weights=return_weights, hooks=scope(hooks, "attn")
+        )
+        x = tap(hooks, "resid_mid", self.attn_sub.add(x, a))
+        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
+        return tap(hooks, "resid_post", x), weights
 
 
 @dataclass
@@ -187,19 +197,22 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None = None,
         cache: LayerCache | None = None,
         return_weights: bool = False,
+        hooks: Hooks | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x (B, T, C), memory (B, S, C) -> (B, T, C), self weights (B, H, T, past+T), cross (B, H, T, S).
 
         The self-attention is always causal; ``self_mask`` can add key padding on top.
         """
+        x = tap(hooks, "resid_pre", x)
         a, w_self = self.self_attn(
             self.self_sub.normed_input(x),
             mask=self_mask,
             is_causal=True,
             cache=cache.self_attn if cache is not None else None,
             return_weights=return_weights,
+            hooks=scope(hooks, "attn"),
         )
-        x = self.self_sub.add(x, a)
+        x = tap(hooks, "resid_mid", self.self_sub.add(x, a))
         w_cross = None
         if self.cross_attn is not None:
             a, w_cross = self.cross_attn(
@@ -208,7 +221,8 @@ class DecoderLayer(nn.Module):
                 mask=memory_mask,
                 cache=cache.cross_attn if cache is not None else None,
                 return_weights=return_weights,
+                hooks=scope(hooks, "cross"),
             )
             x = self.cross_sub.add(x, a)
-        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x)))
-        return x, w_self, w_cross
+        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
+        return tap(hooks, "resid_post", x), w_self, w_cross

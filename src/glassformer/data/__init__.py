@@ -33,13 +33,21 @@ from glassformer.data.corpus import (
     load_corpus,
     stdlib_files,
 )
+from glassformer.data.date_order import ORDER_LABELS, date_order
 from glassformer.data.dates import date_pairs
+from glassformer.data.induction import ALPHABET as INDUCTION_ALPHABET
+from glassformer.data.induction import RepeatedTokensDataset, induction_scores
 from glassformer.data.lm import CausalLMDataset, MLMDataset, mask_tokens
 from glassformer.data.seq2seq import BUILTIN_PAIRS, Seq2SeqDataset, builtin_pairs, load_pairs
+from glassformer.data.swaps import SWAP_LABELS, python_swaps
 from glassformer.data.tokens import CACHE_ENV, default_cache_dir, encode_corpus, split_tokens, token_dtype
 
+# built-in classification tasks: name -> function(n, seed) -> Labelled
+BUILTIN_CLASSIFICATION = {"builtin": builtin_classification, "date-order": date_order, "python-swaps": python_swaps}
+
 __all__ = [
-    "BUILTIN_CORPORA", "BUILTIN_LABELS", "BUILTIN_PAIRS", "CACHE_ENV", "IGNORE_INDEX", "BucketSampler",
+    "BUILTIN_CLASSIFICATION", "BUILTIN_CORPORA", "BUILTIN_LABELS", "INDUCTION_ALPHABET", "ORDER_LABELS", "SWAP_LABELS",
+    "RepeatedTokensDataset", "date_order", "induction_scores", "python_swaps", "BUILTIN_PAIRS", "CACHE_ENV", "IGNORE_INDEX", "BucketSampler",
     "CausalLMDataset", "ClassificationDataset", "Labelled", "MLMDataset", "Seq2SeqDataset",
     "builtin_classification", "builtin_pairs", "date_pairs", "default_cache_dir", "encode_corpus",
     "iter_corpus_files", "iter_corpus_text", "load_corpus", "load_labelled", "load_pairs", "mask_tokens", "pad",

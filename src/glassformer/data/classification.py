@@ -114,7 +114,7 @@ def _prose_paragraphs() -> list[str]:
     return paragraphs
 
 
-def _code_lines(path: Path) -> list[list[tuple[str, bool]]]:
+def code_runs(path: Path) -> list[list[tuple[str, bool]]]:
     """Runs of consecutive code lines of ``path`` as ``(line, starts_a_statement)``: comments,
     strings over several lines (docstrings) and blank lines end a run."""
     source = path.read_text(encoding="utf-8")
@@ -174,7 +174,7 @@ def builtin_classification(n: int, seed: int = 0) -> Labelled:
     code: list[str] = []
     per_file = 8  # snippets drawn from each file read: reading + tokenizing a file is the slow part
     while len(code) < n - n_prose:
-        runs = _code_lines(rng.choice(files))
+        runs = code_runs(rng.choice(files))
         for _ in range(min(per_file, n - n_prose - len(code)) if runs else 0):
             run = rng.choice(runs)
             start = rng.choice([i for i, (_, starts) in enumerate(run) if starts])

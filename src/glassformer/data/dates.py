@@ -26,7 +26,7 @@ def ordinal(day: int) -> str:
     return f"{day}{suffix}"
 
 
-def _parts(d: dt.date) -> dict[str, str]:
+def date_parts(d: dt.date) -> dict[str, str]:
     month = MONTHS[d.month - 1]
     return {
         "d": str(d.day), "dd": f"{d.day:02d}", "do": ordinal(d.day), "m": str(d.month), "mm": f"{d.month:02d}",
@@ -71,5 +71,5 @@ def date_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     for _ in range(n):
         d = random_date(rng)
         spell = FORMATS[rng.randrange(len(FORMATS))]
-        pairs.append((spell(_parts(d)), d.isoformat()))
+        pairs.append((spell(date_parts(d)), d.isoformat()))
     return pairs

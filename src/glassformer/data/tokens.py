@@ -9,18 +9,20 @@ batch touches, so a corpus larger than memory works. Ids are ``uint16`` when the
 Cache layout (``$GLASSFORMER_CACHE`` or ``~/.cache/glassformer``)::
 
     tokens/<key>.bin    the ids, raw little-endian, no header
-    tokens/<key>.json   {"n_tokens": ..., "dtype": "uint16", "source": ..., "tokenizer": "bpe", ...}
+    tokens/<key>.json   {"n_tokens": ..., "dtype": "uint16", "checksum": ..., "source": ..., "tokenizer": "bpe", ...}
+
+Both files are written atomically with umask permissions. Opening the cache checks the length
+and a BLAKE2 checksum of the ids; a cache that is stale, truncated or corrupted is rebuilt
+(with a warning naming the file), never used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,12 +31,14 @@ import numpy as np
 
 from glassformer.data.corpus import BUILTIN_CORPORA, ERRORS, has_glob_magic, is_builtin, iter_corpus_text
 from glassformer.errors import DataError
+from glassformer.io import atomic_path, atomic_write_json, make_dirs, read_json, remove_stale_temps
 from glassformer.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "GLASSFORMER_CACHE"
-FORMAT = 1
+FORMAT = 2  # 2: the metadata carries a checksum of the ids
+CHECK_BLOCK = 1 << 22  # bytes read at a time when checksumming the cache
 PIECE_CHARS = 1 << 16  # encode in pieces of ~64K characters ...
 BATCH_PIECES = 64  # ... handed to the tokenizer 64 at a time (it spreads a batch over the cores)
 
@@ -164,18 +168,21 @@ def encode_corpus(
 
     # pass 2: encode piece by piece straight into a temporary file, then rename it into place
     dtype = token_dtype(tokenizer.vocab_size)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{key}.", suffix=".tmp")
+    make_dirs(bin_path.parent)
+    remove_stale_temps(bin_path.parent)  # left by an encoder that was killed
     advance, close_bar = _progress_bar(total_chars, progress)
     t0, n_tokens = time.perf_counter(), 0
+    checksum = hashlib.blake2b(digest_size=16)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(bin_path) as tmp, open(tmp, "xb") as f:
             batch: list[str] = []
 
             def flush() -> None:
                 nonlocal n_tokens
                 for ids in tokenizer.encode_batch(batch, add_special_tokens=False):
-                    f.write(np.asarray(ids, dtype=dtype).tobytes())
+                    data = np.asarray(ids, dtype=dtype).tobytes()
+                    f.write(data)
+                    checksum.update(data)
                     n_tokens += len(ids)
                 advance(sum(len(p) for p in batch))
                 batch.clear()
@@ -185,15 +192,11 @@ def encode_corpus(
                 if len(batch) == BATCH_PIECES:
                     flush()
             flush()
-        os.replace(tmp, bin_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         close_bar()
-    meta = {"format": FORMAT, "n_tokens": n_tokens, "dtype": dtype.name, "source": name,
-            "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "chars": total_chars}
-    _atomic_json(meta_path, meta)
+    meta = {"format": FORMAT, "n_tokens": n_tokens, "dtype": dtype.name, "checksum": checksum.hexdigest(),
+            "source": name, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "chars": total_chars}
+    atomic_write_json(meta_path, meta, indent=1)
     elapsed = time.perf_counter() - t0
     log.info("%s: encoded %d characters into %d tokens in %.1f s (cached at %s)", name, total_chars,
              n_tokens, elapsed, bin_path)
@@ -203,22 +206,39 @@ def encode_corpus(
     return out
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+def file_checksum(path: Path) -> str:
+    """BLAKE2 (16 bytes) of a file's contents, read in blocks."""
+    checksum = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(CHECK_BLOCK):
+            checksum.update(block)
+    return checksum.hexdigest()
 
 
 def _open_cached(bin_path: Path, meta_path: Path) -> np.memmap | None:
-    """The cached array, or None when absent, empty or inconsistent (then it is rebuilt)."""
+    """The cached array, or None when absent (then it is encoded) or stale, truncated or corrupted
+    (then it is encoded again, with a warning naming the file)."""
+    if not meta_path.exists() and not bin_path.exists():
+        return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, error=DataError)
         dtype = np.dtype(meta["dtype"])
         n = int(meta["n_tokens"])
-        if meta.get("format") != FORMAT or n <= 0 or bin_path.stat().st_size != n * dtype.itemsize:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
+        if meta.get("format") != FORMAT:
+            problem = f"written by another version (format {meta.get('format')!r})"
+        elif n <= 0:
+            problem = "empty"
+        elif not bin_path.is_file() or bin_path.stat().st_size != n * dtype.itemsize:
+            size = bin_path.stat().st_size if bin_path.is_file() else 0
+            problem = f"{size} bytes where {n} tokens need {n * dtype.itemsize}"
+        elif file_checksum(bin_path) != meta.get("checksum"):
+            problem = "its checksum does not match (the file is corrupted)"
+        else:
+            problem = None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"unreadable ({e})"
+    if problem:
+        log.warning("%s: token cache %s; encoding the corpus again", bin_path, problem)
         return None
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.attention import MultiHeadAttention
+from glassformer.io import unwrap_model
 from glassformer.models.outputs import AttentionKind, ModelOutput
 
 KINDS: tuple[AttentionKind, ...] = ("encoder-self", "decoder-self", "cross")
@@ -31,14 +32,8 @@ KINDS: tuple[AttentionKind, ...] = ("encoder-self", "decoder-self", "cross")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under a DDP/FSDP wrapper (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    seen = 0
-    while seen < 8:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model, seen = inner, seen + 1
-    return model
+    """The plain model under a DDP wrapper (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    return unwrap_model(model)
 
 
 def family(model: nn.Module) -> str:

@@ -96,7 +96,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     model, tokenizer = _model(args.model)
     kind = resolve_kind(model, args.kind)
-    ids = encode_text(tokenizer, args.text[0])
+    ids = encode_text(tokenizer, args.text[0], max_length=model.config.max_len)
     tgt = _target_ids(model, tokenizer, ids, args.target) if family(model) == "transformer" else None
     if args.target is not None and tgt is None:
         raise ValueError(f"--target is only for an encoder-decoder, not a {family(model)} model")

@@ -1,31 +1,25 @@
-"""Atomic writes: every file the explain tools produce appears whole or not at all."""
+"""Where the explain tools write: every file appears whole or not at all, with the umask's
+permissions, through :mod:`glassformer.io`; the parent directory is made first."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from glassformer import io
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`glassformer.io.atomic_path` after making the parent directory."""
+    io.make_dirs(Path(path).parent)
+    with io.atomic_path(path) as tmp:
+        yield tmp
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
+    """UTF-8 ``text`` to ``path`` atomically, making the parent directory first."""
+    io.make_dirs(Path(path).parent)
+    return io.atomic_write_text(path, text)

@@ -14,14 +14,21 @@ from torch import nn
 from glassformer.explain.capture import family, unwrap
 
 
-def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True, what: str = "text") -> list[int]:
-    """Token ids of ``text``; an error naming ``what`` when it gives no tokens."""
+def encode_text(
+    tokenizer: Any, text: str, add_special_tokens: bool = True, what: str = "text", max_length: int | None = None
+) -> list[int]:
+    """Token ids of ``text`` (only its own tokens: never padding); an error naming ``what`` when it
+    gives no tokens. With the template, a text longer than ``max_length`` or the checkpoint's
+    declared maximum is cut (one warning line), as the model could not read it whole."""
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a string, got {type(text).__name__}")
-    try:
-        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    except TypeError:  # a tokenizer without the keyword
-        ids = tokenizer.encode(text)
+    if add_special_tokens and hasattr(tokenizer, "encode_for_model"):
+        ids = tokenizer.encode_for_model(text, max_length, what=f"the {what}")
+    else:
+        try:
+            ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        except TypeError:  # a tokenizer without the keyword
+            ids = tokenizer.encode(text)
     ids = list(getattr(ids, "ids", ids))
     if not ids:
         raise ValueError(f"the {what} {text!r} gives no tokens; give some text")
@@ -72,7 +79,7 @@ def start_token(model: nn.Module, tokenizer: Any) -> int:
 def prepare(model: nn.Module, tokenizer: Any, text: str, target: str | list[int] | None = None) -> Prepared:
     """Ids and token strings for ``text``. For the encoder-decoder, ``target`` is the decoder's text
     (or ids after the start token); without it the decoder gets only the start token."""
-    ids = encode_text(tokenizer, text)
+    ids = encode_text(tokenizer, text, max_length=getattr(unwrap(model).config, "max_len", None))
     if family(model) != "transformer":
         if target is not None:
             raise ValueError(f"a target text is only for the encoder-decoder, not a {family(model)} model")

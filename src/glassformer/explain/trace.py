@@ -1,10 +1,11 @@
 """The generation inspector's record: for each generated token, what the model paid attention to
 and how the candidates' probabilities looked before and after the sampling settings.
 
-Decoding here is deliberately step by step (a prefill, then one cached step per token) so each
-step's numbers can be kept. The candidates' probabilities are computed with the very pure
-functions the decoding loops use (``glassformer.generation.sampling``), in the same order:
-repetition penalty -> temperature -> top-k -> top-p -> softmax -> draw.
+The tokens come from the library's own decoding loop (:mod:`glassformer.generation.loop`): the
+record is a per-step callback on it, so what the inspector shows is what ``generate`` does.
+Each step hands over the raw logits (``p_model``), the scores the token was drawn from after
+repetition penalty -> temperature -> top-k -> top-p (``p_sampled``), and the attention row of
+the newest position in every layer.
 """
 
 from __future__ import annotations
@@ -17,15 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.explain.capture import as_batch, evaluating, family, unwrap
-from glassformer.generation.sampling import (
-    apply_repetition_penalty,
-    apply_temperature,
-    make_generators,
-    sample_next,
-    top_k_filter,
-    top_p_filter,
-    validate_sampling,
-)
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.gpt import generate_lists
+from glassformer.generation.loop import Step
+from glassformer.generation.seq2seq import generate_seq2seq_lists
 
 
 @dataclass
@@ -63,21 +59,6 @@ class GenerationTrace:
         return [s.token_id for s in self.steps]
 
 
-def _distributions(
-    logits: Tensor, prev: Tensor, temperature: float, top_k: int | None, top_p: float | None, penalty: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(p_model, p_sampled, penalised logits) for one row of logits (1, V)."""
-    p_model = logits.float().softmax(-1)[0]  # (V,)
-    penalised = apply_repetition_penalty(logits.float(), prev, penalty)  # (1, V)
-    if temperature == 0:  # greedy: the argmax is drawn with probability 1
-        p_sampled = torch.zeros_like(p_model)
-        p_sampled[penalised[0].argmax()] = 1.0
-    else:
-        filtered = top_p_filter(top_k_filter(apply_temperature(penalised, temperature), top_k), top_p)
-        p_sampled = filtered.softmax(-1)[0]  # (V,)
-    return p_model, p_sampled, penalised
-
-
 def _candidates(p_model: Tensor, p_sampled: Tensor, chosen: int, n: int) -> list[Candidate]:
     """The n most likely tokens under the model, the n most likely of those still drawable, and the chosen one."""
     ids = dict.fromkeys(p_model.topk(min(n, p_model.numel())).indices.tolist())
@@ -104,56 +85,48 @@ def trace_generation(
 ) -> GenerationTrace:
     """Generate up to ``max_new_tokens`` tokens for one prompt (GPT) or source (encoder-decoder),
     keeping each step's attention rows and candidate probabilities. Stops at ``eos_token_id``
-    (kept as the last step) or at the model's ``max_len``."""
-    validate_sampling(temperature, top_k, top_p, repetition_penalty)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    (the model's when None; kept as the last step) or when the context fills ``max_len`` (the
+    inspector shows no sliding window)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    config = GenerationConfig(max_new_tokens=max(1, max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos_token_id)
     m = unwrap(model)
     fam = family(m)
     if fam == "bert":
         raise ValueError("BERT does not generate text; the generation inspector needs a GPT or an encoder-decoder")
-    ids = as_batch(input_ids)[:1]  # (1, T)
-    device = next(m.parameters()).device
-    ids = ids.to(device)
-    eos = eos_token_id if eos_token_id is not None else m.config.eos_token_id
-    gens = make_generators(seed, 1, device)
+    ids = as_batch(input_ids)[:1].to(next(m.parameters()).device)  # (1, T)
+    prompt = ids[0].tolist()
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    steps: list[TraceStep] = []
+    offset = len(prompt) - 1 if fam == "gpt" else 0  # the query position of the first step
+
+    def record(step: Step) -> None:
+        chosen = step.tokens[0]
+        p_model = step.logits[0].softmax(-1)  # (V,)
+        if temperature == 0:  # greedy: the argmax is drawn with probability 1
+            p_sampled = torch.zeros_like(p_model)
+            p_sampled[chosen] = 1.0
+        else:
+            p_sampled = step.scores[0].softmax(-1)  # (V,)
+        attention = {k: torch.stack([w[0] for w in ws]).float().cpu().numpy() for k, ws in step.attentions.items()}
+        steps.append(TraceStep(chosen, offset + step.index, _candidates(p_model, p_sampled, chosen, n_candidates), attention))
 
     with evaluating(m):
-        cache = m.new_cache()
         if fam == "gpt":
-            trace = GenerationTrace(fam, ids[0].tolist(), ids[0].tolist(), settings=settings)
-            step_in = ids
-            memory = None
+            room = m.config.max_len - len(prompt) + 1  # the last token is chosen from a full context
+            if max_new_tokens > 0 and room > 0:
+                generate_lists(m, [prompt], config.replace(max_new_tokens=min(max_new_tokens, room)),
+                               on_step=record, return_attentions=True)
+            trace = GenerationTrace(fam, prompt, prompt + [s.token_id for s in steps], settings=settings)
         else:
             start = start_token_id if start_token_id is not None else m.decoder_start_token_id
             if start is None:
                 raise ValueError("this encoder-decoder has no decoder_start_token_id or bos_token_id to start from")
-            memory, _ = m.encode(ids)  # (1, S, C), once
-            trace = GenerationTrace(fam, ids[0].tolist(), [int(start)], settings=settings)
-            step_in = torch.tensor([[int(start)]], device=device)
-        for _ in range(max_new_tokens):
-            if len(trace.context_ids) > m.config.max_len:
-                break
-            if fam == "gpt":
-                out = m(step_in, cache=cache, return_attentions=True)
-                logits = out.logits[:, -1]  # (1, V)
-                rows = {"decoder-self": [out.attention("decoder-self", i)[0, :, -1] for i in range(len(cache))]}
-            else:
-                logits, _, self_ws, cross_ws = m.decode(step_in, memory, cache=cache, return_attentions=True)
-                logits = logits[:, -1]  # (1, V)
-                rows = {"decoder-self": [w[0, :, -1] for w in self_ws], "cross": [w[0, :, -1] for w in cross_ws]}
-            prev = torch.tensor([trace.context_ids], device=device)  # (1, T) the ids seen so far
-            p_model, p_sampled, penalised = _distributions(logits, prev, temperature, top_k, top_p, repetition_penalty)
-            chosen = int(sample_next(penalised, temperature, top_k, top_p, generator=gens)[0])
-            attention = {k: torch.stack(v).float().cpu().numpy() for k, v in rows.items()}  # (L, H, Tk)
-            trace.steps.append(
-                TraceStep(chosen, len(trace.context_ids) - 1, _candidates(p_model, p_sampled, chosen, n_candidates), attention)
-            )
-            trace.context_ids.append(chosen)
-            if eos is not None and chosen == eos:
-                break
-            step_in = torch.tensor([[chosen]], device=device)
+            if max_new_tokens > 0:
+                generate_seq2seq_lists(m, ids, config, start_token_id=int(start), on_step=record, return_attentions=True)
+            trace = GenerationTrace(fam, prompt, [int(start)] + [s.token_id for s in steps], settings=settings)
+    trace.steps = steps
     return trace
 
 

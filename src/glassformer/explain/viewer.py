@@ -2,7 +2,8 @@
 
 It shows the head view (choose a layer and heads, hover a token to see the lines to what it
 attends) for every attention the model has — encoder self, decoder (masked) self, cross — the
-attention matrix of the chosen heads, and, for GPT and the encoder-decoder, a generation
+attention matrix of the chosen heads, the model view (a thumbnail of every layer × head, labelled
+with the head's role from :mod:`glassformer.explain.heads`), and, for GPT and the encoder-decoder, a generation
 inspector: for each generated token, the attention it paid and its top candidates with their
 probabilities before and after temperature / top-k / top-p.
 
@@ -25,9 +26,9 @@ import numpy as np
 from torch import nn
 
 from glassformer.explain.capture import attention_kinds, attention_set, family, unwrap
-from glassformer.explain.files import atomic_write_text
 from glassformer.explain.tokens import prepare, start_token, token_strings
 from glassformer.explain.trace import GenerationTrace, eos_id, trace_generation
+from glassformer.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def viewer_data(
     seed: int | None = None,
     layers: list[int] | None = None,
     title: str | None = None,
+    head_roles: Any = "auto",
 ) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data.
 
@@ -109,6 +111,8 @@ def viewer_data(
     none) and the head view covers prompt + generated tokens. BERT: the head view of ``text``. Encoder-decoder: ``text``
     is the source; the target is ``target`` when given, else the model's own generation.
     ``layers`` limits the head view to some layers (smaller files for big models).
+    ``head_roles``: the :class:`~glassformer.explain.heads.HeadScores` that label the model view;
+    ``"auto"`` scores them here (one extra forward pass on random tokens), None leaves them out.
     """
     m = unwrap(model)
     fam = family(m)
@@ -148,7 +152,34 @@ def viewer_data(
         "generated": generated,
         "views": _views(aset, layers),
         "generation": None if trace is None else _generation(trace, tokenizer, aset.tokens.get("source")),
+        "roles": _roles(m, tokenizer, head_roles),
     }
+
+
+def _roles(model: nn.Module, tokenizer: Any, head_roles: Any) -> dict[str, Any] | None:
+    """``{kind: [[{role, score, scores}] per head] per layer}`` for the model view's labels."""
+    from glassformer.explain.heads import ROLES, head_scores, sequence_for_model
+    from glassformer.explain.hooks import InterventionError
+
+    if head_roles is None:
+        return None
+    if head_roles == "auto":
+        try:
+            head_roles = head_scores(model, **sequence_for_model(model, tokenizer))
+        except InterventionError as e:  # e.g. a vocabulary too small for random sequences
+            log.info("model view without head roles: %s", e)
+            return None
+    kind = "encoder-self" if head_roles.stack == "encoder" else "decoder-self"
+    n_layers, n_heads = head_roles.shape
+    table = []
+    for layer in range(n_layers):
+        row = []
+        for head in range(n_heads):
+            role, score = head_roles.role(layer, head)
+            row.append({"role": role, "score": round(score, 4),
+                        "scores": {r: round(float(head_roles.scores[r][layer, head]), 4) for r in ROLES}})
+        table.append(row)
+    return {kind: table}
 
 
 def _trace(m, tokenizer, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> GenerationTrace:

@@ -1,37 +1,50 @@
-"""Generation: pure sampling functions and the decoding loops built on them.
+"""Generation: decoding settings, pure sampling functions and one decoding loop for both families.
 
+* :mod:`.config` — :class:`GenerationConfig`, the frozen settings, and ``generation_config.json``;
 * :mod:`.sampling` — temperature, top-k, top-p, repetition penalty, drawing the next token;
+* :mod:`.loop` — the decoding loop and its strategies (greedy / sampling, beam search), with
+  per-step callbacks (streaming, the generation inspector's trace);
 * :mod:`.gpt` — :func:`generate` for decoder-only models (KV cache, left-padded batches,
-  sliding window, eos / stop strings, streaming);
-* :mod:`.seq2seq` — :func:`generate_seq2seq` for the encoder-decoder (greedy and beam search);
-* :mod:`.layout` — :func:`optimize_for_decoding`, a faster weight layout for CPU decoding;
-* :mod:`.streaming` — :class:`TextStreamer`, printing text as tokens arrive;
-* :mod:`.command` — the ``generate``, ``translate``, ``fill-mask``, ``classify`` and ``embed``
-  commands.
+  sliding window, eos / stop strings);
+* :mod:`.seq2seq` — :func:`generate_seq2seq` for the encoder-decoder;
+* :mod:`.text` — text in, text out: what the CLI and :func:`glassformer.load` run;
+* :mod:`.cache`, :mod:`.layout`, :mod:`.streaming` — the preallocated KV cache, a faster CPU
+  weight layout, :class:`TextStreamer`;
+* :mod:`.flags`, :mod:`.cli_common`, :mod:`.command` — the ``generate`` and ``translate``
+  commands and the helpers every inference command shares.
+
+Names are imported on first use (PEP 562), so ``import glassformer.generation.flags`` for
+``--help`` does not import torch.
 """
 
-from glassformer.generation.gpt import generate, generate_lists
-from glassformer.generation.layout import optimize_for_decoding
-from glassformer.generation.sampling import (
-    apply_repetition_penalty,
-    apply_temperature,
-    make_generators,
-    sample_next,
-    top_k_filter,
-    top_p_filter,
-    validate_sampling,
-)
-from glassformer.generation.seq2seq import (
-    beam_search,
-    generate_seq2seq,
-    generate_seq2seq_lists,
-    greedy_seq2seq,
-)
-from glassformer.generation.streaming import TextStreamer
+from __future__ import annotations
 
-__all__ = [
-    "TextStreamer", "apply_repetition_penalty", "apply_temperature", "beam_search", "generate",
-    "generate_lists", "generate_seq2seq", "generate_seq2seq_lists", "greedy_seq2seq", "make_generators", "optimize_for_decoding",
-    "sample_next",
-    "top_k_filter", "top_p_filter", "validate_sampling",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GenerationConfig": "config", "load_generation_config": "config", "read_generation_config": "config",
+    "generate": "gpt", "generate_lists": "gpt",
+    "generate_seq2seq": "seq2seq", "generate_seq2seq_lists": "seq2seq",
+    "Step": "loop",
+    "generate_texts": "text", "translate_texts": "text",
+    "TextStreamer": "streaming", "optimize_for_decoding": "layout",
+    "apply_repetition_penalty": "sampling", "apply_temperature": "sampling", "make_generators": "sampling",
+    "sample_next": "sampling", "top_k_filter": "sampling", "top_p_filter": "sampling",
+    "validate_sampling": "sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'glassformer.generation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"glassformer.generation.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,7 +1,10 @@
 """``glassformer fill-mask | classify | embed MODEL_DIR ...``: the BERT helpers with tokenizers.
 
 Texts are wrapped the way the model was trained: ``bos ... eos`` (``[CLS] ... [SEP]``) for our
-tokenizers that have both, the tokenizer's own template for Hugging Face checkpoints.
+tokenizers that have both, the tokenizer's own template for Hugging Face checkpoints. A text
+longer than the model reads (its ``max_len``, or the checkpoint's declared maximum) is cut, with
+one warning line. ``embed`` on a sentence-transformers directory follows its ``modules.json``
+(pooling, Normalize, max_seq_length): see :mod:`glassformer.interop.sentence_transformers`.
 """
 
 from __future__ import annotations
@@ -13,24 +16,26 @@ import sys
 from pathlib import Path
 
 from glassformer.errors import DataError
+from glassformer.generation.cli_common import add_input_args
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction, common) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fill-mask``, ``classify`` and ``embed``."""
     p = subparsers.add_parser("fill-mask", help="predict the masked tokens with a BERT", description=cmd_fill_mask.__doc__)
-    common(p)
+    add_input_args(p)
     p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.set_defaults(func=cmd_fill_mask)
 
     p = subparsers.add_parser("classify", help="label texts with a BERT classifier", description=cmd_classify.__doc__)
-    common(p)
+    add_input_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
     p.set_defaults(func=cmd_classify)
 
     p = subparsers.add_parser("embed", help="sentence vectors from a BERT", description=cmd_embed.__doc__)
-    common(p)
+    add_input_args(p)
     p.add_argument("--out", type=Path, default=None,
                    help="write the vectors to FILE.npy (numpy, float32) or FILE.json; default: JSON on stdout")
     p.set_defaults(func=cmd_embed)
@@ -43,23 +48,33 @@ def _wrap(tokenizer, ids: list[int], is_hf: bool) -> list[int]:
 
 
 def _encode(tokenizer, texts: list[str], is_hf: bool, max_len: int) -> list[list[int]]:
-    """Wrapped ids of each text, cut to max_len (keeping the final eos) with a warning."""
-    from glassformer.generation.command import encode_all
+    """Wrapped ids of each text, cut to what the model reads (keeping the template) with a warning."""
+    from glassformer.generation.cli_common import encode_all
+    from glassformer.tokenizers.base import length_limit, warn_truncated
 
-    rows = [_wrap(tokenizer, r, is_hf) for r in encode_all(tokenizer, texts, "text", add_special_tokens=is_hf)]
+    if is_hf:
+        rows = []
+        for i, text in enumerate(texts):
+            try:
+                rows.append(tokenizer.encode_for_model(text, max_len, what=f"text {i + 1}"))
+            except DataError as e:
+                raise DataError(f"text {i + 1}: {e}") from None
+    else:
+        rows = [_wrap(tokenizer, r, is_hf) for r in encode_all(tokenizer, texts, "text", add_special_tokens=False)]
+    limit = length_limit(max_len, getattr(tokenizer, "model_max_length", None))
     for i, r in enumerate(rows):
         if not r:
             raise ValueError(f"text {i + 1} is empty")
-        if len(r) > max_len:
-            log.warning("text %d has %d tokens; keeping the first %d (max_len)", i + 1, len(r), max_len)
-            rows[i] = r[: max_len - 1] + r[-1:]
+        if len(r) > limit:
+            warn_truncated(f"text {i + 1}", len(r), limit)
+            rows[i] = r[: limit - 1] + r[-1:]
     return rows
 
 
 def _run(args, make_rows, step) -> None:
     """Pad each batch of rows and hand (ids, mask, offset) to ``step``."""
     from glassformer.data.batching import pad
-    from glassformer.generation.command import batches
+    from glassformer.generation.cli_common import batches
 
     rows, pad_id, device = make_rows()
     for start, chunk in batches(rows, args.batch_size):
@@ -68,7 +83,7 @@ def _run(args, make_rows, step) -> None:
 
 
 def _setup(args, command: str):
-    from glassformer.generation.command import device_of, load, read_inputs
+    from glassformer.generation.cli_common import device_of, load, read_inputs
 
     texts = read_inputs(args)
     model, tokenizer, is_hf = load(args, "bert", command)
@@ -78,7 +93,7 @@ def _setup(args, command: str):
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     """For each mask token in each text, the most likely tokens and their probabilities."""
-    from glassformer.generation.command import emit
+    from glassformer.generation.cli_common import emit
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
@@ -139,7 +154,7 @@ def _hf_wrap(tokenizer, ids: list[int]) -> list[int]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """The most likely label of each text, with its probability (--json: every label)."""
-    from glassformer.generation.command import emit
+    from glassformer.generation.cli_common import emit
 
     texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "classify")
     if model.config.num_labels <= 0:
@@ -162,10 +177,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """Mean-pooled, L2-normalised sentence vectors, one per text (JSON or .npy)."""
+    """Sentence vectors, one per text (JSON or .npy): what a sentence-transformers directory's
+    modules.json declares, else mean-pooled over the real tokens and L2-normalised."""
     import numpy as np
 
-    from glassformer.generation.command import emit, write_atomic
+    from glassformer.generation.cli_common import emit
+    from glassformer.interop.sentence_transformers import (
+        SentenceConfig,
+        apply_lower_case,
+        embed_ids,
+        read_sentence_config,
+    )
+    from glassformer.io import atomic_write, atomic_write_json, make_dirs
 
     out = args.out
     if out is not None and out.suffix not in (".npy", ".json"):
@@ -173,18 +196,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if out is not None and out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name ending in .npy or .json")
     texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "embed")
-    rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
-    vectors = []
-    _run(args, lambda: (rows, pad_id, device), lambda ids, mask, start: vectors.append(model.embed(ids, mask).cpu()))
-    matrix = np.concatenate([v.numpy() for v in vectors]).astype(np.float32)  # (N, C)
+    sentence = read_sentence_config(args.model_dir)  # None without modules.json
+    if sentence is not None:
+        from glassformer.tokenizers.base import length_limit
+
+        lower_text = sentence.do_lower_case and not apply_lower_case(tokenizer)
+        inputs = [t.lower() for t in texts] if lower_text else texts
+        rows = _encode(tokenizer, inputs, is_hf, length_limit(model.config.max_len, sentence.max_seq_length))
+    else:
+        rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
+    matrix = embed_ids(model, rows, pad_id, sentence or SentenceConfig(), args.batch_size)  # (N, C)
+    if out is not None:
+        make_dirs(out.parent)
     if out is None:
         for text, v in zip(texts, matrix.tolist()):
             emit(json.dumps({"text": text, "embedding": v}, ensure_ascii=False) + "\n")
     elif out.suffix == ".npy":
-        write_atomic(out, lambda tmp: np.save(open(tmp, "wb"), matrix))
+        def save_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, matrix)
+
+        atomic_write(out, save_npy)
     else:
-        payload = json.dumps({"texts": texts, "embeddings": matrix.tolist()}, ensure_ascii=False)
-        write_atomic(out, lambda tmp: Path(tmp).write_text(payload + "\n", encoding="utf-8"))
+        atomic_write_json(out, {"texts": texts, "embeddings": matrix.tolist()}, indent=None)
     if out is not None:
         sys.stderr.write(f"wrote {len(texts)} vectors of size {matrix.shape[1]} to {out}\n")
     return 0

@@ -13,11 +13,12 @@ Filters remove a token by setting its logit to -inf with ``masked_fill`` on a bo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from glassformer.generation.config import GenerationConfig
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -28,27 +29,13 @@ def validate_sampling(
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
 ) -> None:
-    """Raise ValueError naming the first setting that is out of range.
+    """Raise ValueError naming the first setting that is out of range (the checks of
+    :class:`~glassformer.generation.config.GenerationConfig`).
 
     temperature >= 0 (0 = greedy); top_k None or >= 1; top_p None or in (0, 1];
     repetition_penalty > 0 (1 = off).
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (leave it unset to keep every token), got {top_k!r}")
-    if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if (
-        isinstance(repetition_penalty, bool)
-        or not isinstance(repetition_penalty, (int, float))
-        or not math.isfinite(repetition_penalty)
-        or repetition_penalty <= 0
-    ):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
+    GenerationConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
 
 
 def apply_repetition_penalty(logits: Tensor, prev_ids: Tensor, penalty: float) -> Tensor:
@@ -65,6 +52,15 @@ def apply_repetition_penalty(logits: Tensor, prev_ids: Tensor, penalty: float) -
     counts = torch.zeros(b, v, dtype=torch.int32, device=logits.device)
     counts.scatter_add_(1, prev_ids.clamp(min=0), valid.to(torch.int32))  # (B, V) occurrences
     seen = counts > 0  # (B, V)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
+    return torch.where(seen, penalised, logits)
+
+
+def penalize_seen(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """:func:`apply_repetition_penalty` with the seen tokens given as a (B, V) bool mask, which
+    the decoding loop keeps up to date in place instead of rebuilding a history every step."""
+    if penalty == 1.0:
+        return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
     return torch.where(seen, penalised, logits)
 
@@ -120,6 +116,23 @@ def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu"
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
+def filter_logits(logits: Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """temperature -> top-k -> top-p: the scores a token is drawn from (B, V), in fp32."""
+    return top_p_filter(top_k_filter(apply_temperature(logits.float(), temperature), top_k), top_p)
+
+
+def draw(scores: Tensor, generator: Generators = None) -> Tensor:
+    """One token per row from softmax(scores): (B, V) -> (B,). ``generator`` is one
+    ``torch.Generator`` for the batch or one per row (see :func:`make_generators`)."""
+    probs = scores.softmax(dim=-1)  # (B, V), in fp32
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {probs.shape[0]} rows")
+    rows = [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
+    return torch.cat(rows).squeeze(-1)  # (B,)
+
+
 def sample_next(
     logits: Tensor,
     temperature: float = 0.0,
@@ -139,11 +152,4 @@ def sample_next(
         raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    scores = top_p_filter(top_k_filter(apply_temperature(logits.float(), temperature), top_k), top_p)
-    probs = scores.softmax(dim=-1)  # (B, V), in fp32
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-    if len(generator) != probs.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {probs.shape[0]} rows")
-    rows = [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
-    return torch.cat(rows).squeeze(-1)  # (B,)
+    return draw(filter_logits(logits, temperature, top_k, top_p), generator)

@@ -1,10 +1,12 @@
 """Hugging Face checkpoints in and out: GPT-2 -> :class:`GPT`, BERT -> :class:`BERT`, Marian -> :class:`Transformer`.
 
-    model = load_hf("path/to/hf-dir")          # or GPT.from_hf(...), BERT.from_hf(...), ...
+    model = load_hf("path/to/hf-dir")          # load_hf(dir, expect=GPT) refuses another family
     tokenizer = load_hf_tokenizer("path/to/hf-dir")
     save_hf(model, "out/")                      # config.json + model.safetensors for transformers
+    load_sentence_encoder("all-MiniLM-L6-v2/").encode(texts)   # = SentenceTransformer(dir).encode(texts)
 
-One file per family (``gpt2.py``, ``bert.py``, ``marian.py``) holds an explicit key map from
+One file per family (``gpt2.py``, ``bert.py``, ``marian.py``, and ``sentence_transformers.py`` for
+the pooling and Normalize modules of sentence-transformers directories) holds an explicit key map from
 their parameter names to ours, the transposes it needs, and the config translation; foreign
 names such as ``c_attn`` appear nowhere else. ``weights.py`` reads the weight files without
 trusting them. ``config.json`` is pure data: a config that asks for remote code is refused.
@@ -12,7 +14,6 @@ trusting them. ``config.json`` is pure data: a config that asks for remote code 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,16 +22,19 @@ from types import ModuleType
 from glassformer.errors import CheckpointError
 from glassformer.interop import bert, gpt2, marian
 from glassformer.interop.keymap import HFConfig
+from glassformer.interop.sentence_transformers import SentenceEncoder, load_sentence_encoder
 from glassformer.interop.weights import read_weights
+from glassformer.io import atomic_write, atomic_write_json, make_dirs, read_json
 from glassformer.models import MODEL_CLASSES
-from glassformer.models.base import PretrainedModel, _atomic_write
+from glassformer.models.base import PretrainedModel
 
 log = logging.getLogger(__name__)
 
 FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, bert, marian)}
 HF_WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["FAMILIES", "export_hf", "load_hf", "load_hf_tokenizer", "read_hf_config", "save_hf", "write_hf"]
+__all__ = ["FAMILIES", "SentenceEncoder", "export_hf", "load_hf", "load_hf_tokenizer", "load_sentence_encoder",
+           "read_hf_config", "save_hf", "write_hf"]
 
 
 def read_hf_config(directory: str | os.PathLike) -> HFConfig:
@@ -41,12 +45,7 @@ def read_hf_config(directory: str | os.PathLike) -> HFConfig:
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json; not a model directory")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: a config must be a JSON object")
+    data = read_json(path, error=CheckpointError)
     if "auto_map" in data:
         # auto_map points transformers at Python files shipped with the checkpoint; we never run them
         raise CheckpointError(f"{path}: asks for remote code (auto_map); refused, glassformer never runs code from a checkpoint")
@@ -64,8 +63,8 @@ def read_hf_config(directory: str | os.PathLike) -> HFConfig:
 def load_hf(directory: str | os.PathLike, expect: type | None = None) -> PretrainedModel:
     """The glassformer model holding a Hugging Face checkpoint (GPT-2, BERT or Marian).
 
-    ``expect`` is the class the caller wants (``GPT.from_hf`` passes ``GPT``); a checkpoint of
-    another family is an error. Weights come from ``model.safetensors`` (validated), a sharded
+    ``expect`` is the class the caller wants (e.g. ``GPT``); a checkpoint of another family is an
+    error. Weights come from ``model.safetensors`` (validated), a sharded
     ``model.safetensors.index.json``, or ``pytorch_model.bin`` read with ``weights_only=True``.
     Every checkpoint tensor is used or the load fails, and every shape is checked.
     """
@@ -104,11 +103,9 @@ def write_hf(directory: str | os.PathLike, config: dict, tensors: dict) -> None:
     """Write what :func:`export_hf` returned; each file appears whole or not at all."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / HF_WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+    directory = make_dirs(directory)
+    atomic_write(directory / HF_WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write_json(directory / "config.json", config)
 
 
 def load_hf_tokenizer(directory: str | os.PathLike):

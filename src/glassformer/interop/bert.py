@@ -22,11 +22,14 @@ import torch
 from torch import Tensor
 
 from glassformer.interop.keymap import (
+    REQUIRED,
+    FieldSpec,
     HFConfig,
     Rule,
     activation_from_hf,
     layer_rules,
     make_config,
+    read_fields,
     refuse_leftovers,
     special_token_id,
     strip_prefix,
@@ -82,6 +85,20 @@ UNSUPPORTED_ARCHITECTURES = {
 }
 
 
+# our BERTConfig field <- (config.json key, type, default)
+FIELDS: FieldSpec = {
+    "vocab_size": ("vocab_size", int, REQUIRED),
+    "d_model": ("hidden_size", int, REQUIRED),
+    "n_heads": ("num_attention_heads", int, REQUIRED),
+    "n_layers": ("num_hidden_layers", int, REQUIRED),
+    "d_ff": ("intermediate_size", int, REQUIRED),
+    "max_len": ("max_position_embeddings", int, 512),
+    "dropout": ("hidden_dropout_prob", float, 0.1),
+    "layer_norm_eps": ("layer_norm_eps", float, 1e-12),
+    "type_vocab_size": ("type_vocab_size", int, 2),
+}
+
+
 def rules(config: BERTConfig) -> list[Rule]:
     out = EMBEDDING_MAP + layer_rules(LAYER_MAP, config.n_layers, "encoder.layers.{i}.", "encoder.layer.{i}.")
     if config.pooler:
@@ -130,19 +147,11 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor], directory) -> BERTC
             raise cfg.error("id2label keys must be integers") from None
         if names != [f"LABEL_{i}" for i in range(num_labels)]:  # the default names say nothing
             label_names = names
-    vocab = cfg.get("vocab_size", int, required=True)
+    fields: dict[str, Any] = read_fields(cfg, FIELDS)
+    vocab = fields["vocab_size"]
     mask_id = special_token_id(directory, ("[MASK]", "<mask>"))
-    fields: dict[str, Any] = dict(
-        vocab_size=vocab,
-        d_model=cfg.get("hidden_size", int, required=True),
-        n_heads=cfg.get("num_attention_heads", int, required=True),
-        n_layers=cfg.get("num_hidden_layers", int, required=True),
-        d_ff=cfg.get("intermediate_size", int, required=True),
-        max_len=cfg.get("max_position_embeddings", int, 512),
-        dropout=cfg.get("hidden_dropout_prob", float, 0.1),
+    fields.update(
         activation=activation_from_hf(cfg, "hidden_act", "gelu"),
-        layer_norm_eps=cfg.get("layer_norm_eps", float, 1e-12),
-        type_vocab_size=cfg.get("type_vocab_size", int, 2),
         pad_token_id=cfg.token_id("pad_token_id"),
         pooler=has_pooler,
         mlm_head=has_mlm,

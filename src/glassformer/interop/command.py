@@ -4,22 +4,24 @@ Without ``--to``, SRC is a Hugging Face checkpoint (GPT-2, BERT or Marian) and D
 glassformer model directory (config.json + model.safetensors + the tokenizer files). With
 ``--to hf``, SRC is a glassformer model and DST a directory ``transformers`` can load.
 
-Everything is read and checked before anything is written; the output is assembled in a
-temporary directory next to DST and renamed into place at the end, so a failed conversion
-leaves no DST behind.
+Everything is read and checked before anything is written (a ``config.json`` whose model would
+not fit in memory, or does not match its weights file, is refused before the model is built);
+the output is assembled in a uniquely named temporary directory next to DST and renamed into
+place at the end, so a failed conversion leaves no DST behind. Only what this command created
+is ever removed: a sibling such as ``.DST.old/`` is never touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from glassformer.errors import CheckpointError
+from glassformer.io import atomic_write_text, make_dirs, read_json
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassform
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the destination is the source directory")
     ours = is_glassformer_dir(src)  # also refuses a missing directory or config.json
+    _check_memory(src, ours)
     if to == "glassformer":
         if ours:
             raise CheckpointError(f"{src}: already a glassformer model; use --to hf to write a Hugging Face directory")
@@ -114,7 +117,7 @@ def _to_hf(src: Path):
         write_hf(tmp, *exported)
         _copy(src, tmp, names)
         for name, text in extra.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+            atomic_write_text(tmp / name, text)
 
     return model, tokenizer, write
 
@@ -127,41 +130,68 @@ def _hf_tokenizer_config(src: Path, tokenizer) -> dict[str, str]:
     pipeline from that class's defaults (e.g. lower-casing for BERT), changing the ids.
     """
     path = src / "tokenizer_config.json"
-    config = {}
-    if path.is_file():
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path, expect=None, error=CheckpointError) if path.is_file() else {}
     if isinstance(config, dict) and "tokenizer_class" in config:
         return {}
     config = dict(config) if isinstance(config, dict) else {}
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     for role, token in tokenizer.special_tokens.items():
         config.setdefault(f"{role}_token", token)
+    import json
+
     return {"tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+
+
+def _check_memory(src: Path, ours: bool) -> None:
+    """Refuse a model whose config does not match its weights file or cannot fit in memory, from
+    the safetensors header and the config alone (see :mod:`glassformer.memory`)."""
+    from glassformer.memory import check_hf_weights, check_weights_file
+
+    if ours:
+        if (src / "model.safetensors").is_file():
+            check_weights_file(src)
+    else:
+        check_hf_weights(src)
 
 
 def _copy(src: Path, dst: Path, names) -> None:
     for name in names:
         if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+            shutil.copyfile(src / name, dst / name)  # a new file: mode 0o666 & ~umask, not the source's
+
+
+def _unique_sibling(dst: Path, tag: str) -> Path:
+    """A name beside ``dst`` that nothing else uses: ``.DST.TAG-PID-RANDOM``."""
+    while True:
+        path = dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+        if not path.exists() and not path.is_symlink():
+            return path
 
 
 def _write_atomically(dst: Path, write, overwrite: bool) -> None:
-    """Run ``write(tmp)`` in a fresh directory beside ``dst``, then rename it to ``dst``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    """Run ``write(tmp)`` in a fresh directory beside ``dst``, then rename it to ``dst``.
+
+    Both temporary names (the new output, and the old ``dst`` while it is swapped out) are
+    unique to this process; only they are ever removed. If the swap fails, the old ``dst`` is put
+    back.
+    """
+    make_dirs(dst.parent)
+    tmp = _unique_sibling(dst, "partial")
+    tmp.mkdir()  # mode 0o777 & ~umask, like any mkdir
+    old: Path | None = None
     try:
         write(tmp)
-        if dst.exists() and (overwrite or not any(dst.iterdir())):
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if dst.exists() and (overwrite or (dst.is_dir() and not any(dst.iterdir()))):
+            old = _unique_sibling(dst, "old")
             os.replace(dst, old)
             os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            old = None
         else:
             os.replace(tmp, dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not dst.exists():
+            os.replace(old, dst)  # the swap did not finish: the previous output comes back
         raise

@@ -19,11 +19,14 @@ import torch
 from torch import Tensor
 
 from glassformer.interop.keymap import (
+    REQUIRED,
+    FieldSpec,
     HFConfig,
     Rule,
     activation_from_hf,
     layer_rules,
     make_config,
+    read_fields,
     refuse_leftovers,
     strip_prefix,
     to_ours,
@@ -63,6 +66,20 @@ UNTIED_HEAD = Rule("lm_head.weight", ("lm_head.weight",))
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 
 
+# our GPTConfig field <- (config.json key, type, default); d_ff defaults to 4 * d_model
+FIELDS: FieldSpec = {
+    "vocab_size": ("vocab_size", int, REQUIRED),
+    "d_model": ("n_embd", int, REQUIRED),
+    "n_heads": ("n_head", int, REQUIRED),
+    "n_layers": ("n_layer", int, REQUIRED),
+    "d_ff": ("n_inner", int, None),
+    "max_len": ("n_positions", int, 1024),
+    "dropout": ("resid_pdrop", float, 0.1),
+    "layer_norm_eps": ("layer_norm_epsilon", float, 1e-5),
+    "tie_embeddings": ("tie_word_embeddings", bool, True),
+}
+
+
 def rules(config: GPTConfig) -> list[Rule]:
     out = GLOBAL_MAP + layer_rules(LAYER_MAP, config.n_layers, "decoder.layers.{i}.", "h.{i}.")
     return out if config.tie_embeddings else out + [UNTIED_HEAD]
@@ -72,20 +89,11 @@ def config_from_hf(cfg: HFConfig) -> GPTConfig:
     cfg.refuse("add_cross_attention", True, "cross-attention in a decoder-only model")
     cfg.refuse("scale_attn_weights", False, "attention scores not divided by sqrt(d_head)")
     cfg.refuse("scale_attn_by_inverse_layer_idx", True, "scores also divided by the layer index")
-    d_model = cfg.get("n_embd", int, required=True)
-    vocab = cfg.get("vocab_size", int, required=True)
-    fields: dict[str, Any] = dict(
-        vocab_size=vocab,
-        d_model=d_model,
-        n_heads=cfg.get("n_head", int, required=True),
-        n_layers=cfg.get("n_layer", int, required=True),
-        d_ff=cfg.get("n_inner", int, 4 * d_model),
-        max_len=cfg.get("n_positions", int, 1024),
-        dropout=cfg.get("resid_pdrop", float, 0.1),
-        activation=activation_from_hf(cfg, "activation_function", "gelu_new"),
-        layer_norm_eps=cfg.get("layer_norm_epsilon", float, 1e-5),
-        tie_embeddings=cfg.get("tie_word_embeddings", bool, True),
-    )
+    fields: dict[str, Any] = read_fields(cfg, FIELDS)
+    vocab = fields["vocab_size"]
+    if fields["d_ff"] is None:
+        fields["d_ff"] = 4 * fields["d_model"]
+    fields["activation"] = activation_from_hf(cfg, "activation_function", "gelu_new")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         fields[name] = in_vocab(cfg, name, vocab)
     return make_config(GPTConfig, fields, cfg.path)

@@ -9,7 +9,6 @@ the shape our model (built from the converted config) expects, and the error nam
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glassformer.errors import CheckpointError
+from glassformer.errors import CheckpointError, GlassformerError
+from glassformer.io import read_json
 from glassformer.models.base import PretrainedModel
 
 
@@ -166,6 +166,19 @@ class HFConfig:
         return CheckpointError(f"{self.path}: {message}")
 
 
+REQUIRED = object()  # a FieldSpec default meaning "the checkpoint must have this field"
+FieldSpec = dict[str, tuple[str, type | tuple[type, ...], Any]]  # our field -> (their key, type, default)
+
+
+def read_fields(cfg: HFConfig, spec: FieldSpec) -> dict[str, Any]:
+    """Our config fields from a family's table of ``ours: (their key, type, default or REQUIRED)``;
+    the one place where every family reads its plain config.json fields."""
+    return {
+        ours: cfg.get(key, kind, None if default is REQUIRED else default, required=default is REQUIRED)
+        for ours, (key, kind, default) in spec.items()
+    }
+
+
 # HF activation names -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh are the same tanh formula.
 HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -194,8 +207,8 @@ def special_token_id(directory: str | os.PathLike, contents: tuple[str, ...]) ->
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except GlassformerError:
         return None  # the tokenizer loader reports a broken tokenizer.json properly
     added = {t.get("content"): t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
     for c in contents:

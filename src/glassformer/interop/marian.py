@@ -23,11 +23,13 @@ from torch import Tensor
 
 from glassformer.errors import CheckpointError
 from glassformer.interop.keymap import (
+    FieldSpec,
     HFConfig,
     Rule,
     activation_from_hf,
     layer_rules,
     make_config,
+    read_fields,
     refuse_leftovers,
     strip_prefix,
     to_ours,
@@ -94,6 +96,16 @@ UNSUPPORTED_SWITCHES = [
 ]
 
 
+# our TransformerConfig field <- (config.json key, type, default); the rest is checked by hand
+FIELDS: FieldSpec = {
+    "n_heads": ("encoder_attention_heads", int, None),
+    "d_ff": ("encoder_ffn_dim", int, None),
+    "max_len": ("max_position_embeddings", int, 1024),
+    "dropout": ("dropout", float, 0.1),
+    "scale_embeddings": ("scale_embedding", bool, False),
+}
+
+
 def rules(config: TransformerConfig) -> list[Rule]:
     """The layer key map (embeddings and the logits bias are handled by :func:`load`/`export`)."""
     return (
@@ -120,18 +132,14 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor]) -> TransformerConfi
     fields: dict[str, Any] = dict(
         vocab_size=vocab,
         d_model=cfg.get("d_model", int, required=True),
-        n_heads=cfg.get("encoder_attention_heads", int),
+        **read_fields(cfg, FIELDS),
         n_layers=n_enc,
         n_decoder_layers=n_dec if n_dec != n_enc else None,
-        d_ff=cfg.get("encoder_ffn_dim", int),
-        max_len=cfg.get("max_position_embeddings", int, 1024),
-        dropout=cfg.get("dropout", float, 0.1),
         activation=activation_from_hf(cfg, "activation_function", "gelu"),
         norm_first=False,
         layer_norm_eps=MARIAN_LAYER_NORM_EPS,
         pos_encoding="sinusoidal",
         sinusoidal_layout="halves",
-        scale_embeddings=cfg.get("scale_embedding", bool, False),
         tie_embeddings=share and tie,
         output_bias="final_logits_bias" in theirs,
         pad_token_id=cfg.token_id("pad_token_id"),

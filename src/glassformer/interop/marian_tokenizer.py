@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from glassformer.errors import DataError
+from glassformer.io import atomic_write, atomic_write_json, atomic_write_text, make_dirs, read_json
 from glassformer.tokenizers import Tokenizer
-from glassformer.tokenizers.base import atomic_write_text
+from glassformer.tokenizers.base import length_limit, warn_truncated
 
 SOURCE_SPM, TARGET_SPM, VOCAB, CONFIG = "source.spm", "target.spm", "vocab.json", "tokenizer_config.json"
 SPIECE_UNDERLINE = "▁"  # SentencePiece's visible space
@@ -66,12 +67,10 @@ class MarianTokenizer(Tokenizer):
 
     def __init__(self, directory: str | os.PathLike) -> None:
         d = Path(directory)
-        config = self._read_json(d / CONFIG) if (d / CONFIG).is_file() else {}
-        if not isinstance(config, dict):
-            raise DataError(f"{d / CONFIG}: a tokenizer config must be a JSON object")
+        config = read_json(d / CONFIG, error=DataError) if (d / CONFIG).is_file() else {}
         if config.get("separate_vocabs"):
             raise DataError(f"{d / CONFIG}: separate source and target vocabularies are not supported")
-        vocab = self._read_json(d / VOCAB)
+        vocab = read_json(d / VOCAB, expect=None, error=DataError)
         if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
             raise DataError(f"{d / VOCAB}: must map pieces to integer ids")
         self.encoder: dict[str, int] = vocab
@@ -87,21 +86,13 @@ class MarianTokenizer(Tokenizer):
                 raise DataError(f"{d / VOCAB}: the {role} token {token!r} is not in the vocabulary")
         self.special_tokens = roles
         self.source_lang, self.target_lang = config.get("source_lang"), config.get("target_lang")
-        self.model_max_length = config.get("model_max_length", 512)
+        limit = config.get("model_max_length", 512)
+        self.model_max_length = limit if isinstance(limit, int) and 0 < limit < 10**9 else None
         self.spm_source = _load_spm(d / SOURCE_SPM)
         self.spm_target = _load_spm(d / TARGET_SPM) if (d / TARGET_SPM).is_file() else self.spm_source
         # longest first, so the split takes the longest special token that matches at a position
         specials = sorted(set(roles.values()), key=len, reverse=True)
         self._special_split = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
-
-    @staticmethod
-    def _read_json(path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
 
     # ------------------------------------------------------------------ text <-> ids
 
@@ -130,6 +121,16 @@ class MarianTokenizer(Tokenizer):
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Ids of source-language ``text``, ending with ``</s>`` unless ``add_special_tokens=False``."""
         return self._ids(text, self.spm_source, add_special_tokens)
+
+    def encode_for_model(self, text: str, max_length: int | None = None, *, what: str = "the text") -> list[int]:
+        """Source ids cut to the smaller of ``max_length`` and ``model_max_length``, keeping the
+        final ``</s>`` (as ``transformers`` does with ``truncation=True``), with one warning line."""
+        ids = self.encode(text, add_special_tokens=False)
+        limit = length_limit(max_length, self.model_max_length)
+        if limit is not None and len(ids) + 1 > limit:
+            warn_truncated(what, len(ids) + 1, limit)
+            ids = ids[: max(limit - 1, 0)]
+        return ids + [self.encoder[self.special_tokens["eos"]]]
 
     def encode_target(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Ids of target-language ``text`` (the target SentencePiece model, the same vocabulary)."""
@@ -178,7 +179,7 @@ class MarianTokenizer(Tokenizer):
             "unk_token": self.special_tokens["unk"],
             "eos_token": self.special_tokens["eos"],
             "pad_token": self.special_tokens["pad"],
-            "model_max_length": self.model_max_length,
+            "model_max_length": self.model_max_length if self.model_max_length is not None else 512,
             "separate_vocabs": False,
         }
 
@@ -188,13 +189,10 @@ class MarianTokenizer(Tokenizer):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write source.spm, target.spm, vocab.json and tokenizer_config.json; returns vocab.json's path."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        d = make_dirs(directory)
         for name, sp in ((SOURCE_SPM, self.spm_source), (TARGET_SPM, self.spm_target)):
-            tmp = d / f".{name}.tmp"
-            tmp.write_bytes(sp.serialized_model_proto())
-            os.replace(tmp, d / name)
-        atomic_write_text(d / VOCAB, json.dumps(self.encoder, indent=2, ensure_ascii=False) + "\n")
+            atomic_write(d / name, sp.serialized_model_proto())
+        atomic_write_json(d / VOCAB, self.encoder)
         atomic_write_text(d / CONFIG, self.to_json())
         return d / VOCAB
 

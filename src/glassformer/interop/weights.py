@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from glassformer.errors import CheckpointError
+from glassformer.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,7 @@ def _unpickler_reason(e: Exception) -> str:
 
 def _read_index(path: Path, suffix: str) -> dict[str, str]:
     """The ``weight_map`` of a shard index: tensor name -> shard file name in the same folder."""
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    index = read_json(path, expect=None, error=CheckpointError)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path}: no 'weight_map' object naming the shard of each tensor")

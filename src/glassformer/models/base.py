@@ -1,4 +1,5 @@
-"""What the three families share: input checks, weight initialisation, save and load.
+"""What the three families share: input checks, weight initialisation, save and load, and
+named activations (``run_with_cache``, ``run_with_hooks``; see :mod:`glassformer.models.hooks`).
 
 A saved model is a directory holding ``config.json`` (pure data) and ``model.safetensors``.
 Tied weights are stored once and tied again on load. Loading is strict: a missing key, an
@@ -10,16 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from glassformer.io import IGNORE_INDEX, atomic_write, make_dirs
 from glassformer.models.config import ModelConfig
+from glassformer.models.hooks import HookFn, Hooks, activation_names, check_names
+from glassformer.models.outputs import ModelOutput
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound="PretrainedModel")
@@ -65,9 +69,9 @@ def check_attention_mask(mask: Tensor | None, batch: int, length: int, name: str
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over positions whose label is not -100. logits (..., V), labels (...)."""
+    """Mean cross-entropy over positions whose label is not IGNORE_INDEX (-100). logits (..., V), labels (...)."""
     return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
 
 
@@ -101,12 +105,11 @@ class PretrainedModel(nn.Module):
         Each file is written to a temporary name and renamed, so a crash never leaves a
         half-written file under the real name.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_dirs(directory)
         tied = self.active_tied_weights()
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in tied}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, lambda p: self.config.to_json_file(p))
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        self.config.to_json_file(directory / CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> M:
@@ -156,6 +159,32 @@ class PretrainedModel(nn.Module):
 
         save_hf(self, directory)
 
+    # ---------------------------------------------------------------------- named activations
+
+    def activation_names(self) -> list[str]:
+        """Every name :meth:`run_with_cache` and :meth:`run_with_hooks` accept, in forward order."""
+        return activation_names(self)
+
+    def run_with_cache(
+        self, *args: Any, names: Iterable[str] | None = None, **kwargs: Any
+    ) -> tuple[ModelOutput, dict[str, Tensor]]:
+        """``out, cache = model.run_with_cache(input_ids, attention_mask=None, names=None)``.
+
+        The ordinary forward pass (same arguments as calling the model) plus a dict of named
+        activations, ``"{stack}.{layer}.{site}"`` (see :mod:`glassformer.models.hooks`).
+        ``names`` limits what is kept (default: everything). Tensors keep their graph: wrap the
+        call in ``torch.no_grad()`` when no gradient is wanted.
+        """
+        keep = None if names is None else check_names(self, names)
+        cache: dict[str, Tensor] = {}
+        return self(*args, hooks=Hooks(cache=cache, keep=keep), **kwargs), cache
+
+    def run_with_hooks(self, *args: Any, hooks: Mapping[str, HookFn], **kwargs: Any) -> ModelOutput:
+        """``model.run_with_hooks(input_ids, hooks={name: fn})``: the forward pass with ``fn(tensor)``
+        called on each named activation; a returned tensor (same shape) replaces it, None leaves it."""
+        check_names(self, hooks)
+        return self(*args, hooks=Hooks(fns=hooks), **kwargs)
+
     # ---------------------------------------------------------------------------------- init
 
     def _init_normal(self, std: float = 0.02) -> None:
@@ -172,17 +201,3 @@ class PretrainedModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("emb.weight"):
                 nn.init.normal_(p, std=std)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

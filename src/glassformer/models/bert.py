@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from glassformer.attention import padding_mask
+from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import ACTIVATIONS, TokenEmbedding, positional_encoding
 from glassformer.models.base import (
     PretrainedModel,
@@ -23,6 +23,7 @@ from glassformer.models.base import (
 )
 from glassformer.models.config import BERTConfig
 from glassformer.models.encoder import Encoder
+from glassformer.models.hooks import Hooks
 from glassformer.models.outputs import AttentionMap, ModelOutput
 
 Head = Literal["auto", "mlm", "classifier", "none"]
@@ -48,6 +49,7 @@ class BERT(PretrainedModel):
     ``logits`` come from the classification head when ``num_labels > 0`` (shape (B, num_labels),
     ``labels`` (B,)), otherwise from the masked-LM head ((B, T, V), ``labels`` (B, T) with -100
     on unmasked positions). ``head=`` picks another head explicitly; ``"none"`` gives no logits.
+    ``hooks`` reads or replaces named activations (use :meth:`run_with_cache` / :meth:`run_with_hooks`).
     """
 
     config_class = BERTConfig
@@ -93,14 +95,16 @@ class BERT(PretrainedModel):
         *,
         position_ids: Tensor | None = None,
         head: Head = "auto",
+        hooks: Hooks | None = None,
     ) -> ModelOutput:
         check_input_ids(input_ids, self.config.vocab_size)
         b, t = input_ids.shape
         check_length(t, self.config.max_len)
         check_attention_mask(attention_mask, b, t)
-        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        hooks = scope(hooks, "encoder")  # every name starts with the stack: "encoder.0.attn.z"
+        x = tap(hooks, "embed", self.embeddings(input_ids, token_type_ids, position_ids))
         mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
-        h, ws = self.encoder(x, mask, return_attentions=return_attentions)  # (B, T, C)
+        h, ws = self.encoder(x, mask, return_attentions=return_attentions, hooks=hooks)  # (B, T, C)
         pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else None  # (B, C)
 
         if head == "auto":

@@ -8,12 +8,13 @@ every validation error names the field at fault.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
+
+from glassformer.errors import CheckpointError
+from glassformer.io import atomic_write_json, read_json
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -99,17 +100,12 @@ class ModelConfig:
         return cls(**data)
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON, atomically (see :func:`glassformer.io.atomic_write`)."""
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json_file(cls: type[C], path: str | os.PathLike) -> C:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, error=CheckpointError))
 
 
 def _check_value(name: str, value: Any, hint: Any) -> None:
@@ -252,13 +248,10 @@ CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """Read a glassformer ``config.json`` of any family."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("model_type") not in CONFIG_CLASSES:
-        found = data.get("model_type") if isinstance(data, dict) else None
-        raise ValueError(
+    data = read_json(path, error=CheckpointError)
+    if data.get("model_type") not in CONFIG_CLASSES:
+        found = data.get("model_type")
+        raise CheckpointError(
             f"{path}: model_type {found!r} is not a glassformer family ({', '.join(CONFIG_CLASSES)})"
         )
     return CONFIG_CLASSES[data["model_type"]].from_dict(data)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
+from glassformer.attention import scope, tap
 from glassformer.layers import DecoderLayer, LayerCache
 from glassformer.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from glassformer.models.hooks import Hooks
 
 
 class Decoder(nn.Module):
@@ -32,8 +38,12 @@ class Decoder(nn.Module):
         memory_mask: Tensor | None = None,
         cache: list[LayerCache] | None = None,
         return_attentions: bool = False,
+        hooks: Hooks | None = None,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """x (B, T, C) -> (B, T, C), self weights [(B, H, T, past+T)], cross weights [(B, H, T, S)]."""
+        """x (B, T, C) -> (B, T, C), self weights [(B, H, T, past+T)], cross weights [(B, H, T, S)].
+
+        ``hooks`` (scoped ``decoder.`` by the model) names layer i's activations ``i.site``.
+        """
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the decoder has {len(self.layers)}")
         self_ws, cross_ws = [], []
@@ -42,11 +52,12 @@ class Decoder(nn.Module):
                 x, memory, self_mask, memory_mask,
                 cache=cache[i] if cache is not None else None,
                 return_weights=return_attentions,
+                hooks=scope(hooks, str(i)),
             )
             if return_attentions:
                 self_ws.append(w_self)
                 if w_cross is not None:
                     cross_ws.append(w_cross)
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = tap(hooks, "final_norm", self.final_norm(x))
         return x, self_ws, cross_ws

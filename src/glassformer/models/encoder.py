@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
+from glassformer.attention import scope, tap
 from glassformer.layers import EncoderLayer
 from glassformer.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from glassformer.models.hooks import Hooks
 
 
 class Encoder(nn.Module):
@@ -21,14 +27,17 @@ class Encoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias) if config.norm_first else None
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, return_attentions: bool = False
+        self, x: Tensor, mask: Tensor | None = None, return_attentions: bool = False, hooks: Hooks | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C), [(B, H, S, S)] per layer."""
+        """x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C), [(B, H, S, S)] per layer.
+
+        ``hooks`` (scoped ``encoder.`` by the model) names layer i's activations ``i.site``.
+        """
         attentions = []
-        for layer in self.layers:
-            x, weights = layer(x, mask, return_weights=return_attentions)
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, mask, return_weights=return_attentions, hooks=scope(hooks, str(i)))
             if return_attentions:
                 attentions.append(weights)
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = tap(hooks, "final_norm", self.final_norm(x))
         return x, attentions

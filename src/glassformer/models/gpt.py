@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from glassformer.attention import padding_mask
+from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
 from glassformer.models.base import (
     PretrainedModel,
@@ -23,6 +23,7 @@ from glassformer.models.base import (
 )
 from glassformer.models.config import GPTConfig
 from glassformer.models.decoder import Decoder
+from glassformer.models.hooks import Hooks
 from glassformer.models.outputs import AttentionMap, ModelOutput
 
 
@@ -37,6 +38,10 @@ class GPT(PretrainedModel):
     ``labels`` are aligned with ``input_ids`` positions: ``labels[:, t]`` is the token that should
     follow ``input_ids[:, :t+1]`` (-100 = ignore). With a ``cache`` (see :meth:`new_cache`) only the
     new tokens are passed; ``attention_mask`` then covers past + new positions.
+
+    ``last_only=True`` computes logits for the last position only ((B, 1, V)): decoding needs
+    nothing else, and the vocabulary projection is the largest matmul of a small model.
+    ``hooks`` reads or replaces named activations (use :meth:`run_with_cache` / :meth:`run_with_hooks`).
     """
 
     config_class = GPTConfig
@@ -70,6 +75,8 @@ class GPT(PretrainedModel):
         *,
         position_ids: Tensor | None = None,
         cache: list[LayerCache] | None = None,
+        last_only: bool = False,
+        hooks: Hooks | None = None,
     ) -> ModelOutput:
         check_input_ids(input_ids, self.config.vocab_size)
         b, t = input_ids.shape
@@ -78,10 +85,13 @@ class GPT(PretrainedModel):
         check_attention_mask(attention_mask, b, past + t)
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)  # (1, T)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))  # (B, T, C)
+        hooks = scope(hooks, "decoder")  # every name starts with the stack: "decoder.0.attn.z"
+        x = tap(hooks, "embed", self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids)))  # (B, T, C)
         self_mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, past+T)
-        h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions)
-        logits = self.lm_head(h)  # (B, T, V)
+        h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions, hooks=hooks)
+        if last_only and labels is not None:
+            raise ValueError("labels need logits at every position; last_only=True gives the last one only")
+        logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V), or (B, 1, V) with last_only
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glassformer.attention import padding_mask
+from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
 from glassformer.models.base import (
     PretrainedModel,
@@ -25,6 +25,7 @@ from glassformer.models.config import TransformerConfig
 from glassformer.models.decoder import Decoder
 from glassformer.models.encoder import Encoder
 from glassformer.models.gpt import cache_length
+from glassformer.models.hooks import Hooks
 from glassformer.models.outputs import AttentionMap, ModelOutput
 
 
@@ -34,6 +35,8 @@ class Transformer(PretrainedModel):
     ``tgt_ids`` are the decoder inputs (shifted right: they start with the decoder start token);
     ``labels[:, t]`` is the token the decoder should emit after reading ``tgt_ids[:, :t+1]``.
     ``src_mask``/``tgt_mask`` are (B, S)/(B, T) padding masks, 1 on real tokens.
+    ``last_only=True`` computes logits for the last target position only ((B, 1, V)), as decoding
+    needs; ``hooks`` reads or replaces named activations (``encoder.*`` and ``decoder.*``).
     """
 
     config_class = TransformerConfig
@@ -72,7 +75,8 @@ class Transformer(PretrainedModel):
         return self.decoder.new_cache()
 
     def encode(
-        self, src_ids: Tensor, src_mask: Tensor | None = None, return_attentions: bool = False
+        self, src_ids: Tensor, src_mask: Tensor | None = None, return_attentions: bool = False,
+        hooks: Hooks | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """src_ids (B, S) -> memory (B, S, C) and the encoder's self-attention weights."""
         check_input_ids(src_ids, self.config.vocab_size, "src_ids")
@@ -80,9 +84,10 @@ class Transformer(PretrainedModel):
         check_length(s, self.config.max_len, "src_ids")
         check_attention_mask(src_mask, b, s, "src_mask")
         positions = torch.arange(s, device=src_ids.device).unsqueeze(0)  # (1, S)
-        x = self.drop(self.src_emb(src_ids) + self.src_pos(positions))  # (B, S, C)
+        hooks = scope(hooks, "encoder")
+        x = tap(hooks, "embed", self.drop(self.src_emb(src_ids) + self.src_pos(positions)))  # (B, S, C)
         mask = padding_mask(src_mask) if src_mask is not None else None  # (B, 1, 1, S)
-        return self.encoder(x, mask, return_attentions=return_attentions)
+        return self.encoder(x, mask, return_attentions=return_attentions, hooks=hooks)
 
     def decode(
         self,
@@ -92,10 +97,14 @@ class Transformer(PretrainedModel):
         tgt_mask: Tensor | None = None,
         cache: list[LayerCache] | None = None,
         return_attentions: bool = False,
+        *,
+        last_only: bool = False,
+        hooks: Hooks | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
         """tgt_ids (B, T), memory (B, S, C) -> logits (B, T, V), hidden (B, T, C), self and cross weights.
 
         With a cache, pass only the new target tokens; ``tgt_mask`` then covers past + new.
+        ``last_only=True``: logits (B, 1, V) for the last position only (the hidden states stay whole).
         """
         check_input_ids(tgt_ids, self.config.vocab_size, "tgt_ids")
         b, t = tgt_ids.shape
@@ -106,11 +115,12 @@ class Transformer(PretrainedModel):
             raise ValueError(f"memory has batch {memory.shape[0]}, tgt_ids has batch {b}")
         check_attention_mask(src_mask, b, memory.shape[1], "src_mask")
         positions = torch.arange(past, past + t, device=tgt_ids.device).unsqueeze(0)  # (1, T)
-        y = self.drop(self.tgt_emb(tgt_ids) + self.tgt_pos(positions))  # (B, T, C)
+        hooks = scope(hooks, "decoder")
+        y = tap(hooks, "embed", self.drop(self.tgt_emb(tgt_ids) + self.tgt_pos(positions)))  # (B, T, C)
         self_mask = padding_mask(tgt_mask) if tgt_mask is not None else None  # (B, 1, 1, past+T)
         memory_mask = padding_mask(src_mask) if src_mask is not None else None  # (B, 1, 1, S)
-        h, self_ws, cross_ws = self.decoder(y, memory, self_mask, memory_mask, cache, return_attentions)
-        return self.generator(h), h, self_ws, cross_ws  # (B, T, V), (B, T, C)
+        h, self_ws, cross_ws = self.decoder(y, memory, self_mask, memory_mask, cache, return_attentions, hooks=hooks)
+        return self.generator(h[:, -1:] if last_only else h), h, self_ws, cross_ws  # (B, T or 1, V), (B, T, C)
 
     def forward(
         self,
@@ -120,9 +130,16 @@ class Transformer(PretrainedModel):
         tgt_mask: Tensor | None = None,
         labels: Tensor | None = None,
         return_attentions: bool = False,
+        *,
+        last_only: bool = False,
+        hooks: Hooks | None = None,
     ) -> ModelOutput:
-        memory, enc_ws = self.encode(src_ids, src_mask, return_attentions)
-        logits, h, self_ws, cross_ws = self.decode(tgt_ids, memory, src_mask, tgt_mask, None, return_attentions)
+        if last_only and labels is not None:
+            raise ValueError("labels need logits at every position; last_only=True gives the last one only")
+        memory, enc_ws = self.encode(src_ids, src_mask, return_attentions, hooks=hooks)
+        logits, h, self_ws, cross_ws = self.decode(
+            tgt_ids, memory, src_mask, tgt_mask, None, return_attentions, last_only=last_only, hooks=hooks
+        )
         loss = None
         if labels is not None:
             if labels.shape != tgt_ids.shape:

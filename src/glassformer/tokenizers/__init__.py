@@ -13,12 +13,12 @@ Every tokenizer has the same interface (:class:`Tokenizer`): ``encode``, ``decod
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from glassformer.errors import DataError
+from glassformer.io import read_json
 from glassformer.tokenizers.base import (
     DEFAULT_SPECIALS,
     ROLE_NAMES,
@@ -50,15 +50,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not file.is_file():
         where = f"{path}: no {TOKENIZER_FILE} in this directory" if path.is_dir() else f"{path}: no such file"
         raise DataError(where)
-    try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: byte {e.start} is not valid UTF-8; not a tokenizer.json") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{file}: a tokenizer.json must hold a JSON object")
+    data = read_json(file, error=DataError)
     marker = data.get("glassformer")
     if marker is not None:
         kind = marker.get("kind") if isinstance(marker, dict) else None

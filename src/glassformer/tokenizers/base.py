@@ -9,13 +9,16 @@ the vocabulary has no such token.
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from glassformer.errors import DataError
+from glassformer.io import atomic_write_text, make_dirs
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -49,17 +52,16 @@ def discover_specials(token_to_id, overrides: dict[str, str] | None = None) -> d
     return found
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def length_limit(*limits: int | None) -> int | None:
+    """The smallest of the given maxima that are set (None when none is)."""
+    found = [int(n) for n in limits if n is not None]
+    return min(found) if found else None
+
+
+def warn_truncated(what: str, n_tokens: int, limit: int) -> None:
+    """The one warning line a cut text gets: how many tokens it had and how many were dropped."""
+    log.warning("%s has %d tokens, more than the %d the model reads: the last %d were dropped",
+                what, n_tokens, limit, n_tokens - limit)
 
 
 class Tokenizer(ABC):
@@ -71,6 +73,8 @@ class Tokenizer(ABC):
 
     kind: str = "base"
     special_tokens: dict[str, str]
+    # the longest sequence (in tokens, special tokens included) the checkpoint declares; None: not declared
+    model_max_length: int | None = None
 
     # ------------------------------------------------------------------ text <-> ids
 
@@ -82,6 +86,20 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         """``encode`` for many texts (subclasses may run them in parallel)."""
         return [self.encode(t, add_special_tokens) for t in texts]
+
+    def encode_for_model(self, text: str, max_length: int | None = None, *, what: str = "the text") -> list[int]:
+        """The ids a model reads for ``text``: ``encode(text)`` cut to the smaller of ``max_length``
+        and :attr:`model_max_length`, with one warning line naming how many tokens were dropped.
+
+        Tokenizers with a template (Hugging Face's ``[CLS] ... [SEP]``) keep it whole and cut the
+        text inside it, as ``transformers`` does with ``truncation=True``.
+        """
+        ids = self.encode(text)
+        limit = length_limit(max_length, self.model_max_length)
+        if limit is not None and len(ids) > limit:
+            warn_truncated(what, len(ids), limit)
+            ids = ids[:limit]
+        return ids
 
     @abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -160,7 +178,7 @@ class Tokenizer(ABC):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/tokenizer.json`` (atomically); returns its path."""
-        path = Path(directory) / TOKENIZER_FILE
+        path = make_dirs(directory) / TOKENIZER_FILE
         atomic_write_text(path, self.to_json())
         return path
 

@@ -1,6 +1,14 @@
 """Tokenizers from the Hugging Face ``tokenizers`` library: byte-level BPE trained here, or any
 ``tokenizer.json`` (WordPiece for BERT, byte-level BPE for GPT-2, Unigram, ...).
 
+A ``tokenizer.json`` may carry ``padding`` and ``truncation`` settings (all-MiniLM-L6-v2's pads
+every text to 128 ids). ``transformers`` switches them off unless a call asks for them, so the
+wrapper does too: encoding one text gives exactly ``AutoTokenizer.from_pretrained(dir)(text)
+["input_ids"]``, batches are padded by glassformer with an attention mask, and the settings are
+only kept to be written back on save. Texts longer than the checkpoint's declared maximum
+(``tokenizer_config.json`` ``model_max_length``, ``sentence_bert_config.json``
+``max_seq_length``) are cut by :meth:`HFTokenizer.encode_for_model`, with a warning.
+
 Byte-level BPE (GPT-2, Radford et al. 2019 §2.2) starts from the 256 byte values, so every
 string has an encoding and no ``<unk>`` is ever needed; merges learned from the corpus then join
 frequent byte pairs into longer tokens. Decoding joins the bytes and reads them as UTF-8.
@@ -12,20 +20,30 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from glassformer.errors import DataError
+from glassformer.io import atomic_write_json, read_json
 from glassformer.tokenizers.base import (
     DEFAULT_SPECIALS,
     ROLES,
     Tokenizer,
-    atomic_write_text,
     discover_specials,
+    length_limit,
+    warn_truncated,
 )
 
-CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's side file; we read its *_token entries
+CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's side file: *_token entries, model_max_length
+SENTENCE_CONFIG_FILE = "sentence_bert_config.json"  # sentence-transformers' side file: max_seq_length
+# transformers writes int(1e30) as model_max_length when a checkpoint declares none
+NO_LIMIT = 10**9
+# Tokenizer classes whose transformers constructor rebuilds the pre-tokenizer as
+# ByteLevel(add_prefix_space=<tokenizer_config.json's add_prefix_space, default False>), whatever
+# tokenizer.json says (GPT2TokenizerFast in transformers 4, GPT2Tokenizer in 5).
+PREFIX_SPACE_FROM_CONFIG = {"GPT2Tokenizer", "GPT2TokenizerFast", "CodeGenTokenizer", "CodeGenTokenizerFast"}
 
 
 class HFTokenizer(Tokenizer):
@@ -37,8 +55,20 @@ class HFTokenizer(Tokenizer):
     ``[CLS]``/``<bos>``/``<|endoftext|>``, ...) unless given as ``special_tokens`` (role -> token).
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, special_tokens: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tokenizer: tokenizers.Tokenizer, special_tokens: dict[str, str] | None = None,
+        model_max_length: int | None = None,
+    ) -> None:
+        # The file's padding/truncation would turn every text into a fixed number of ids, padding
+        # included (the bug of issue 11). Keep them only to write them back; encode without them.
+        self.file_settings: dict[str, Any] = {"padding": None, "truncation": None}
+        if tokenizer.padding is not None or tokenizer.truncation is not None:
+            data = json.loads(tokenizer.to_str())
+            self.file_settings = {key: data.get(key) for key in self.file_settings}
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
         self.tokenizer = tokenizer
+        self.model_max_length = model_max_length
         self._overrides = {r: t for r, t in (special_tokens or {}).items() if r in ROLES and t is not None}
         self.special_tokens = discover_specials(tokenizer.token_to_id, self._overrides)
         self.kind = type(tokenizer.model).__name__.lower()  # "bpe", "wordpiece", "unigram", "wordlevel"
@@ -58,14 +88,33 @@ class HFTokenizer(Tokenizer):
             tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:  # the Rust side raises a bare Exception
             raise DataError(f"{path}: not a tokenizer.json that `tokenizers` can read ({e})") from None
-        roles = read_config_roles(path.parent / CONFIG_FILE)
+        config = read_json(path.parent / CONFIG_FILE, error=DataError) if (path.parent / CONFIG_FILE).is_file() else {}
+        apply_config_settings(tok, config)
+        roles = config_roles(config)
         roles.update(special_tokens or {})
-        return cls(tok, roles)
+        return cls(tok, roles, declared_max_length(path.parent))
 
     # ------------------------------------------------------------------ text <-> ids
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_for_model(self, text: str, max_length: int | None = None, *, what: str = "the text") -> list[int]:
+        """``encode(text)`` cut to the smaller of ``max_length`` and :attr:`model_max_length`.
+
+        The template (``[CLS] ... [SEP]``) stays whole: the text inside it is cut, exactly as
+        ``transformers`` does with ``truncation=True, max_length=...``.
+        """
+        limit = length_limit(max_length, self.model_max_length)
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        n_special = self.tokenizer.num_special_tokens_to_add(False)
+        total = len(encoding.ids) + n_special
+        if limit is not None and total > limit:
+            if limit < n_special + 1:
+                raise DataError(f"a maximum length of {limit} leaves no room for text between {n_special} special tokens")
+            warn_truncated(what, total, limit)
+            encoding.truncate(limit - n_special)
+        return self.tokenizer.post_process(encoding).ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         # runs on all cores inside the Rust library; the "fast" variant skips offset tracking
@@ -105,27 +154,47 @@ class HFTokenizer(Tokenizer):
     # ------------------------------------------------------------------ saving
 
     def to_json(self) -> str:
-        return self.tokenizer.to_str(pretty=True)
+        """The ``tokenizer.json`` text, with the file's own padding/truncation settings put back."""
+        text = self.tokenizer.to_str(pretty=True)
+        if all(v is None for v in self.file_settings.values()):
+            return text
+        data = json.loads(text)
+        data.update(self.file_settings)
+        return json.dumps(data, indent=2, ensure_ascii=False)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json``, plus ``tokenizer_config.json`` when roles were given by hand."""
+        """Write ``tokenizer.json``, plus ``tokenizer_config.json`` when roles or a maximum length are known."""
         path = super().save(directory)
-        if self._overrides:
-            config = {f"{r}_token": t for r, t in self._overrides.items()}
-            atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        config: dict[str, Any] = {f"{r}_token": t for r, t in self._overrides.items()}
+        if config or self.model_max_length is not None:
+            if self.model_max_length is not None:
+                config["model_max_length"] = self.model_max_length
+            atomic_write_json(Path(directory) / CONFIG_FILE, config)
         return path
 
 
-def read_config_roles(path: Path) -> dict[str, str]:
+def apply_config_settings(tok: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
+    """What ``tokenizer_config.json`` changes in the ids ``transformers`` gives for this file:
+    a GPT-2 tokenizer class takes ``add_prefix_space`` from the config (default False)."""
+    if config.get("tokenizer_class") in PREFIX_SPACE_FROM_CONFIG and isinstance(tok.model, models.BPE):
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+
+
+def declared_max_length(directory: str | os.PathLike) -> int | None:
+    """The longest input a checkpoint declares: ``sentence_bert_config.json`` ``max_seq_length``
+    (what sentence-transformers cuts to) over ``tokenizer_config.json`` ``model_max_length``."""
+    directory = Path(directory)
+    for name, key in ((SENTENCE_CONFIG_FILE, "max_seq_length"), (CONFIG_FILE, "model_max_length")):
+        if not (directory / name).is_file():
+            continue
+        value = read_json(directory / name, error=DataError).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < NO_LIMIT:
+            return int(value)
+    return None
+
+
+def config_roles(config: dict[str, Any]) -> dict[str, str]:
     """role -> token from a Hugging Face ``tokenizer_config.json`` (``pad_token``, ``cls_token`` ...)."""
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        return {}
     keys = {"pad": ("pad_token",), "bos": ("bos_token", "cls_token"), "eos": ("eos_token", "sep_token"),
             "unk": ("unk_token",), "mask": ("mask_token",)}
     roles: dict[str, str] = {}

@@ -7,11 +7,12 @@
 or from the command line: ``glassformer train gpt --data notes.txt --out runs/notes``.
 """
 
+from glassformer.io import unwrap_model
 from glassformer.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from glassformer.training.config import TrainConfig
 from glassformer.training.objectives import compute_loss, token_loss_sum
 from glassformer.training.optim import Schedule, build_optimizer, param_groups
-from glassformer.training.runtime import ProcessContext, unwrap_model
+from glassformer.training.runtime import ProcessContext
 from glassformer.training.trainer import Trainer, TrainingDiverged, TrainResult
 
 __all__ = [

@@ -11,32 +11,30 @@ bad flag, file or ``--init`` leaves ``--out`` exactly as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shutil
 import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from glassformer.errors import DataError, GlassformerError
 from glassformer.training.config import (
     LOCKED_ON_RESUME,
     TASK_DEFAULTS,
     TASKS,
+    ConfigError,
     TrainConfig,
+    field_help,
     field_types,
     load_run_config,
     parse_value,
     read_config_file,
     resolve_config,
 )
+from glassformer.training.rundir import RUN_FILES, absolute_spec, check_out_outside_data, same_spec
 
 log = logging.getLogger("glassformer.training")
-
-# What a run writes at the root of --out; --overwrite removes exactly these, nothing else.
-RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl",
-             "train_config.json", "loss.png", "checkpoints", "attention", "attention.png")
 
 TASK_HELP = {
     "gpt": "a decoder-only language model (next-token prediction)",
@@ -44,6 +42,11 @@ TASK_HELP = {
     "seq2seq": "the paper's encoder-decoder on (source, target) pairs, label smoothing 0.1",
     "classifier": "BERT with a classification head; start from a trained model with --init DIR",
 }
+
+# config fields that name files: stored absolute, so a run resumes from any working directory
+PATH_FIELDS = ("data", "tokenizer", "init")
+# flags that belong to one invocation and are never taken from a saved run
+PER_INVOCATION = ("resume", "overwrite", "task", "allow_data_change")
 
 
 # -------------------------------------------------------------------------------- the parser
@@ -61,17 +64,18 @@ def _flag_type(name: str) -> Callable[[str], Any]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: tuple[str, ...] = ("task",)) -> None:
-    """One flag per TrainConfig field (``--d-model``); unset flags stay absent from the namespace."""
+    """One flag per TrainConfig field (``--d-model``), its help from the field's metadata; unset flags
+    stay absent from the namespace."""
     import dataclasses
 
-    comments = _field_comments()
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         hint = field_types()[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = comments.get(f.name, "") + f" (default: {TASK_DEFAULTS[task].get(f.name, f.default)})"
-        if hint is bool:
+        default = TASK_DEFAULTS[task].get(f.name, f.default)
+        help_text = field_help(f.name) + ("" if default is None and hint == bool | None else f" (default: {default})")
+        if hint is bool or hint == bool | None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif typing.get_origin(hint) is Literal:
@@ -79,21 +83,6 @@ def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: t
         else:
             parser.add_argument(flag, dest=f.name, type=_flag_type(f.name), default=argparse.SUPPRESS, help=help_text,
                                 metavar=f.name.upper())
-
-
-def _field_comments() -> dict[str, str]:
-    """The ``# ...`` comment after each field in config.py, as flag help."""
-    import inspect
-
-    from glassformer.training import config as module
-
-    out = {}
-    for line in inspect.getsource(module.TrainConfig).splitlines():
-        line = line.strip()
-        if ":" in line and "#" in line and not line.startswith(("#", '"')):
-            name = line.split(":", 1)[0].strip()
-            out[name] = line.split("#", 1)[1].strip()
-    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,19 +106,37 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(task: str, args: argparse.Namespace) -> TrainConfig:
-    """defaults < task defaults < --config file < flags; on --resume the run's saved config is the base."""
+    """defaults < task defaults < --config file < flags; on --resume the run's saved config is the base.
+
+    Nothing is written here. A ``--resume`` of a run that stopped before its first checkpoint
+    starts it again from step 0 (with a warning), replacing its partial files.
+    """
     flags = flag_values(args)
     file_values = read_config_file(args.config_file) if getattr(args, "config_file", None) else {}
     source = args.config_file or ""
     given = {**file_values, **flags}
+    # an --overwrite killed before its first checkpoint left the previous run aside: put it back
+    # before the run directory is read (under its lock; rank 0 only)
+    from glassformer.training.guard import recover_interrupted
+
+    recover_interrupted(Path(given.get("out") or f"runs/{task}"))
+    for name in PATH_FIELDS:
+        if name in given:
+            flags[name] = given[name] = absolute_spec(given[name])
+            if name in file_values:
+                file_values[name] = given[name]
     if given.get("resume"):
         out = given.get("out") or f"runs/{task}"
-        saved = _saved_config(Path(out))
+        saved, has_checkpoint = _saved_config(Path(out))
         for name in LOCKED_ON_RESUME:
-            if name in given and given[name] != saved.get(name):
-                raise ValueError(f"--{name.replace('_', '-')} {given[name]!r} differs from the run's "
-                                 f"{saved.get(name)!r}; a resumed run keeps its data, tokenizer and model")
-        base = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "task")}
+            if name in given and not same_spec(given[name], saved.get(name)):
+                raise ConfigError(f"--{name.replace('_', '-')} {given[name]!r} differs from the run's "
+                                  f"{saved.get(name)!r}; a resumed run keeps its data, tokenizer and model")
+        base = {k: v for k, v in saved.items() if k not in PER_INVOCATION}
+        if not has_checkpoint:
+            log.warning("--resume: %s has no checkpoint yet (the run stopped before its first save); "
+                        "starting it again from step 0", out)
+            flags = {**flags, "resume": False, "overwrite": True}
         return resolve_config(task, {**base, **file_values}, {**flags, "out": out}, source)
     if given.get("init") and "context" not in given:
         flags["context"] = _init_context(str(given["init"]), resolve_config(task, file_values, {}).context)
@@ -148,80 +155,111 @@ def _init_context(init: str, default: int) -> int:
     return min(default, limit) if limit else default
 
 
-def _saved_config(run_dir: Path) -> dict[str, Any]:
+def _saved_config(run_dir: Path) -> tuple[dict[str, Any], bool]:
+    """The run's saved config, and whether it has a checkpoint to resume from."""
     from glassformer.training.checkpoint import latest_checkpoint
 
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"--resume: {run_dir} does not exist; there is nothing to resume")
-    if latest_checkpoint(run_dir) is None or not (run_dir / "train_config.json").is_file():
-        raise ValueError(f"--resume: {run_dir} holds no checkpoint to resume from (no checkpoints/latest)")
-    return load_run_config(run_dir)
+        raise ConfigError(f"--resume: {run_dir} does not exist; there is nothing to resume")
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if not (run_dir / "train_config.json").is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no train_config.json, no checkpoint to resume "
+                          f"from)")
+    return load_run_config(run_dir), has_checkpoint
+
+
+def check_out(out: Path, data: str | None) -> None:
+    """Refuse an --out that is a file or lies inside the data tree (before it is locked)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    check_out_outside_data(out, data)
 
 
 def check_run_dir(config: TrainConfig) -> None:
-    """Refuse an --out holding another run unless --resume or --overwrite (nothing is changed here)."""
+    """Refuse an --out holding another run without --resume or --overwrite (nothing is changed here)."""
     out = config.run_dir
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a directory")
-    if config.resume or not out.is_dir():
+    if config.resume or config.overwrite or not out.is_dir():
         return
     clash = [name for name in RUN_FILES if (out / name).exists()]
-    if clash and not config.overwrite:
-        raise ValueError(f"--out {out}: already holds a run ({clash[0]}); continue it with --resume, "
-                         f"replace it with --overwrite, or choose another --out")
+    if clash:
+        from glassformer.training.checkpoint import latest_checkpoint
 
-
-def clear_run_dir(out: Path) -> None:
-    """--overwrite: remove the previous run's files (and only those)."""
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        if latest_checkpoint(out) is None:
+            raise ConfigError(f"--out {out}: holds a run that stopped before its first checkpoint ({clash[0]}); start "
+                              f"it again with --resume or --overwrite, or choose another --out")
+        raise ConfigError(f"--out {out}: already holds a run ({clash[0]}); continue it with --resume, "
+                          f"replace it with --overwrite, or choose another --out")
 
 
 # -------------------------------------------------------------------------------- running
 
 
 def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
-    """Check, prepare and train; returns ``(TrainResult, TrainingSetup)``. The CLI and the demo use this."""
-    from glassformer.training.checkpoint import write_text_atomic
+    """Check, prepare and train; returns ``(TrainResult, TrainingSetup, Trainer)``. The CLI and the demos use this.
+
+    The order is the run directory's guarantee: every input is checked (flags, config file, data,
+    tokenizer, ``--init``/checkpoint shapes, memory, the attention probe) before ``--out`` is
+    created, cleared or written; the directory is locked (one writer) for the whole run;
+    ``--overwrite`` keeps the previous run aside until the new one has saved a checkpoint.
+    """
+    from glassformer.training import guard
     from glassformer.training.distributed import make_trainer, process_context
     from glassformer.training.tasks import prepare
 
     process = process_context(config)  # one process alone, or this rank of a torchrun job
     if not process.is_main:  # only rank 0 reports
         echo = lambda s: None  # noqa: E731
-    check_run_dir(config)
-    process.barrier()  # every rank has checked --out before rank 0 writes into it
     out = config.run_dir
-    setup = prepare(config, resume_dir=out if config.resume else None)
-    trainer = make_trainer(process, setup.model, config, setup.train_data, setup.val_data, tokenizer=setup.tokenizer,
-                           run_dir=out, eval_callbacks=setup.eval_callbacks, generation_config=setup.generation_config,
-                           baseline=setup.baseline)
-    if config.resume:
-        path = trainer.resume()
-        echo(f"resuming {out} from {path.name} (step {trainer.step})")
-    elif config.overwrite and process.is_main:
-        clear_run_dir(out)
-    # input is valid: from here on the run directory is ours (rank 0 writes it)
-    if process.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        if setup.tokenizer is not None and not config.resume:
-            setup.tokenizer.save(out)
-    n_params = trainer.model.num_parameters()
-    echo(f"{config.task}: {n_params / 1e6:.2f}M parameters on {trainer.device.type}"
-         f" ({'bf16 autocast' if trainer.amp_dtype is not None else 'fp32'}); {setup.summary}")
-    if setup.baseline is not None:
-        echo(f"unigram baseline (predicting token frequencies): {setup.baseline:.3f} nats/token")
-    result = trainer.fit()
-    return result, setup, trainer
+    check_out(out, config.data)
+    existed = out.is_dir()
+    lock = guard.RunGuard(out, process)
+    try:
+        if existed:  # an existing --out is locked before it is read further: another writer is named first
+            lock.acquire()
+        check_run_dir(config)
+        fingerprint = guard.check_resume_data(config)
+        guard.check_memory(config)
+        try:
+            setup = prepare(config, resume_dir=out if config.resume else None)
+        except UnicodeError as e:  # a tokenizer handed bytes that are not text
+            raise DataError(f"--data {config.data}: not UTF-8 text ({e}); fix the file or pass --errors replace") from None
+        guard.check_probe(config, setup)
+        process.barrier()  # every rank has validated before rank 0 writes
+        trainer = make_trainer(process, setup.model, config, setup.train_data, setup.val_data, tokenizer=setup.tokenizer,
+                               run_dir=out, eval_callbacks=setup.eval_callbacks,
+                               generation_config=setup.generation_config, baseline=setup.baseline)
+        if config.resume:
+            path = trainer.resume()
+            echo(f"resuming {out} from {path.name} (step {trainer.step})")
+        # input is valid: from here on the run directory is ours (rank 0 writes it)
+        if not existed:
+            lock.acquire()  # creates --out
+            check_run_dir(config)  # another run may have created and filled it while this one was checking
+        replaced = guard.start_writing(config, process, setup, fingerprint, trainer)
+        n_params = trainer.model.num_parameters()
+        echo(f"{config.task}: {n_params / 1e6:.2f}M parameters on {trainer.device.type}"
+             f" ({'bf16 autocast' if trainer.amp_dtype is not None else 'fp32'}"
+             f"{', compiled' if trainer.compiled else ''}); {setup.summary}")
+        if setup.baseline is not None:
+            echo(f"unigram baseline (predicting token frequencies): {setup.baseline:.3f} nats/token")
+        try:
+            result = trainer.fit()
+        except BaseException:
+            replaced.restore()  # no checkpoint of the new run yet: the previous run comes back
+            raise
+        replaced.discard()
+        return result, setup, trainer
+    finally:
+        lock.release()
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args.task, args)
+    try:
+        config = config_from_args(args.task, args)
+    except ValueError as e:
+        if isinstance(e, GlassformerError):
+            raise
+        raise ConfigError(str(e)) from None
     result, setup, trainer = run_training(config, echo=lambda s: print(s, flush=True))
     if not trainer.process.is_main:  # under torchrun, rank 0 reports
         return 0

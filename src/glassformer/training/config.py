@@ -12,77 +12,106 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from glassformer.models.config import _check_value
+from glassformer.errors import GlassformerError
+from glassformer.io import read_json
+from glassformer.models.config import ModelConfig
+
+try:  # the models' field type check (public once models/config.py exports it)
+    from glassformer.models.config import check_value
+except ImportError:  # pragma: no cover - until then
+    from glassformer.models.config import _check_value as check_value
 
 Task = Literal["gpt", "bert", "seq2seq", "classifier"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
+
+
+COMPILE_MIN_STEPS = 2000  # compiling costs about a minute on a CPU; shorter runs do not win it back
+COMPILE_MIN_MINUTES = 10.0  # nor do runs with a --max-minutes budget below this
+
+
+class ConfigError(GlassformerError, ValueError):
+    """A flag, config file or saved run config that cannot be used; names the flag or file."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A TrainConfig field with its flag help (``--help`` reads it from the field's metadata)."""
+    return field(default=default, metadata={"help": help})
+
+
+def model_field(default: Any, help: str) -> Any:
+    """A field passed on unchanged to the model's config (same name and type as in ModelConfig)."""
+    return field(default=default, metadata={"help": help, "model": True})
 
 
 @dataclass
 class TrainConfig:
     """A training run. Defaults suit a small model on the built-in data on a laptop CPU."""
 
-    task: Task = "gpt"  # objective: causal LM, masked LM, seq2seq, or BERT classification
+    task: Task = opt("gpt", "objective: causal LM, masked LM, seq2seq, or BERT classification")
     # --- data
-    data: str | None = None  # corpus file/dir/glob or built-in name (pairs or labelled file for seq2seq/classifier)
-    tokenizer: str = "char"  # "char", "bpe", or a tokenizer.json / model directory to reuse
-    vocab_size: int = 512  # vocabulary size when training a BPE tokenizer
-    val_fraction: float = 0.1  # the tail of the corpus (or of the examples) held out for evaluation
-    errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
-    num_examples: int = 20000  # examples generated for a built-in seq2seq/classification task
-    mask_prob: float = 0.15  # masked-LM: fraction of tokens to predict (BERT §3.1)
+    data: str | None = opt(None, "corpus file/dir/glob or built-in name (pairs or labelled file for seq2seq/classifier)")
+    tokenizer: str = opt("char", "\"char\", \"bpe\", or a tokenizer.json / model directory to reuse")
+    vocab_size: int = opt(512, "vocabulary size when training a BPE tokenizer")
+    val_fraction: float = opt(0.1, "the tail of the corpus (or of the examples) held out for evaluation")
+    errors: Literal["strict", "replace"] = opt("strict", "what to do with bytes that are not UTF-8")
+    num_examples: int = opt(20000, "examples generated for a built-in seq2seq/classification task")
+    mask_prob: float = opt(0.15, "masked-LM: fraction of tokens to predict (BERT §3.1)")
     # --- model (ignored with --init, which brings its own)
-    context: int = 128  # tokens per training sequence (longest source/target for seq2seq)
-    max_len: int | None = None  # positions the model covers; defaults to context
-    n_layers: int = 4  # layers per stack
-    n_heads: int = 4  # attention heads per layer
-    d_model: int = 128  # width of the residual stream
-    d_ff: int | None = None  # feed-forward inner width; defaults to 4 * d_model
-    dropout: float = 0.1  # dropout on sublayer outputs, embeddings and attention weights
-    init: str | None = None  # start from this model directory (a glassformer run or a Hugging Face checkpoint)
+    context: int = opt(128, "tokens per training sequence (longest source/target for seq2seq)")
+    max_len: int | None = model_field(None, "positions the model covers; defaults to context")
+    n_layers: int = model_field(4, "layers per stack")
+    n_heads: int = model_field(4, "attention heads per layer")
+    d_model: int = model_field(128, "width of the residual stream")
+    d_ff: int | None = model_field(None, "feed-forward inner width; defaults to 4 * d_model")
+    dropout: float = model_field(0.1, "dropout on sublayer outputs, embeddings and attention weights")
+    init: str | None = opt(None, "start from this model directory (a glassformer run or a Hugging Face checkpoint)")
     # --- optimisation
-    batch_size: int = 32  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimiser step
-    max_steps: int = 1000  # optimiser steps
-    max_minutes: float | None = None  # also stop (evaluate, save) after this much training time in this process
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # the cosine schedule decays to this
-    schedule: Literal["cosine", "noam", "constant"] = "cosine"  # after warmup: cosine, inverse sqrt (paper §5.3), flat
-    warmup_steps: int = 100  # linear warmup from 0 to lr
-    lr_decay_steps: int | None = None  # the step at which cosine reaches min_lr; defaults to max_steps
-    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings; never on biases or LayerNorms
-    beta1: float = 0.9  # AdamW β1
-    beta2: float = 0.99  # AdamW β2
-    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 turns clipping off
-    label_smoothing: float | None = None  # ε_ls; None means 0.1 for seq2seq (paper §5.4), 0 otherwise
+    batch_size: int = opt(32, "sequences per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    max_steps: int = opt(1000, "optimiser steps")
+    max_minutes: float | None = opt(None, "also stop (evaluate, save) after this much training time in this process")
+    lr: float = opt(1e-3, "peak learning rate")
+    min_lr: float = opt(1e-4, "the cosine schedule decays to this")
+    schedule: Literal["cosine", "noam", "constant"] = opt("cosine", "after warmup: cosine, inverse sqrt (paper §5.3), flat")
+    warmup_steps: int = opt(100, "linear warmup from 0 to lr")
+    lr_decay_steps: int | None = opt(None, "the step at which cosine reaches min_lr; defaults to max_steps")
+    weight_decay: float = opt(0.1, "AdamW decay on matrices and embeddings; never on biases or LayerNorms")
+    beta1: float = opt(0.9, "AdamW β1")
+    beta2: float = opt(0.99, "AdamW β2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 turns clipping off")
+    label_smoothing: float | None = opt(None, "ε_ls; None means 0.1 for seq2seq (paper §5.4), 0 otherwise")
     # --- evaluation and visibility
-    eval_every: int = 100  # evaluate, sample, plot and checkpoint every this many steps
-    eval_batches: int = 10  # fixed validation batches per evaluation
-    log_every: int = 10  # a metrics.jsonl line (and a plain log line off a terminal) every this many steps
-    sample_tokens: int = 120  # length of the sample printed at each evaluation (GPT, seq2seq)
-    snapshot_attention: str | None = None  # a probe sentence whose attention is saved at each evaluation
-    keep_checkpoints: int = 2  # step checkpoints kept on disk (the newest ones)
-    progress: Literal["auto", "bar", "plain", "none"] = "auto"  # progress bar on a terminal, log lines otherwise
+    eval_every: int = opt(100, "evaluate, sample, plot and checkpoint every this many steps")
+    eval_batches: int = opt(10, "fixed validation batches per evaluation")
+    log_every: int = opt(10, "a metrics.jsonl line (and a plain log line off a terminal) every this many steps")
+    sample_tokens: int = opt(120, "length of the sample printed at each evaluation (GPT, seq2seq)")
+    snapshot_attention: str | None = opt(None, "a probe sentence whose attention is saved at each evaluation")
+    keep_checkpoints: int = opt(2, "step checkpoints kept on disk (the newest ones)")
+    progress: Literal["auto", "bar", "plain", "none"] = opt("auto", "progress bar on a terminal, log lines otherwise")
     # --- run
-    seed: int = 1337  # seeds the model init, dropout and the data order
-    out: str | None = None  # run directory; defaults to runs/<task>
-    resume: bool = False  # continue the run in --out from its latest checkpoint
-    overwrite: bool = False  # replace a previous run in --out
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # bfloat16 = autocast; auto picks it where it pays
-    compile: bool = False  # torch.compile the model for training
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model (DDP) or shard it (FSDP2)
+    seed: int = opt(1337, "seeds the model init, dropout and the data order")
+    out: str | None = opt(None, "run directory; defaults to runs/<task>")
+    resume: bool = opt(False, "continue the run in --out from its latest checkpoint")
+    overwrite: bool = opt(False, "replace a previous run in --out")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto: cuda, then mps, then cpu")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "bfloat16 = autocast; auto picks it where it pays")
+    compile: bool | None = opt(None, "torch.compile the training step; default: on a GPU, or on a CPU with a C++ "
+                                      f"compiler, for runs of at least {COMPILE_MIN_STEPS} steps and no --max-minutes "
+                                      f"under {COMPILE_MIN_MINUTES:g}")
+    parallel: Literal["ddp", "fsdp"] = opt("ddp", "under torchrun: replicate the model (DDP) or shard it (FSDP2)")
+    allow_data_change: bool = opt(False, "--resume even though the data files changed since the run started")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_value(f.name, getattr(self, f.name), hints[f.name])
+            check_value(f.name, getattr(self, f.name), hints[f.name])
         positive = ("vocab_size", "num_examples", "context", "n_layers", "n_heads", "d_model", "batch_size",
                     "grad_accum", "max_steps", "eval_every", "eval_batches", "log_every", "keep_checkpoints")
         for name in positive:
@@ -104,6 +133,11 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "val_fraction", "mask_prob",
+                     "dropout", "max_minutes", "label_smoothing"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -137,6 +171,13 @@ class TrainConfig:
     def decay_steps(self) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """The model-shape fields as ModelConfig keyword arguments (``d_ff`` and ``max_len`` resolved):
+        ``GPTConfig(vocab_size=..., **config.model_kwargs())``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("model")}
+        values.update(d_ff=self.ffn_width, max_len=self.max_len or self.context)
+        return values
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -159,6 +200,27 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classifier": {"lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.01, "max_steps": 300, "warmup_steps": 30,
                    "eval_every": 50, "num_examples": 4000},
 }
+
+
+def _check_model_fields() -> None:
+    """The model fields are ModelConfig's own: same names, and values ModelConfig accepts."""
+    model_hints, hints = typing.get_type_hints(ModelConfig), typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("model"):
+            continue
+        if f.name not in model_hints:
+            raise TypeError(f"TrainConfig.{f.name} is marked as a model field but ModelConfig has no such field")
+        # the same type, or the same type | None where None means "derived" (d_ff = 4 * d_model)
+        if hints[f.name] not in (model_hints[f.name], model_hints[f.name] | None):
+            raise TypeError(f"TrainConfig.{f.name} is {hints[f.name]}, ModelConfig.{f.name} is {model_hints[f.name]}")
+
+
+_check_model_fields()
+
+
+def field_help(name: str) -> str:
+    """The help text of a field (its metadata), for ``--help``."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def field_names() -> list[str]:
@@ -265,13 +327,8 @@ def resolve_config(task: str, file_values: dict[str, Any], flag_values: dict[str
 def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The resolved config a run directory was started with."""
     path = Path(run_dir) / "train_config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the run's config ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a config object")
+    data = read_json(path, error=ConfigError)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
-        raise ValueError(f"{path}: unknown field {unknown[0]!r}")
+        raise ConfigError(f"{path}: unknown field {unknown[0]!r}")
     return data

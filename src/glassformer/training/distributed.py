@@ -20,20 +20,23 @@ What N processes change, and what they keep (see docs/distributed.md):
   continues its own stream, a new rank starts one seeded from (seed, rank, step).
 - **Only rank 0** logs, writes metrics and saves; every rank stops after the same step (a
   signal or ``--max-minutes`` on one rank is agreed on by all).
+
+The :class:`~glassformer.training.trainer.Trainer` is the same class in one process and under
+torchrun: it asks its :class:`DistributedContext` (composition, not a subclass) to agree on
+stopping, to gather whole tensors for saving and sampling, and to shard a loaded checkpoint.
+FSDP's whole-state gathering and loading are ``torch.distributed.checkpoint.state_dict``'s.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import random
 import signal
-import time
 import zlib
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,18 +46,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from glassformer.errors import CheckpointError, GlassformerError
+from glassformer.io import unwrap_model
 from glassformer.models.outputs import ModelOutput
 from glassformer.training import checkpoint as ckpt
-from glassformer.training import sharded
 from glassformer.training.config import TrainConfig
-from glassformer.training.runtime import ProcessContext, resolve_device, unwrap_model
+from glassformer.training.runtime import ProcessContext, resolve_device
 from glassformer.training.trainer import Trainer
 
 log = logging.getLogger("glassformer.training")
 
 Strategy = Literal["ddp", "fsdp"]
-RANK_RNG_FILE = "rng_ranks.safetensors"  # every rank's RNG tensors, keys "rank<r>.<stream>"
-RANK_RNG_KEY = "rank_rng"  # trainer_state.json: every rank's RNG scalars (numpy, python), by rank
 
 
 def torchrun_world_size() -> int:
@@ -122,6 +123,8 @@ class DistributedContext(ProcessContext):
         if not dist.is_initialized():
             dist.init_process_group(self.backend, device_id=self.device if device.type == "cuda" else None)
         self._host_group = dist.new_group(backend="gloo") if self.backend != "gloo" else None
+        self._twin: nn.Module | None = None  # FSDP: rank 0's whole CPU copy, for saving and sampling
+        self._twin_step: int | None = None  # the step it was gathered at
 
     @property
     def sharded(self) -> bool:
@@ -212,6 +215,142 @@ class DistributedContext(ProcessContext):
     def _group_for(self, value: Tensor) -> dist.ProcessGroup | None:
         return self._host_group if value.device.type == "cpu" else None
 
+    # ------------------------------------------------------------- what the trainer asks
+
+    def agree_on_stop(self, caught_signal: str | None, out_of_time: bool) -> str | None:
+        """A signal caught on any rank, or --max-minutes on any rank's clock, stops every rank after
+        the same step (a rank leaving the loop alone would leave the others waiting forever)."""
+        signum = signal.Signals[caught_signal].value if caught_signal else 0
+        signum, over = self.max_over_ranks([signum, int(out_of_time)])
+        if signum:
+            return signal.Signals(signum).name
+        return "max-minutes" if over else None
+
+    def full_model(self, model: nn.Module, device: torch.device, step: int) -> tuple[nn.Module, torch.device]:
+        """DDP: the model itself. FSDP: a whole CPU copy on rank 0 (every rank must call this)."""
+        if not self.sharded:
+            return model, device
+        return self._gathered_twin(model, step), torch.device("cpu")
+
+    def full_state(self, model: nn.Module, optimizer: Any, step: int) -> tuple[nn.Module | None, Any]:
+        """DDP: the model and optimiser. FSDP: whole weights and AdamW moments gathered on rank 0."""
+        if not self.sharded:
+            return model, optimizer
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        twin = self._gathered_twin(model, step)
+        full = get_optimizer_state_dict(model, optimizer, options=self._full_options())  # collective
+        return twin, FullOptimizerState(fqn_to_index(full) if self.is_main else {})
+
+    def resume_targets(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        """FSDP: a whole CPU copy and a holder for the whole optimiser state; DDP: the real ones."""
+        if not self.sharded:
+            return model, optimizer
+        return _new_twin(model), FullOptimizerState()
+
+    def finish_resume(self, model: nn.Module, optimizer: Any, loaded_model: nn.Module, loaded_optimizer: Any,
+                      source: Any = None) -> None:
+        """FSDP: hand each rank its shards of the whole tensors every rank read from the checkpoint."""
+        if not self.sharded:
+            return
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        options = self._full_options(cpu_offload=False)
+        set_model_state_dict(model, loaded_model.state_dict(), options=options)
+        params, names = ckpt.optimizer_parameters(optimizer, model)
+        full = loaded_optimizer.state_dict()
+        ckpt.check_optimizer_state(full, params, names, source=f"{source}/optimizer.safetensors")
+        try:
+            set_optimizer_state_dict(model, optimizer, index_to_fqn(full, names), options=options)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{source}: optimizer state does not match the model ({e})") from None
+        self._twin_step = None
+
+    def restore_rank_streams(self, path: Path, state: dict[str, Any], generator: torch.Generator, seed: int,
+                             step: int, per_rank_batch: int) -> None:
+        """Rank r continues its own saved streams; a rank the saved run did not have starts a fresh
+        one, still reproducible from (seed, rank, step)."""
+        saved = state.get(ckpt.RANK_RNG_KEY) or []
+        file = Path(path) / ckpt.RANK_RNG_FILE
+        if self.rank < len(saved) and file.is_file():
+            prefix = f"rank{self.rank}."
+            tensors = {k[len(prefix):]: v for k, v in load_file(file).items() if k.startswith(prefix)}
+            ckpt.restore_rng(tensors, saved[self.rank], generator, source=str(file))
+        elif self.rank > 0:
+            fresh = zlib.crc32(f"{seed}:{self.rank}:{step}".encode())
+            generator.manual_seed(fresh)
+            torch.manual_seed(fresh)
+            random.seed(fresh)
+            np.random.seed(fresh)
+        saved_world = state.get("world_size", 1)
+        if self.is_main and saved_world != self.world_size:
+            note = (f"; ranks {max(len(saved), 1)} and up start fresh data streams"
+                    if self.world_size > len(saved) else "")
+            log.warning("resuming a %d-rank checkpoint on %d ranks: the global batch is now %d sequences (was %d)%s",
+                        saved_world, self.world_size, per_rank_batch * self.world_size, per_rank_batch * saved_world,
+                        note)
+
+    # ---------------------------------------------------------------------------- FSDP
+
+    def _full_options(self, cpu_offload: bool = True):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
+
+    def _gathered_twin(self, model: nn.Module, step: int) -> nn.Module | None:
+        """Rank 0: a whole CPU copy of the sharded model at ``step`` (collective); other ranks: None."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        if self._twin_step != step:
+            state = get_model_state_dict(model, options=self._full_options())  # whole tensors on rank 0 only
+            if self.is_main:
+                if self._twin is None:
+                    self._twin = _new_twin(model)
+                self._twin.load_state_dict(state)
+            self._twin_step = step
+        return self._twin if self.is_main else None
+
+
+def _new_twin(model: nn.Module) -> nn.Module:
+    """A whole, unsharded CPU model of the same class and config."""
+    plain = unwrap_model(model)
+    return type(plain)(plain.config)
+
+
+def fqn_to_index(full: dict[str, Any]) -> dict[str, Any]:
+    """``get_optimizer_state_dict``'s state (keyed by parameter names) in ``torch.optim``'s own
+    layout (keyed by index, in param-group order): the layout every checkpoint stores."""
+    names = [name for group in full["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(names)}
+    state = {index[name]: dict(entry) for name, entry in full["state"].items()}
+    groups, start = [], 0
+    for group in full["param_groups"]:
+        n = len(group["params"])
+        groups.append({**group, "params": list(range(start, start + n))})
+        start += n
+    return {"state": state, "param_groups": groups}
+
+
+def index_to_fqn(full: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of :func:`fqn_to_index`, with ``names`` the optimiser's parameters in order."""
+    state = {names[int(i)]: entry for i, entry in full["state"].items()}
+    groups = [{**g, "params": [names[int(i)] for i in g["params"]]} for g in full["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+class FullOptimizerState:
+    """Stands in for an optimiser where the checkpoint code wants one: holds a whole state dict
+    (``state_dict()`` to save it, ``load_state_dict()`` to receive it)."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state or {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state
+
 
 def process_context(config: TrainConfig) -> ProcessContext:
     """The CLI's context: one process alone, or this rank of a torchrun job (WORLD_SIZE > 1).
@@ -229,194 +368,9 @@ def process_context(config: TrainConfig) -> ProcessContext:
 
 
 def make_trainer(process: ProcessContext, *args: Any, **kwargs: Any) -> Trainer:
-    """A :class:`Trainer` for one process, a :class:`DistributedTrainer` for a torchrun rank."""
-    if isinstance(process, DistributedContext):
-        return DistributedTrainer(*args, process=process, **kwargs)
+    """The :class:`Trainer`, for one process or for this torchrun rank (the same class: what
+    differs is the process context it is given)."""
+    tokenizer = kwargs.get("tokenizer")
+    if isinstance(process, DistributedContext) and tokenizer is not None:
+        process.check_same(tokenizer.to_json(), "tokenizer")
     return Trainer(*args, process=process, **kwargs)
-
-
-# ------------------------------------------------------------------------------- the trainer
-
-
-class DistributedTrainer(Trainer):
-    """The :class:`Trainer` on one rank of a torchrun job; the loop itself is unchanged.
-
-    What it adds: the step's loss and token count over the *global* batch; checkpoints that
-    carry every rank's random streams (and, under FSDP, weights and optimiser state gathered
-    from their shards); and agreement on when to stop, since a rank that leaves the loop alone
-    would leave the others waiting in a collective forever.
-    """
-
-    process: DistributedContext
-    _agreed_stop: str | None = None  # the stop every rank agreed on (the loop reads this)
-    _pending_stop: str | None = None  # a signal this rank caught, not yet agreed on
-
-    def __init__(self, model: nn.Module, config: TrainConfig, *args: Any, process: DistributedContext,
-                 **kwargs: Any) -> None:
-        plain = unwrap_model(model)
-        self._twin_recipe = (type(plain), plain.config)  # how to build a whole copy (FSDP)
-        self._twin: nn.Module | None = None
-        self._twin_step: int | None = None
-        # --max-minutes is decided by all ranks together (train_step), not by each rank's own clock
-        self._max_minutes = config.max_minutes
-        super().__init__(model, config.replace(max_minutes=None), *args, process=process, **kwargs)
-        if self.tokenizer is not None:
-            process.check_same(self.tokenizer.to_json(), "tokenizer")
-
-    # A caught signal only becomes the loop's stop once every rank agrees (see train_step):
-    # Trainer's handler and __init__ assign ``self._stop_signal``; the loop reads it.
-    @property
-    def _stop_signal(self) -> str | None:
-        return self._agreed_stop
-
-    @_stop_signal.setter
-    def _stop_signal(self, value: str | None) -> None:
-        self._pending_stop = value
-
-    # ----------------------------------------------------------------------------- one step
-
-    def train_step(self, step: int) -> tuple[float | None, int, int]:
-        # the trainer reads the loss on these steps (every CPU step, log steps elsewhere)
-        self._read_loss = self.device.type == "cpu" or step % self.config.log_every == 0
-        loss, count, n_tokens = super().train_step(step)
-        self._agree_on_stopping()
-        # tokens/s and tokens seen count the whole job (ranks draw equal-shaped LM batches)
-        return loss, count, n_tokens * self.process.world_size
-
-    def accumulate_gradients(self, batches: list) -> tuple[Tensor, int]:
-        loss_sum, count = super().accumulate_gradients(batches)
-        if not self._read_loss:
-            return loss_sum, count  # not read this step: skip the collective and the sync
-        # the loss of the global batch: Σ over ranks of loss sums / Σ of target counts
-        totals = torch.stack([loss_sum.detach().double(), torch.tensor(float(count), dtype=torch.float64,
-                                                                        device=loss_sum.device)])
-        totals = self.process.all_reduce_sum(totals)
-        return totals[0], int(totals[1].item())
-
-    def _agree_on_stopping(self) -> None:
-        pending = signal.Signals[self._pending_stop].value if self._pending_stop else 0
-        elapsed = time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
-        over = int(self._max_minutes is not None and elapsed > self._max_minutes * 60)
-        signum, over = self.process.max_over_ranks([pending, over])
-        if signum and self._agreed_stop is None:
-            self._agreed_stop = signal.Signals(signum).name
-        elif over and self._agreed_stop is None:
-            self._agreed_stop = "max-minutes"
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["train_config"]["max_minutes"] = self._max_minutes
-        return state
-
-    # ------------------------------------------------------------------- evaluation (FSDP)
-
-    def evaluate(self) -> dict[str, float]:
-        with self._swapped(model=self._real_model, device=self._real_device):  # every rank, on the shards
-            return super().evaluate()
-
-    def _eval_step(self, step: int, reporter: Any) -> dict[str, Any]:
-        if not self.process.sharded:
-            return super()._eval_step(step, reporter)
-        # rank 0 saves the best model and samples from a whole CPU copy; evaluate() uses the shards
-        twin = self._gathered_twin()
-        with self._swapped(model=twin, device=torch.device("cpu")) if twin is not None else contextlib.nullcontext():
-            return super()._eval_step(step, reporter)
-
-    @property
-    def _real_model(self) -> nn.Module:
-        return self.__dict__.get("_saved_model", self.model)
-
-    @property
-    def _real_device(self) -> torch.device:
-        return self.__dict__.get("_saved_device", self.device)
-
-    @contextlib.contextmanager
-    def _swapped(self, model: nn.Module, device: torch.device) -> Iterator[None]:
-        """Point ``self.model`` / ``self.device`` elsewhere for a block (the base class reads them)."""
-        outer = "_saved_model" in self.__dict__
-        if not outer:
-            self._saved_model, self._saved_device = self.model, self.device
-        previous = self.model, self.device
-        self.model, self.device = model, device
-        try:
-            yield
-        finally:
-            self.model, self.device = previous
-            if not outer:
-                del self._saved_model, self._saved_device
-
-    def _gathered_twin(self) -> nn.Module | None:
-        """Rank 0: a whole CPU copy of the model at this step (collective); other ranks: None."""
-        if self._twin_step != self.step:
-            state = sharded.gather_model_state(self.model, self.process.is_main)
-            if self.process.is_main:
-                if self._twin is None:
-                    self._twin = self._new_twin()
-                self._twin.load_state_dict(state)
-            self._twin_step = self.step
-        return self._twin
-
-    def _new_twin(self) -> nn.Module:
-        cls, config = self._twin_recipe
-        return cls(config)
-
-    # --------------------------------------------------------------------------- save / load
-
-    def save_checkpoint(self):
-        """Every rank's random streams, and (FSDP) the gathered weights and moments; rank 0 writes."""
-        streams = self.process.gather_objects(ckpt.capture_rng(self.generator))
-        model, optimizer = self.model, self.optimizer
-        if self.process.sharded:
-            model = self._gathered_twin()
-            optimizer = sharded.FullOptimizerState(sharded.gather_optimizer_state(self.optimizer, self.process.is_main))
-        path = None
-        if self.process.is_main and self.run_dir is not None:
-            rank_tensors = {f"rank{r}.{k}": v for r, (tensors, _) in enumerate(streams) for k, v in tensors.items()}
-            state = {**self.state_dict(), RANK_RNG_KEY: [scalars for _, scalars in streams]}
-            path = ckpt.save_checkpoint(
-                self.run_dir, self.step, model=model, optimizer=optimizer, data_generator=self.generator, state=state,
-                tokenizer=self.tokenizer, keep=self.config.keep_checkpoints, extra_files={RANK_RNG_FILE: rank_tensors},
-            )
-        self.process.barrier()
-        return path
-
-    def resume(self, path=None):
-        """Load a checkpoint saved with any world size and either strategy, then this rank's streams."""
-        if not self.process.sharded:
-            path = super().resume(path)
-        else:  # load the whole state into a CPU copy, then hand each rank its shards
-            twin, holder = self._new_twin(), sharded.FullOptimizerState()
-            with self._swapped(model=twin, device=torch.device("cpu")):
-                self.optimizer, optimizer = holder, self.optimizer
-                try:
-                    path = super().resume(path)
-                finally:
-                    self.optimizer = optimizer
-            sharded.load_model_state(self.model, twin.state_dict())
-            try:
-                sharded.load_optimizer_state(self.optimizer, holder.state)
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
-        self._restore_rank_streams(path)
-        return path
-
-    def _restore_rank_streams(self, path) -> None:
-        state = json.loads((path / ckpt.STATE_NAME).read_text())
-        saved = state.get(RANK_RNG_KEY) or []
-        rank, file = self.process.rank, path / RANK_RNG_FILE
-        if rank < len(saved) and file.is_file():
-            prefix = f"rank{rank}."
-            tensors = {k[len(prefix):]: v for k, v in load_file(file).items() if k.startswith(prefix)}
-            ckpt.restore_rng(tensors, saved[rank], self.generator)
-        elif rank > 0:  # a rank the saved run did not have: a fresh stream, still reproducible
-            seed = zlib.crc32(f"{self.config.seed}:{rank}:{self.step}".encode())
-            self.generator.manual_seed(seed)
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed)
-        saved_world, world = state.get("world_size", 1), self.process.world_size
-        if self.process.is_main and saved_world != world:
-            per_rank = self.config.batch_size * self.config.grad_accum
-            fresh = f"; ranks {max(len(saved), 1)} and up start fresh data streams" if world > len(saved) else ""
-            log.warning("resuming a %d-rank checkpoint on %d ranks: the global batch is now %d sequences (was %d)%s",
-                        saved_world, world, per_rank * world, per_rank * saved_world, fresh)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glassformer.training.checkpoint import write_text_atomic
+from glassformer.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("glassformer.training")
 
@@ -50,7 +50,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop lines past ``step``: a resumed run re-does those steps from the checkpoint."""
         records = [r for r in self.read() if r.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "loss",
@@ -76,11 +76,11 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------- display

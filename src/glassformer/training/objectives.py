@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from glassformer.io import IGNORE_INDEX
+
 INPUT_ID_KEYS = ("input_ids", "src_ids", "tgt_ids")
 
 # what each task calls its model

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,18 +78,26 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``) wrappers.
+def has_cxx_compiler() -> bool:
+    """True when a C++ compiler is on PATH (torch.compile's CPU backend builds C++ kernels)."""
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    return any(name and shutil.which(name) for name in names)
 
-    Saving the unwrapped model is what keeps ``_orig_mod.`` and ``module.`` out of checkpoint keys.
-    """
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
+
+def should_compile(flag: bool | None, device: torch.device, max_steps: int, max_minutes: float | None = None) -> bool:
+    """``--compile`` / ``--no-compile`` when given; otherwise compile on CUDA, or on a CPU with a C++
+    compiler, when the run is long: at least ``COMPILE_MIN_STEPS`` steps and no ``--max-minutes``
+    under ``COMPILE_MIN_MINUTES`` (compiling takes about a minute, which a short run never wins
+    back). MPS stays eager."""
+    from glassformer.training.config import COMPILE_MIN_MINUTES, COMPILE_MIN_STEPS
+
+    if flag is not None:
+        return flag
+    if max_steps < COMPILE_MIN_STEPS or (max_minutes is not None and max_minutes < COMPILE_MIN_MINUTES):
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and has_cxx_compiler()
 
 
 def clean_key(key: str) -> str:
@@ -146,6 +157,42 @@ class ProcessContext:
     def all_reduce_sum(self, value: Tensor) -> Tensor:
         """Sum a tensor over ranks (target counts, so every rank divides by the global number)."""
         return value
+
+    # --- what the trainer asks before stopping, saving, evaluating and resuming. One process
+    # answers with its own objects; distributed.DistributedContext agrees across ranks and, under
+    # FSDP, gathers whole tensors from the shards.
+
+    def agree_on_stop(self, caught_signal: str | None, out_of_time: bool) -> str | None:
+        """Why every rank stops after this step: a signal's name, ``"max-minutes"``, or None."""
+        return caught_signal or ("max-minutes" if out_of_time else None)
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on the main process (None elsewhere)."""
+        return [obj]
+
+    def full_model(self, model: nn.Module, device: torch.device, step: int) -> tuple[nn.Module, torch.device]:
+        """The whole model to save and sample from, and its device."""
+        return model, device
+
+    def full_state(self, model: nn.Module, optimizer: Any, step: int) -> tuple[nn.Module | None, Any]:
+        """The whole model and an optimiser(-like object with ``state_dict()``) to checkpoint."""
+        return model, optimizer
+
+    def resume_targets(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        """What a checkpoint is loaded into (then handed to :meth:`finish_resume`)."""
+        return model, optimizer
+
+    def finish_resume(self, model: nn.Module, optimizer: Any, loaded_model: nn.Module, loaded_optimizer: Any,
+                      source: Any = None) -> None:
+        """Move what :meth:`resume_targets` received into the training model and optimiser."""
+
+    def restore_rank_streams(self, path: Any, state: dict[str, Any], generator: torch.Generator, seed: int,
+                             step: int, per_rank_batch: int) -> None:
+        """This rank's random streams from a checkpoint (one process: restored with the rest)."""
+
+    def max_over_ranks(self, values: list[int]) -> list[int]:
+        """The element-wise maximum over ranks of a few integers (flags agreed on by every rank)."""
+        return list(values)
 
     def barrier(self) -> None:
         """Wait for every rank (after rank 0 saved a checkpoint)."""

@@ -88,13 +88,15 @@ def _load_tokenizer(path: str | Path):
     return load_tokenizer(path)
 
 
-def _make_tokenizer(config: TrainConfig, text_or_texts):
+def make_tokenizer(config: TrainConfig, text_or_texts):
     """The tokenizer ``--tokenizer`` asks for: train char/BPE on the data, or load a file/directory."""
-    from glassformer.tokenizers import build_tokenizer
+    from glassformer.tokenizers import CharTokenizer, build_tokenizer
 
-    if config.tokenizer in ("char", "bpe"):
-        vocab = config.vocab_size if config.tokenizer == "bpe" else None
-        return build_tokenizer(config.tokenizer, text_or_texts, vocab)
+    if config.tokenizer == "char":  # text the run never saw (a fine-tuning set, a prompt) reads as <unk>
+        tok = build_tokenizer("char", text_or_texts)
+        return CharTokenizer(tok.chars, tok.specials, unk=True, special_roles=tok.special_tokens)
+    if config.tokenizer == "bpe":
+        return build_tokenizer("bpe", text_or_texts, config.vocab_size)
     if not Path(config.tokenizer).exists():
         raise DataError(f"--tokenizer {config.tokenizer}: not 'char' or 'bpe', and no such file or directory")
     return _load_tokenizer(config.tokenizer)
@@ -118,8 +120,10 @@ def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     from glassformer.data import CausalLMDataset, MLMDataset, encode_corpus, load_corpus, split_tokens
 
     spec = config.data or DEFAULT_DATA[config.task]
+    if spec == "induction" and config.task == "gpt":
+        return _induction_data(config, tokenizer)
     if tokenizer is None:
-        tokenizer = _make_tokenizer(config, load_corpus(spec, config.errors))
+        tokenizer = make_tokenizer(config, load_corpus(spec, config.errors))
     tokens = encode_corpus(spec, tokenizer, progress=config.progress != "none", errors=config.errors, is_text=False)
     train, val = split_tokens(tokens, config.val_fraction)
     if config.task == "gpt":
@@ -137,7 +141,25 @@ def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     return TrainingSetup(None, tokenizer, train_data, val_data, callbacks, gen, baseline, summary)
 
 
-def _split_examples(examples: list, val_fraction: float, what: str) -> tuple[list, list]:
+def _induction_data(config: TrainConfig, tokenizer) -> TrainingSetup:
+    """``--data induction``: a random segment of letters, the segment again, random letters (Olsson et al., 2022)."""
+    from glassformer.data.induction import ALPHABET, RepeatedTokensDataset
+    from glassformer.tokenizers import CharTokenizer
+
+    if tokenizer is None:
+        tokenizer = CharTokenizer.train(ALPHABET)
+    ids = tokenizer.encode(ALPHABET)
+    # the loss counts only the tokens of the second copy: the random ones before it cannot be predicted
+    train_data = RepeatedTokensDataset(ids, config.context, repeated_only=True)
+    val_data = RepeatedTokensDataset(ids, config.context, repeated_only=True)
+    baseline = math.log(len(ids))  # a uniform guess over the letters
+    summary = (f"induction: a random segment of {train_data.min_period}-{train_data.max_period} of {len(ids)} letters "
+               f"written twice, then random letters, generated at load time; the loss is on the second copy")
+    return TrainingSetup(None, tokenizer, train_data, val_data, [_induction_probe(val_data, config)], None,
+                         baseline, summary)
+
+
+def split_examples(examples: list, val_fraction: float, what: str) -> tuple[list, list]:
     n_val = max(1, int(round(len(examples) * val_fraction)))
     if len(examples) - n_val < 1:
         raise DataError(f"{what}: {len(examples)} examples leave nothing for training after the validation split")
@@ -152,9 +174,9 @@ def _seq2seq_data(config: TrainConfig, tokenizer) -> TrainingSetup:
         pairs = builtin_pairs(spec, config.num_examples, seed=config.seed)
     else:
         pairs = load_pairs(spec, errors=config.errors)
-    train, val = _split_examples(pairs, config.val_fraction, spec)
+    train, val = split_examples(pairs, config.val_fraction, spec)
     if tokenizer is None:
-        tokenizer = _make_tokenizer(config, [s for p in pairs for s in p])
+        tokenizer = make_tokenizer(config, [s for p in pairs for s in p])
     train_data = Seq2SeqDataset(train, tokenizer, config.context, source=f"{spec} (training)")
     val_data = Seq2SeqDataset(val, tokenizer, config.context, source=f"{spec} (validation)")
     gen = {"max_new_tokens": config.context, "beam": 1, "eos_token_id": tokenizer.eos_id}
@@ -164,16 +186,16 @@ def _seq2seq_data(config: TrainConfig, tokenizer) -> TrainingSetup:
 
 
 def _classifier_data(config: TrainConfig, tokenizer) -> TrainingSetup:
-    from glassformer.data import ClassificationDataset, builtin_classification, load_labelled
+    from glassformer.data import BUILTIN_CLASSIFICATION, ClassificationDataset, load_labelled
 
     spec = config.data or DEFAULT_DATA["classifier"]
-    if spec == "builtin":
-        examples, names = builtin_classification(config.num_examples, seed=config.seed)
+    if spec in BUILTIN_CLASSIFICATION:
+        examples, names = BUILTIN_CLASSIFICATION[spec](config.num_examples, seed=config.seed)
     else:
         examples, names = load_labelled(spec, errors=config.errors)
-    train, val = _split_examples(examples, config.val_fraction, spec)
+    train, val = split_examples(examples, config.val_fraction, spec)
     if tokenizer is None:
-        tokenizer = _make_tokenizer(config, [text for text, _ in examples])
+        tokenizer = make_tokenizer(config, [text for text, _ in examples])
     train_data = ClassificationDataset(train, tokenizer, config.context, label_names=names, source=f"{spec} (training)")
     val_data = ClassificationDataset(val, tokenizer, config.context, label_names=names, source=f"{spec} (validation)")
     summary = f"{spec}: {len(train):,} training and {len(val):,} validation examples, {len(names)} classes ({', '.join(names)})"
@@ -249,6 +271,21 @@ def _classifier_model(config: TrainConfig, setup: TrainingSetup, init_model: Pre
 # ------------------------------------------------------------------------- eval callbacks
 
 
+def sample_ids(model, prompts: list[list[int]], max_new_tokens: int, seed: int) -> list[list[int]]:
+    """This module's one call into glassformer.generation: sampled GPT continuations (new ids only)."""
+    from glassformer.generation import generate_lists
+
+    return generate_lists(model, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=seed,
+                          eos_token_id=[])
+
+
+def translate_ids(model, src_ids, src_mask, max_new_tokens: int) -> list[list[int]]:
+    """Greedy seq2seq translations (target ids, no start token)."""
+    from glassformer.generation import generate_seq2seq_lists
+
+    return generate_seq2seq_lists(model, src_ids, src_mask=src_mask, max_new_tokens=max_new_tokens)
+
+
 def _gpt_sampler(tokenizer, val_tokens: np.ndarray, config: TrainConfig) -> Callable:
     """Continue the first few validation tokens; the same prompt and seed at every eval."""
     prompt = [int(t) for t in np.asarray(val_tokens[: min(16, max(len(val_tokens) - 1, 1))])]
@@ -256,12 +293,8 @@ def _gpt_sampler(tokenizer, val_tokens: np.ndarray, config: TrainConfig) -> Call
     def sample(trainer, step: int) -> str | None:
         if config.sample_tokens == 0:
             return None
-        model = trainer.model
-        room = model.config.max_len - len(prompt)
-        ids = torch.tensor([prompt], device=trainer.device)
-        out = model.generate(ids, max_new_tokens=max(1, min(config.sample_tokens, room)), temperature=0.8, top_k=40,
-                             seed=config.seed, eos_token_id=[])
-        new = out[0, len(prompt):].tolist()
+        room = trainer.model.config.max_len - len(prompt)
+        new = sample_ids(trainer.model, [prompt], max(1, min(config.sample_tokens, room)), config.seed)[0]
         return f"sample: {tokenizer.decode(prompt)!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}"
 
     return sample
@@ -278,15 +311,47 @@ def _seq2seq_sampler(tokenizer, pairs: list[tuple[str, str]], config: TrainConfi
         model = trainer.model
         rows = [tokenizer.encode(src, add_special_tokens=False)[: model.config.max_len] for src, _ in pairs]
         src_ids, src_mask = pad(rows, tokenizer.pad_id)
-        out = model.generate(src_ids.to(trainer.device), src_mask.to(trainer.device),
-                             max_new_tokens=min(config.sample_tokens, model.config.max_len - 1))
+        out = translate_ids(model, src_ids.to(trainer.device), src_mask.to(trainer.device),
+                            min(config.sample_tokens, model.config.max_len - 1))
         lines = []
-        for (src, tgt), ids in zip(pairs, out.tolist()):
+        for (src, tgt), ids in zip(pairs, out):
             pred = tokenizer.decode(ids, skip_special_tokens=True)
             lines.append(f"  {'ok ' if pred == tgt else 'BAD'} {src!r} -> {pred!r}" + ("" if pred == tgt else f" (want {tgt!r})"))
         return "samples:\n" + "\n".join(lines)
 
     return sample
+
+
+INDUCTION_LOG = "induction.jsonl"
+
+
+def _induction_probe(data, config: TrainConfig) -> Callable:
+    """At each eval: every head's induction score and the loss on the repeat, appended to
+    ``RUN_DIR/induction.jsonl`` (one JSON object per evaluation)."""
+    from glassformer.data.induction import induction_scores, repeat_mask
+
+    seqs, periods, starts = data.sample(64, torch.Generator().manual_seed(config.seed + 7))  # the same probe every eval
+
+    def probe(trainer, step: int) -> str | None:
+        import json
+
+        from glassformer.io import atomic_write_text
+
+        out = trainer.model(seqs[:, :-1].to(trainer.device), return_attentions=True)
+        weights = torch.stack([a.weights for a in out.attentions]).float().cpu()  # (L, B, H, T, T)
+        scores = induction_scores(weights, periods, config.context, starts)  # (L, H)
+        logp = torch.log_softmax(out.logits.float().cpu(), -1).gather(-1, seqs[:, 1:, None])[..., 0]  # (B, T)
+        repeated = float(-logp[repeat_mask(periods, config.context, starts)].mean())
+        layer, head = divmod(int(scores.argmax()), scores.shape[1])
+        record = {"step": step, "repeated_loss": round(repeated, 5), "scores": scores.double().round(decimals=4).tolist()}
+        if trainer.run_dir is not None:
+            path = trainer.run_dir / INDUCTION_LOG
+            old = path.read_text(encoding="utf-8") if path.is_file() else ""
+            atomic_write_text(path, old + json.dumps(record) + "\n")
+        return (f"induction: loss on the repeat {repeated:.3f}; best head layer {layer} head {head}, "
+                f"score {float(scores[layer, head]):.2f}")
+
+    return probe
 
 
 def _attention_snapshot(probe: str) -> Callable:

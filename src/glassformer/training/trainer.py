@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
+from glassformer.io import atomic_write_json, make_dirs, unwrap_model
 from glassformer.training import checkpoint as ckpt
 from glassformer.training.config import TrainConfig
 from glassformer.training.monitor import METRICS_NAME, PLOT_NAME, MetricsLog, Reporter, plot_losses
@@ -45,7 +46,7 @@ from glassformer.training.runtime import (
     preserve_rng,
     resolve_device,
     resolve_dtype,
-    unwrap_model,
+    should_compile,
 )
 
 log = logging.getLogger("glassformer.training")
@@ -57,8 +58,20 @@ class Dataset(Protocol):
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
 
 
-# an eval callback gets (trainer, step) and may return text to show (a sample, a file written)
-EvalCallback = Callable[["Trainer", int], "str | None"]
+@dataclass
+class EvalView:
+    """What an eval callback sees: the whole model to sample from or snapshot (under FSDP, a CPU
+    copy gathered from the shards), its device, and the run's tokenizer, directory and config."""
+
+    model: nn.Module
+    device: torch.device
+    tokenizer: Any
+    run_dir: Path | None
+    config: TrainConfig
+
+
+# an eval callback gets (view, step) and may return text to show (a sample, a file written)
+EvalCallback = Callable[[EvalView, int], "str | None"]
 
 
 class TrainingDiverged(GlassformerError):
@@ -112,7 +125,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.model = unwrap_model(model).to(self.device)  # the plain model: saved, evaluated, sampled
         self.train_model = self.process.wrap_model(self.model, self.device)  # what the step calls
-        if config.compile:
+        self.compiled = should_compile(config.compile, self.device, config.max_steps, config.max_minutes)
+        if self.compiled:
             self.train_model = torch.compile(self.train_model)
         self.train_data, self.val_data = train_data, val_data
         self.tokenizer = tokenizer
@@ -129,26 +143,30 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed_before = 0.0  # training seconds of earlier processes of this run
         self._val_batches: list[Batch] | None = None
-        self._stop_signal: str | None = None
+        self._caught_signal: str | None = None  # set by the signal handler on this process
+        self._stop_signal: str | None = None  # the signal every rank agreed to stop on
         self.metrics = MetricsLog(self.run_dir / METRICS_NAME) if self.run_dir is not None else None
+        self.after_save: list[Callable[[Path], None]] = []  # called with each checkpoint saved (rank 0)
 
     # ----------------------------------------------------------------------------- one step
 
-    def _to_device(self, batch: Batch) -> Batch:
-        if self.device.type == "cuda":  # page-locked memory lets the copy overlap with compute
-            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def _to_device(self, batch: Batch, device: torch.device | None = None) -> Batch:
+        device = device if device is not None else self.device
+        if device.type == "cuda":  # page-locked memory lets the copy overlap with compute
+            return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(device) for k, v in batch.items()}
 
     def draw_batches(self) -> list[Batch]:
         """The micro-batches of the next optimiser step, drawn from the data generator."""
         return [self.train_data.batch(self.config.batch_size, self.generator) for _ in range(self.config.grad_accum)]
 
-    def accumulate_gradients(self, batches: list[Batch]) -> tuple[Tensor, int]:
+    def accumulate_gradients(self, batches: list[Batch], read_loss: bool = False) -> tuple[Tensor, int]:
         """Forward and backward over ``batches``; gradients hold d(Σ loss / Σ targets).
 
         Dividing every micro-batch's summed loss by the targets of the *whole* step makes the
         accumulated gradient equal to the gradient of one batch holding all micro-batches.
-        Returns the summed loss (detached) and the target count.
+        Returns the summed loss (detached) and the target count; with several ranks and
+        ``read_loss``, those of the global batch (summed over ranks).
         """
         counts = sum(count_targets(b) for b in batches)  # labels are still on the host: no device sync
         total = counts
@@ -164,19 +182,26 @@ class Trainer:
                     out = compute_loss(self.train_model, batch, self.config.smoothing)
                 (out.loss / denom).backward()
             loss_sum += out.loss.detach()
+        if self.process.world_size > 1 and read_loss:  # the loss of the global batch: Σ loss sums / Σ counts
+            totals = torch.stack([loss_sum.double(), torch.tensor(float(counts), dtype=torch.float64,
+                                                                  device=loss_sum.device)])
+            totals = self.process.all_reduce_sum(totals)
+            return totals[0], int(totals[1].item())
         return loss_sum, counts
 
     def train_step(self, step: int) -> tuple[float | None, int, int]:
         """One optimiser step: (mean loss or None when not synced, targets, input tokens)."""
         lr = self.schedule.apply(self.optimizer, step)
         batches = self.draw_batches()
-        n_tokens = sum(count_input_tokens(b) for b in batches)
-        loss_sum, count = self.accumulate_gradients(batches)
+        # tokens/s and tokens seen count the whole job (ranks draw equal-shaped batches)
+        n_tokens = sum(count_input_tokens(b) for b in batches) * self.process.world_size
+        # Reading the loss forces a device sync: every step on the CPU (free), on log steps elsewhere.
+        read_loss = self.device.type == "cpu" or step % self.config.log_every == 0
+        loss_sum, count = self.accumulate_gradients(batches, read_loss)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        # Reading the loss forces a device sync: every step on the CPU (free), on log steps elsewhere.
         loss = None
-        if self.device.type == "cpu" or step % self.config.log_every == 0:
+        if read_loss:
             loss = loss_sum.item() / max(count, 1)
             if not math.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -210,22 +235,25 @@ class Trainer:
         return self._val_batches
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss (nats per target, no label smoothing) and accuracy over the fixed batches."""
+    def evaluate(self, model: nn.Module | None = None, device: torch.device | None = None) -> dict[str, float]:
+        """Validation loss (nats per target, no label smoothing) and accuracy over the fixed batches,
+        of ``model`` on ``device`` (default: the trained model; every rank evaluates its shards)."""
         if self.val_data is None:
             return {}
-        was_training = self.model.training
-        self.model.eval()
+        model = model if model is not None else self.model
+        device = device if device is not None else self.device
+        was_training = model.training
+        model.eval()
         loss, count, correct = 0.0, 0, 0
-        with preserve_rng(self.device):
+        with preserve_rng(device):
             for batch in self.validation_batches():
-                with autocast(self.device, self.amp_dtype):
-                    out = compute_loss(self.model, self._to_device(batch), 0.0)
+                with autocast(device, self.amp_dtype):
+                    out = compute_loss(model, self._to_device(batch, device), 0.0)
                 loss += out.loss.item()
                 count += int(out.count)
                 correct += int(out.correct)
-        self.model.train(was_training)
-        sums = self.process.all_reduce_sum(torch.tensor([loss, count, correct], dtype=torch.float64, device=self.device))
+        model.train(was_training)
+        sums = self.process.all_reduce_sum(torch.tensor([loss, count, correct], dtype=torch.float64, device=device))
         loss, count, correct = sums.tolist()
         return {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
 
@@ -240,38 +268,62 @@ class Trainer:
             "world_size": self.process.world_size,
         }
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, model: nn.Module | None = None, optimizer: Any = None) -> Path | None:
+        """Save the step's checkpoint (rank 0 writes; every rank must call this).
+
+        ``model`` / ``optimizer`` default to whole copies from the process context: the model and
+        optimiser themselves in one process or under DDP, tensors gathered from the shards under
+        FSDP. Under torchrun every rank's random streams go in too.
+        """
+        streams = self.process.gather_objects(ckpt.capture_rng(self.generator))  # collective
+        if model is None or optimizer is None:
+            whole_model, whole_optimizer = self.process.full_state(self.model, self.optimizer, self.step)
+            model, optimizer = model or whole_model, optimizer or whole_optimizer
         path = None
         if self.process.is_main and self.run_dir is not None:
+            state, extra = self.state_dict(), None
+            if self.process.world_size > 1:
+                extra = {ckpt.RANK_RNG_FILE: {f"rank{r}.{k}": v for r, (tensors, _) in enumerate(streams)
+                                              for k, v in tensors.items()}}
+                state[ckpt.RANK_RNG_KEY] = [scalars for _, scalars in streams]
             path = ckpt.save_checkpoint(
-                self.run_dir, self.step, model=self.model, optimizer=self.optimizer, data_generator=self.generator,
-                state=self.state_dict(), tokenizer=self.tokenizer, keep=self.config.keep_checkpoints,
+                self.run_dir, self.step, model=model, optimizer=optimizer, data_generator=self.generator,
+                state=state, tokenizer=self.tokenizer, keep=self.config.keep_checkpoints, extra_files=extra,
             )
+            for hook in self.after_save:
+                hook(path)
         self.process.barrier()
         return path
 
-    def save_model(self, directory: str | Path) -> None:
+    def save_model(self, directory: str | Path, model: nn.Module | None = None) -> None:
         """A loadable model directory: config, weights, tokenizer, generation config."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        ckpt.save_model_files(model if model is not None else self.model, directory)
         if self.tokenizer is not None:
             self.tokenizer.save(directory)
         if self.generation_config is not None:
-            import json
+            atomic_write_json(directory / "generation_config.json", self.generation_config)
 
-            ckpt.write_text_atomic(directory / "generation_config.json", json.dumps(self.generation_config, indent=2) + "\n")
-
-    def resume(self, path: str | Path | None = None) -> Path:
-        """Load the latest checkpoint of the run (or ``path``): weights, optimiser, RNGs, step."""
+    def resume(self, path: str | Path | None = None, model: nn.Module | None = None,
+               optimizer: torch.optim.Optimizer | None = None) -> Path:
+        """Load the latest checkpoint of the run (or ``path``) into ``model`` and ``optimizer``
+        (default: the trainer's): weights, optimiser, RNGs, step. Under FSDP the whole tensors
+        are read into a CPU copy, then each rank keeps its shards."""
         path = Path(path) if path is not None else (ckpt.latest_checkpoint(self.run_dir) if self.run_dir else None)
         if path is None:
             raise ckpt.CheckpointError(f"{self.run_dir}: no checkpoint to resume from (no {ckpt.CHECKPOINTS}/{ckpt.LATEST})")
-        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, data_generator=self.generator)
+        model = model if model is not None else self.model
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        load_model, load_optimizer = self.process.resume_targets(model, optimizer)
+        state = ckpt.load_checkpoint(path, model=load_model, optimizer=load_optimizer, data_generator=self.generator)
+        self.process.finish_resume(model, optimizer, load_model, load_optimizer, source=path)
         self.step = int(state["step"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_val_loss = state.get("last_val_loss")
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        per_rank = self.config.batch_size * self.config.grad_accum
+        self.process.restore_rank_streams(path, state, self.generator, self.config.seed, self.step, per_rank)
         if self.metrics is not None and self.process.is_main:
             self.metrics.truncate_after(self.step)
         return path
@@ -289,7 +341,7 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            self._stop_signal = signal.Signals(signum).name
+            self._caught_signal = signal.Signals(signum).name
             signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -303,7 +355,7 @@ class Trainer:
         """Train from the current step (0, or where :meth:`resume` left it) to ``max_steps``."""
         cfg, main = self.config, self.process.is_main
         if self.run_dir is not None and main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.run_dir)
             ckpt.clean_stale(self.run_dir)
         if self.step == 0:  # a fresh run: every random stream from the seed (dropout differs per rank)
             seed = cfg.seed + self.process.rank
@@ -319,25 +371,35 @@ class Trainer:
         evaluated_at = None
         try:
             with self._catch_signals():
-                while self.step < cfg.max_steps and self._stop_signal is None:
+                while self.step < cfg.max_steps:
+                    if self.process.world_size == 1:  # alone: a signal caught anywhere (even mid-eval) stops now
+                        self._stop_signal = self._stop_signal or self._caught_signal
+                    if self._stop_signal is not None:
+                        break
                     step = self.step + 1
                     t = time.perf_counter()
                     loss, count, n_tokens = self.train_step(step)
                     dt = time.perf_counter() - t
                     self.step = step
                     self.tokens_seen += n_tokens
+                    # a signal or --max-minutes on any rank stops every rank after this same step
+                    over = cfg.max_minutes is not None and time.perf_counter() - self._t0 > cfg.max_minutes * 60
+                    stop = self.process.agree_on_stop(self._caught_signal, over)
+                    out_of_time = stop == "max-minutes"
+                    self._stop_signal = None if out_of_time else stop
                     step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
                     if loss is not None:
                         win_loss, win_count = win_loss + loss * count, win_count + count
                     win_tokens, win_time = win_tokens + n_tokens, win_time + dt
-                    out_of_time = cfg.max_minutes is not None and time.perf_counter() - self._t0 > cfg.max_minutes * 60
                     eval_now = step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time
                     log_now = step % cfg.log_every == 0 or eval_now or self._stop_signal is not None
                     tps = win_tokens / win_time if win_time > 0 else 0.0
-                    reporter.step(step, loss, self._lr, tps, (cfg.max_steps - step) * step_time_ema, log_now)
+                    # the console shows the loss metrics.jsonl records: the mean over the window so far
+                    window_loss = win_loss / win_count if win_count else None
+                    reporter.step(step, window_loss, self._lr, tps, (cfg.max_steps - step) * step_time_ema, log_now)
                     if not log_now:
                         continue
-                    record = {"step": step, "train_loss": win_loss / win_count if win_count else None,
+                    record = {"step": step, "train_loss": window_loss,
                               "lr": self._lr, "tokens_per_s": round(tps, 1), "elapsed_s": round(self._elapsed(), 3)}
                     if eval_now:
                         record.update(self._eval_step(step, reporter))
@@ -366,11 +428,15 @@ class Trainer:
         return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir)
 
     def _eval_step(self, step: int, reporter: Reporter) -> dict[str, Any]:
-        """Evaluate, report, run callbacks, keep the best model. Returns fields for metrics.jsonl."""
+        """Evaluate, report, run callbacks, keep the best model. Returns fields for metrics.jsonl.
+
+        Every rank evaluates its part; rank 0 saves and samples from the whole model (under FSDP
+        a CPU copy gathered from the shards: a collective, so every rank asks for it)."""
         result = self.evaluate()
+        whole, device = self.process.full_model(self.model, self.device, step)
         if not result:  # no validation data: the newest model stands in for the best
             if self.process.is_main and self.run_dir is not None:
-                self.save_model(self.run_dir)
+                self.save_model(self.run_dir, whole)
             return {}
         val = result["val_loss"]
         if not math.isfinite(val):
@@ -380,16 +446,17 @@ class Trainer:
         if improved:
             self.best_val_loss = val
             if self.process.is_main and self.run_dir is not None:
-                self.save_model(self.run_dir)
+                self.save_model(self.run_dir, whole)
         reporter.message(f"step {step}: val loss {val:.4f} (accuracy {result['val_accuracy']:.1%})"
                          + (" - best so far, saved" if improved else ""))
-        if self.process.is_main:
-            was_training = self.model.training
-            self.model.eval()
-            with preserve_rng(self.device), torch.no_grad():
+        if self.process.is_main and self.eval_callbacks:
+            view = EvalView(whole, device, self.tokenizer, self.run_dir, self.config)
+            was_training = whole.training
+            whole.eval()
+            with preserve_rng(device), torch.no_grad():
                 for callback in self.eval_callbacks:
-                    text = callback(self, step)
+                    text = callback(view, step)
                     if text:
                         reporter.message(text)
-            self.model.train(was_training)
+            whole.train(was_training)
         return {"val_loss": val, "val_accuracy": result["val_accuracy"]}

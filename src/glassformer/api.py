@@ -1,0 +1,127 @@
+"""Text in, text out from Python: ``glassformer.load(path)``.
+
+    import glassformer
+    gpt = glassformer.load("runs/demo-gpt")              # any model directory, ours or Hugging Face
+    gpt.generate("The meaning of")                       # -> the continuation (a str)
+    gpt.generate(["a", "b"], temperature=0.8, seed=0)    # -> one str per prompt; keywords override
+    gpt.generation_config                                # the model's GenerationConfig
+    gpt.model, gpt.tokenizer                             # the tensors one level down
+
+    glassformer.load("runs/demo-seq2seq").translate("2024-03-01")
+    bert = glassformer.load("runs/demo-bert")
+    bert.fill_mask("the cat sat on the [MASK]."); bert.classify(["great", "awful"]); bert.embed(["a", "b"])
+
+Each method runs what the matching command runs (``glassformer generate``, ``translate``,
+``fill-mask``, ``classify``, ``embed``): the same :class:`GenerationConfig` read from the
+directory's ``generation_config.json`` (keywords override it, as flags do), the same batching,
+the same seeds, so the same text comes out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from glassformer.generation import command_bert
+from glassformer.generation.config import GenerationConfig, load_generation_config
+from glassformer.generation.layout import optimize_for_decoding
+from glassformer.generation.text import generate_texts, translate_texts
+from glassformer.loading import is_glassformer_dir, load_model_and_tokenizer
+
+_METHODS = {"gpt": ".generate()", "transformer": ".translate()", "bert": ".fill_mask(), .classify() or .embed()"}
+
+
+class Pipeline:
+    """A loaded model directory: ``.model``, ``.tokenizer``, ``.generation_config`` and the
+    text-in, text-out methods that fit its family."""
+
+    def __init__(self, model, tokenizer, generation_config: GenerationConfig | None = None, *,
+                 path: str | os.PathLike | None = None, is_hf: bool = False, batch_size: int = 32) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config or GenerationConfig()
+        self.path = Path(path) if path is not None else None
+        self.is_hf = is_hf
+        self.batch_size = batch_size
+
+    @property
+    def family(self) -> str:
+        """``"gpt"``, ``"transformer"`` or ``"bert"``."""
+        return self.model.config.model_type
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.family}, path={str(self.path)!r}, generation_config={self.generation_config.describe()!r})"
+
+    def _need(self, family: str, method: str) -> None:
+        if self.family != family:
+            raise ValueError(f"{method} needs a {family} model; {self.path} holds a {self.family} model: "
+                             f"use {_METHODS.get(self.family, 'another method')}")
+
+    def _config(self, overrides: dict[str, Any]) -> GenerationConfig:
+        return self.generation_config.with_overrides(**overrides)  # the rule the flags follow
+
+    def generate(self, text: str | Sequence[str], **overrides: Any) -> str | list[str]:
+        """The continuation of a prompt (a str), or of each prompt of a list (a list of str).
+        Keywords override fields of :attr:`generation_config` (``max_new_tokens=20``,
+        ``num_beams=4``, ``temperature=0.8``, ``seed=0``, ``stop=["\\n"]``, ...)."""
+        self._need("gpt", "generate")
+        texts = [text] if isinstance(text, str) else list(text)
+        out = generate_texts(self.model, self.tokenizer, texts, self._config(overrides), batch_size=self.batch_size)
+        texts_out = [c.text for c in out]
+        return texts_out[0] if isinstance(text, str) else texts_out
+
+    def translate(self, text: str | Sequence[str], **overrides: Any) -> str | list[str]:
+        """The translation of a text (a str), or of each text of a list."""
+        self._need("transformer", "translate")
+        texts = [text] if isinstance(text, str) else list(text)
+        out = translate_texts(self.model, self.tokenizer, texts, self._config(overrides), batch_size=self.batch_size,
+                              is_hf=self.is_hf)
+        return out[0] if isinstance(text, str) else out
+
+    # BERT: these run the fill-mask / classify / embed commands' own code on the same directory
+    def _bert(self, command: str, texts: list[str], **extra: Any) -> list[dict[str, Any]]:
+        self._need("bert", command.replace("-", "_"))
+        if self.path is None:
+            raise ValueError(f"{command} reads the model directory; load the model with glassformer.load(path)")
+        args = argparse.Namespace(model_dir=str(self.path), prompts=texts, batch_size=self.batch_size, json=True,
+                                  out=None, **extra)
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            getattr(command_bert, "cmd_" + command.replace("-", "_"))(args)
+        return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+    def fill_mask(self, text: str | Sequence[str], top_k: int = 5) -> list[list[dict[str, Any]]] | list[list[list[dict]]]:
+        """For each mask token of the text: the ``top_k`` candidates as ``{"token", "id", "p"}``
+        (a list per mask; for a list of texts, one such list per text)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [r["masks"] for r in self._bert("fill-mask", texts, top_k=top_k)]
+        return rows[0] if isinstance(text, str) else rows
+
+    def classify(self, texts: str | Sequence[str]) -> dict[str, Any] | list[dict[str, Any]]:
+        """``{"label", "probabilities"}`` for a text, or a list of them for a list of texts."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        rows = [{"label": r["label"], "probabilities": r["probabilities"]} for r in self._bert("classify", items)]
+        return rows[0] if isinstance(texts, str) else rows
+
+    def embed(self, texts: str | Sequence[str]):
+        """Sentence vectors as a float32 numpy array: (C,) for a text, (N, C) for a list."""
+        import numpy as np
+
+        items = [texts] if isinstance(texts, str) else list(texts)
+        matrix = np.array([r["embedding"] for r in self._bert("embed", items)], dtype=np.float32)
+        return matrix[0] if isinstance(texts, str) else matrix
+
+
+def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
+    """Open any model directory (a glassformer save or run directory, or a Hugging Face
+    checkpoint) with its tokenizer and ``generation_config.json``."""
+    model, tokenizer = load_model_and_tokenizer(path, map_location=device)
+    if model.config.model_type != "bert":
+        optimize_for_decoding(model)  # as the commands do
+    return Pipeline(model, tokenizer, load_generation_config(path), path=path, is_hf=not is_glassformer_dir(path))

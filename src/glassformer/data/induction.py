@@ -1,0 +1,116 @@
+"""Repeated random tokens: the data on which induction heads form (Olsson et al., 2022).
+
+Each sequence is a random segment, the same segment again, then random filler (``max_start``
+can put a few random letters before the segment too):
+
+    lead    segment x (random)      x again                 filler (random)
+    k P     a S d f G h             a S d f G h             q W e r t y u ...
+                              ^ from here each next token is predictable,
+                                by finding the previous occurrence of the
+                                current token and copying what followed it
+
+The segment's length and start vary from sequence to sequence, so neither the distance back to
+the first copy nor its place is something absolute positions could learn: the way to predict
+the repeat is the induction mechanism (a previous-token head in one layer, then a head in the next that
+attends to the token *after* the earlier occurrence of the current token). The filler comes
+after the repeat, where a causal model never sees it while predicting the repeat. (Filler
+before the segment makes the model look for the first copy among many more tokens, and the
+loss takes several times longer to fall.)
+
+Tokens are the letters of :data:`ALPHABET`, so the data, the probe sentence and every tool that
+takes text (``glassformer heads``, ``attention``, ``--snapshot-attention``) share one
+character tokenizer. Sequences are generated at load time from a seed: nothing is stored.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from glassformer.data.batching import IGNORE_INDEX
+
+# 96 symbols, one token each: with many symbols a segment rarely repeats a letter, so each
+# repeated token points back to one place
+ALPHABET = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+            "αβγδεζηθικλμνξοπρστυφχψωбвгдийклмн")
+
+
+class RepeatedTokensDataset:
+    """Batches ``{"input_ids", "labels"}`` (B, T) of filler + segment + segment, plus ``period``.
+
+    ``token_ids``: the ids to draw from. ``context``: T. The segment length is drawn uniformly
+    from ``[min_period, max_period]`` (at most T // 2). ``labels`` are the next tokens; with
+    ``repeated_only`` the positions outside the repeat are -100 (for measuring the repeat alone).
+    """
+
+    def __init__(self, token_ids: list[int], context: int, min_period: int = 8, max_period: int | None = None,
+                 repeated_only: bool = False, max_start: int = 0) -> None:
+        if len(token_ids) < 2:
+            raise ValueError("need at least two token ids to draw random sequences from")
+        self.token_ids = torch.tensor(list(token_ids), dtype=torch.long)
+        self.context = context
+        self.max_period = min(max_period or (context + 1) // 2, (context + 1) // 2)  # both copies fit
+        self.min_period = min(min_period, self.max_period)
+        if self.min_period < 2:
+            raise ValueError(f"context {context} is too short for a repeated segment")
+        self.repeated_only = repeated_only
+        self.max_start = max_start
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(sequences (B, T + 1), periods (B,), starts (B,))``: row b holds its segment at
+        ``starts[b]`` and again right after it; random letters everywhere else."""
+        n, v = self.context + 1, len(self.token_ids)
+        seq = torch.randint(0, v, (batch_size, n), generator=generator)  # (B, T+1): segment and filler
+        periods = torch.randint(self.min_period, self.max_period + 1, (batch_size,), generator=generator)  # (B,)
+        room = (n - 2 * periods).clamp(max=self.max_start)  # (B,) how far the first copy may start
+        starts = (torch.rand(batch_size, generator=generator) * (room + 1)).long()  # (B,)
+        for row, (k, s) in enumerate(zip(periods.tolist(), starts.tolist())):
+            seq[row, s + k: s + 2 * k] = seq[row, s: s + k]  # the second copy
+        return self.token_ids[seq], periods, starts
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        seq, periods, starts = self.sample(batch_size, generator)
+        labels = seq[:, 1:].clone()  # (B, T)
+        if self.repeated_only:
+            labels[~repeat_mask(periods, self.context, starts)] = IGNORE_INDEX
+        return {"input_ids": seq[:, :-1], "labels": labels}
+
+    def eval_batches(self, batch_size: int, max_batches: int | None = 8, seed: int = 0) -> Iterator[dict[str, Tensor]]:
+        """The same batches every call (a fixed seed)."""
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(max_batches if max_batches is not None else 8):
+            yield self.batch(batch_size, generator)
+
+
+def repeat_mask(periods: Tensor, context: int, starts: Tensor | None = None) -> Tensor:
+    """(B, T) True at input positions t whose next token is in the second copy and predictable
+    by induction: t in [s + k, s + 2k - 2] for a segment of length k starting at s (the current
+    token occurred k positions earlier)."""
+    t = torch.arange(context)[None, :]  # label t predicts token t + 1
+    k = periods[:, None]
+    s = torch.zeros_like(k) if starts is None else starts[:, None]
+    return (t >= s + k) & (t <= s + 2 * k - 2)  # (B, T)
+
+
+def induction_scores(attentions: Tensor, periods: Tensor, context: int, starts: Tensor | None = None) -> Tensor:
+    """Per-head induction score: the mean attention from each repeated token to the token right
+    after its earlier occurrence (the diagonal ``period - 1`` below the main one).
+
+    ``attentions``: (L, B, H, T, T) weights of every layer; returns (L, H). A head doing
+    induction scores near 1; a uniform causal head about 1 / position.
+    """
+    mask = repeat_mask(periods, context, starts)  # (B, T)
+    b, t = mask.nonzero(as_tuple=True)  # query positions in the repeat
+    keys = t - periods[b] + 1  # the token after the earlier occurrence of token t
+    per_query = attentions.permute(1, 3, 4, 0, 2)[b, t, keys]  # (N, L, H): one row per repeated query
+    return per_query.mean(0)  # (L, H)
+
+
+def probe_text(length: int, seed: int = 0) -> str:
+    """A readable probe: ``length`` random letters, then the same letters again."""
+    rng = random.Random(seed)
+    segment = "".join(rng.choice(ALPHABET) for _ in range(length))
+    return segment + segment

@@ -1,0 +1,98 @@
+"""What every inference command shares (``generate``, ``translate``, ``fill-mask``, ``classify``,
+``embed``): the MODEL_DIR / ``--prompt`` / ``--batch-size`` arguments, reading inputs, loading a
+model of the right family, encoding, batching and printing.
+
+This module is light to import (no torch at the top), so building the parsers for ``--help``
+stays fast; the loaders are imported inside the functions that load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+
+from glassformer.errors import DataError
+
+# the command(s) that use a model of each family, for "wrong family" errors
+FAMILY_COMMANDS = {"gpt": ("generate",), "transformer": ("translate",), "bert": ("fill-mask", "classify", "embed")}
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """MODEL_DIR, ``--prompt`` (repeatable; else stdin) and ``--batch-size``."""
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a glassformer run/save directory or a Hugging Face checkpoint")
+    p.add_argument("--prompt", "--text", dest="prompts", action="append", metavar="TEXT",
+                   help="input text (repeatable); without it, one input per line of stdin")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs run together (default 32)")
+
+
+def read_inputs(args: argparse.Namespace) -> list[str]:
+    """``--prompt`` values, else the lines of stdin (a trailing newline does not add an input)."""
+    if args.prompts is not None:
+        return list(args.prompts)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("no input: pass --prompt TEXT or pipe one input per line on stdin")
+    lines = sys.stdin.read().splitlines()
+    if not lines:
+        raise ValueError("no input: stdin was empty")
+    return lines
+
+
+def suggest(command: str, model_dir: str | os.PathLike, *rest: str) -> str:
+    """A command line to try next, every argument shell-quoted (paths with spaces stay one word)."""
+    return " ".join(["glassformer", command, *(shlex.quote(str(a)) for a in (model_dir, *rest))])
+
+
+def check_family(found: str, family: str, command: str, model_dir: str | os.PathLike) -> None:
+    """Refuse a model of the wrong family, suggesting the command that fits it."""
+    if found == family:
+        return
+    fits = FAMILY_COMMANDS.get(found)
+    hint = " or ".join(suggest(c, model_dir, "--prompt", "TEXT") for c in fits) if fits else "another command"
+    raise ValueError(f"{command} needs a {family} model; {model_dir} holds a {found} model (try: {hint})")
+
+
+def load(args: argparse.Namespace, family: str, command: str):
+    """(model, tokenizer, is_hf) from MODEL_DIR, refusing a model of the wrong family."""
+    from glassformer.loading import is_glassformer_dir, load_model_and_tokenizer  # torch: only when running
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    check_family(model.config.model_type, family, command, args.model_dir)
+    return model, tokenizer, not is_glassformer_dir(args.model_dir)
+
+
+def encode_all(tokenizer, texts: list[str], what: str, add_special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of each text; an error names the input that could not be encoded."""
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except DataError as e:
+            raise DataError(f"{what} {i + 1}: {e}") from None
+    return out
+
+
+def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
+    """(offset, chunk) pairs of at most ``size`` items."""
+    for i in range(0, len(items), size):
+        yield i, items[i : i + size]
+
+
+def emit(text: str) -> None:
+    """Write to stdout now (outputs appear as they are ready)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def header(i: int, n: int, text: str) -> str:
+    """The line that opens output ``i`` of ``n`` when several are printed."""
+    return f"=== {i + 1}/{n}: {text if len(text) <= 60 else text[:57] + '...'}\n"
+
+
+def device_of(model):
+    """The device the model's parameters live on."""
+    return next(model.parameters()).device

