@@ -9,7 +9,8 @@ Every pair is as likely to be shown one way round as the other, so:
   length-only classifier is at chance (50%);
 - only reading *which date comes first* tells the label.
 
-Dates come from the standard library's ``datetime``; nothing is downloaded.
+Dates (1970-2068, as in the ``dates`` task) come from the standard library's ``datetime``; nothing
+is downloaded. A year outside that range is one the model never read.
 """
 
 from __future__ import annotations

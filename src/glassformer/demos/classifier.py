@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     })
     say("")
     say(f"files in {demo.out}/: the model, metrics.jsonl, loss.png, {path.name}")
-    next_commands([f'glassformer classify {demo.out} --prompt "4 July 1976, then 20 July 1969"',
-                   f'glassformer classify {demo.out} --prompt "20 July 1969, then 4 July 1976"',
-                   f'glassformer attention {demo.out} "20 July 1969, then 4 July 1976" --out attention.html',
+    next_commands([f'glassformer classify {demo.out} --prompt "20 July 2019, then 4 July 1996"',
+                   f'glassformer classify {demo.out} --prompt "4 July 1996, then 20 July 2019"',
+                   f'glassformer attention {demo.out} "4 July 1996, then 20 July 2019" --out attention.html',
                    "glassformer train classifier --data labelled.csv --out runs/my-classifier"])
     return 0

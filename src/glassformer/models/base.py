@@ -144,21 +144,6 @@ class PretrainedModel(nn.Module):
             for k, v in expected.items():
                 v.copy_(state[k])
 
-    # ------------------------------------------------------------------- Hugging Face layout
-
-    @classmethod
-    def from_hf(cls: type[M], directory: str | os.PathLike) -> M:
-        """Load a Hugging Face checkpoint directory of this family (see :mod:`glassformer.interop`)."""
-        from glassformer.interop import load_hf
-
-        return load_hf(directory, expect=cls)
-
-    def to_hf(self, directory: str | os.PathLike) -> None:
-        """Write a Hugging Face directory that ``transformers`` loads with the same outputs."""
-        from glassformer.interop import save_hf
-
-        save_hf(self, directory)
-
     # ---------------------------------------------------------------------- named activations
 
     def activation_names(self) -> list[str]:

@@ -99,28 +99,3 @@ class GPT(PretrainedModel):
             loss = lm_loss(logits, labels)
         attentions = [AttentionMap("decoder-self", i, w) for i, w in enumerate(self_ws)] if return_attentions else None
         return ModelOutput(logits=logits, loss=loss, attentions=attentions, last_hidden_state=h)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        eos_token_id: int | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        use_cache: bool = True,
-        **kwargs,
-    ) -> Tensor:
-        """Continue each prompt; returns token ids (see :func:`glassformer.generation.generate`)."""
-        from glassformer.generation import generate
-
-        return generate(
-            self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-            eos_token_id=eos_token_id, stop=stop, seed=seed, use_cache=use_cache, **kwargs,
-        )

@@ -153,21 +153,3 @@ class Transformer(PretrainedModel):
         return ModelOutput(
             logits=logits, loss=loss, attentions=attentions, last_hidden_state=h, encoder_last_hidden_state=memory
         )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        src_ids: Tensor,
-        src_mask: Tensor | None = None,
-        max_new_tokens: int = 32,
-        beam: int = 1,
-        length_penalty: float = 1.0,
-        **kwargs,
-    ) -> Tensor:
-        """Translate each source; returns target token ids (see :func:`glassformer.generation.generate_seq2seq`)."""
-        from glassformer.generation import generate_seq2seq
-
-        return generate_seq2seq(
-            self, src_ids, src_mask=src_mask, max_new_tokens=max_new_tokens, beam=beam,
-            length_penalty=length_penalty, **kwargs,
-        )
