@@ -23,11 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The inner loop: everything but the tests marked slow (demo quality, real processes), ~1-2 minutes.
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: $(STAMP)

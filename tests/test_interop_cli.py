@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, BertForMaskedLM, BertTokenizer, GPT2LMHe
 
 from glassformer import GPT, GPTConfig  # noqa: E402
 from glassformer.cli import main  # noqa: E402
+from glassformer.interop import save_hf  # noqa: E402
 from glassformer.loading import load_model_and_tokenizer  # noqa: E402
 
 TEXTS = ["Hello world, hello fox!", "  Café naïve\ttab  ", "日本語 😀", ""]
@@ -178,7 +179,7 @@ class TouchSentinel:
 
 def tiny_hf(path):
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("gpt-tiny")).to_hf(path)
+    save_hf(GPT(GPTConfig.from_name("gpt-tiny")), path)
     return path
 
 

@@ -33,8 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "heads": ("glassformer.explain.insight", "what each attention head does"),
     "lens": ("glassformer.explain.insight", "the logit lens: each layer's guess"),
     "ablate": ("glassformer.explain.insight", "switch heads off and measure the change"),
-    "attribute": ("glassformer.explain.insight", "which input tokens the output depends on"),
-    "convert": ("glassformer.interop.command", "convert a Hugging Face checkpoint to a glassformer directory"),
+    "attribute": ("glassformer.explain.insight", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
+    "convert": ("glassformer.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)
