@@ -63,12 +63,24 @@ def test_translate_equals_the_cli(dirs, capsys):
 
 def test_bert_methods_equal_the_cli(dirs, capsys):
     bert = glassformer.load(dirs["bert"])
-    code, out, _ = run(capsys, "classify", dirs["bert"], "--prompt", "the cat", "--json")
-    assert code == 0 and bert.classify("the cat")["label"] == json.loads(out)["label"]
-    vectors = bert.embed(["the cat", "a dog"])
-    assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    masks = bert.fill_mask("the <mask>at", top_k=3)
-    assert len(masks) == 1 and len(masks[0]) == 3
+    texts = ["the cat", "a dog ran by"]
+    code, out, _ = run(capsys, "classify", dirs["bert"], *[a for t in texts for a in ("--prompt", t)], "--json")
+    assert code == 0
+    cli = [json.loads(line) for line in out.splitlines()]
+    assert bert.classify(texts) == [{"label": r["label"], "probabilities": r["probabilities"]} for r in cli]
+    assert bert.classify("the cat") == bert.classify(texts)[0]
+    code, out, _ = run(capsys, "embed", dirs["bert"], *[a for t in texts for a in ("--prompt", t)])
+    assert code == 0
+    vectors = bert.embed(texts)
+    assert vectors.dtype == np.float32
+    assert np.array_equal(vectors, np.array([json.loads(line)["embedding"] for line in out.splitlines()], np.float32))
+    assert np.array_equal(bert.embed("a dog ran by"), vectors[1])
+    masked = ["the <mask>at", "a <mask>og <mask>an"]
+    code, out, _ = run(capsys, "fill-mask", dirs["bert"], *[a for t in masked for a in ("--prompt", t)],
+                       "--top-k", 3, "--json")
+    assert code == 0
+    assert bert.fill_mask(masked, top_k=3) == [json.loads(line)["masks"] for line in out.splitlines()]
+    assert bert.fill_mask("the <mask>at", top_k=3) == json.loads(out.splitlines()[0])["masks"]
 
 
 def test_a_method_of_another_family_says_which_fit(dirs):

@@ -64,6 +64,21 @@ def test_help_imports_nothing_heavy(argv):
     assert "usage: glassformer" in out and out.strip().endswith("HEAVY []"), out[-300:]
 
 
+def test_every_subcommands_help_imports_no_torch():
+    """Each ``glassformer SUB --help`` builds its parser without torch, numpy or the model classes
+    (one process, checked after each subcommand, so a failure names the culprit)."""
+    code = ("import contextlib, io, sys\nfrom glassformer.cli import COMMANDS, main\n"
+            "for name in COMMANDS:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            "        main([name, '--help'])\n"
+            "    heavy = sorted(m for m in ('torch', 'numpy', 'glassformer.models.gpt') if m in sys.modules)\n"
+            "    print(name, 'usage:' in out.getvalue(), heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    from glassformer.cli import COMMANDS
+
+    assert out.splitlines() == [f"{name} True []" for name in COMMANDS], out
+
+
 def test_generate_help_shows_the_effective_defaults(tmp_path, capsys):
     sampled, _ = gpt_dir(tmp_path, "abc", "sampled", stored={"temperature": 0.8, "top_k": 40, "do_sample": True})
     plain, _ = gpt_dir(tmp_path, "abc", "plain")

@@ -199,3 +199,19 @@ def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_conf
     from glassformer.training import command
 
     assert not hasattr(command, "_field_comments") and config_module.field_help("lr") == "peak learning rate"
+
+
+
+def test_saved_model_holds_the_generation_config_as_the_loaders_read_it(tmp_path):
+    """Trainer writes generation_config.json through GenerationConfig.save (HF keys), from a
+    GenerationConfig or a dict of that file's keys, and the commands read back the same settings."""
+    from glassformer.generation.config import GenerationConfig, load_generation_config
+
+    wanted = GenerationConfig(max_new_tokens=12, temperature=0.7, top_k=5, seed=3)
+    reference = wanted.save(tmp_path / "reference").read_text()
+    cfg = TrainConfig(task="gpt", max_steps=1, batch_size=2, device="cpu")
+    for given in (wanted, {"max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_k": 5, "seed": 3}):
+        out = tmp_path / type(given).__name__
+        Trainer(tiny_gpt(), cfg, FixedBatches([lm_batch(2, 8, seed=0)]), generation_config=given).save_model(out)
+        assert (out / "generation_config.json").read_text() == reference
+        assert load_generation_config(out) == wanted

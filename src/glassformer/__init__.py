@@ -13,9 +13,9 @@ neither torch nor the models, so ``glassformer --help`` answers at once.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
+
+from glassformer.lazy import lazy_exports
 
 # OpenMP threads that spin while waiting at barriers make every op 5-10x slower when other
 # processes share the cores (measured on a 2-core CI box); sleeping waiters cost little when
@@ -36,14 +36,4 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glassformer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

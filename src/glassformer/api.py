@@ -19,16 +19,12 @@ the same seeds, so the same text comes out.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from glassformer.generation import command_bert
+from glassformer.generation.command_bert import classify_texts, embed_texts, fill_mask_texts
 from glassformer.generation.config import GenerationConfig, load_generation_config
 from glassformer.generation.layout import optimize_for_decoding
 from glassformer.generation.text import generate_texts, translate_texts
@@ -84,37 +80,30 @@ class Pipeline:
                               is_hf=self.is_hf)
         return out[0] if isinstance(text, str) else out
 
-    # BERT: these run the fill-mask / classify / embed commands' own code on the same directory
-    def _bert(self, command: str, texts: list[str], **extra: Any) -> list[dict[str, Any]]:
-        self._need("bert", command.replace("-", "_"))
-        if self.path is None:
-            raise ValueError(f"{command} reads the model directory; load the model with glassformer.load(path)")
-        args = argparse.Namespace(model_dir=str(self.path), prompts=texts, batch_size=self.batch_size, json=True,
-                                  out=None, **extra)
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            getattr(command_bert, "cmd_" + command.replace("-", "_"))(args)
-        return [json.loads(line) for line in buffer.getvalue().splitlines()]
-
+    # BERT: the functions the fill-mask / classify / embed commands print, on the loaded model
     def fill_mask(self, text: str | Sequence[str], top_k: int = 5) -> list[list[dict[str, Any]]] | list[list[list[dict]]]:
         """For each mask token of the text: the ``top_k`` candidates as ``{"token", "id", "p"}``
         (a list per mask; for a list of texts, one such list per text)."""
+        self._need("bert", "fill_mask")
         texts = [text] if isinstance(text, str) else list(text)
-        rows = [r["masks"] for r in self._bert("fill-mask", texts, top_k=top_k)]
+        rows = fill_mask_texts(self.model, self.tokenizer, texts, top_k=top_k, is_hf=self.is_hf,
+                               batch_size=self.batch_size)
         return rows[0] if isinstance(text, str) else rows
 
     def classify(self, texts: str | Sequence[str]) -> dict[str, Any] | list[dict[str, Any]]:
         """``{"label", "probabilities"}`` for a text, or a list of them for a list of texts."""
+        self._need("bert", "classify")
         items = [texts] if isinstance(texts, str) else list(texts)
-        rows = [{"label": r["label"], "probabilities": r["probabilities"]} for r in self._bert("classify", items)]
+        rows = classify_texts(self.model, self.tokenizer, items, is_hf=self.is_hf, batch_size=self.batch_size)
         return rows[0] if isinstance(texts, str) else rows
 
     def embed(self, texts: str | Sequence[str]):
-        """Sentence vectors as a float32 numpy array: (C,) for a text, (N, C) for a list."""
-        import numpy as np
-
+        """Sentence vectors as a float32 numpy array: (C,) for a text, (N, C) for a list (the
+        directory's sentence-transformers pooling when it has a ``modules.json``)."""
+        self._need("bert", "embed")
         items = [texts] if isinstance(texts, str) else list(texts)
-        matrix = np.array([r["embedding"] for r in self._bert("embed", items)], dtype=np.float32)
+        matrix = embed_texts(self.model, self.tokenizer, items, is_hf=self.is_hf, batch_size=self.batch_size,
+                             model_dir=self.path)
         return matrix[0] if isinstance(texts, str) else matrix
 
 

@@ -30,10 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("glassformer.generation.command_bert", "sentence vectors from a BERT"),
     "explain": ("glassformer.explain.command", "the four steps of attention, checked against the model"),
     "attention": ("glassformer.explain.command", "attention heatmaps and the interactive viewer"),
-    "heads": ("glassformer.explain.insight", "what each attention head does"),
-    "lens": ("glassformer.explain.insight", "the logit lens: each layer's guess"),
-    "ablate": ("glassformer.explain.insight", "switch heads off and measure the change"),
-    "attribute": ("glassformer.explain.insight", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
+    "heads": ("glassformer.explain.command", "what each attention head does"),
+    "lens": ("glassformer.explain.command", "the logit lens: each layer's guess"),
+    "ablate": ("glassformer.explain.command", "switch heads off and measure the change"),
+    "attribute": ("glassformer.explain.command", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
     "convert": ("glassformer.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 

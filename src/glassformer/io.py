@@ -177,7 +177,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
         if not m or not entry.is_file(follow_symlinks=False):
             continue
         pid = int(m.group(1))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue  # a writer that may still be running
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
@@ -185,7 +185,8 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -193,6 +194,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """The model in eval mode (no dropout) inside the block; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def unwrap_model(model: Any) -> Any:

@@ -16,17 +16,8 @@ import tempfile
 import numpy as np
 import torch
 
-from glassformer.demos.common import (
-    DemoRun,
-    next_commands,
-    report_steps,
-    say,
-    schedule,
-    show_attention,
-    step_timer,
-    stopped,
-    train,
-)
+from glassformer.demos import common
+from glassformer.demos.common import DemoRun, say, train_and_load
 
 DESCRIPTION = "a BERT with a BPE vocabulary learns masked-language modelling on python-docs"
 MINUTES = 2.25
@@ -44,7 +35,7 @@ def config(steps: int, init: str):
 
     return TrainConfig(task="bert", data="python-docs", init=init, context=CONTEXT, batch_size=128, lr=3e-3,
                        min_lr=3e-4, dropout=0.0, weight_decay=0.01, eval_batches=8, mask_prob=MASK_PROB,
-                       dtype="auto", **schedule(steps))
+                       dtype="auto", **common.schedule(steps))
 
 
 def model_config(tokenizer=None):
@@ -94,7 +85,7 @@ def timer(seed: int):
         return {"input_ids": torch.randint(5, VOCAB, (128, CONTEXT), generator=g),
                 "attention_mask": torch.ones(128, CONTEXT, dtype=torch.long), "labels": labels}
 
-    return step_timer(model, batch)
+    return common.step_timer(model, batch)
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -182,19 +173,14 @@ def one_line(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glassformer.loading import load_model_and_tokenizer
-
-    demo = DemoRun.from_args("bert", args, MINUTES)
-    say(f"glassformer demo bert: {DESCRIPTION}.")
-    steps, per_step = demo.fit_steps(timer(demo.seed), low=200, high=2500)
-    report_steps(demo, steps, per_step)
     with tempfile.TemporaryDirectory(prefix="glassformer-demo-bert-") as init:
-        untrained_model(init, demo.seed)
-        cfg = demo.train_config(config(steps, init))
-        result, setup, _trainer = train(demo, cfg)
-    if stopped(result, demo.out):
-        return 0
-    model, tokenizer = load_model_and_tokenizer(demo.out)
+        untrained_model(init, args.seed)
+        demo, cfg = DemoRun.begin("bert", args, MINUTES, DESCRIPTION, timer, lambda steps: config(steps, init),
+                                  low=200, high=2500)
+        trained = train_and_load(demo, cfg)
+    if trained is None:
+        return 0  # stopped early: said so
+    result, setup, model, tokenizer = trained
     special = set(tokenizer.special_ids)
 
     windows = held_out_windows(setup.val_data.tokens, CONTEXT - 2, EVAL_WINDOWS)
@@ -221,17 +207,15 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {mark} ...{one_line(e['left'])} ___ {one_line(e['right'])}...")
         say(f"       [{e['true']!r}]  model: {guesses}")
     say("")
-    show_attention(model, tokenizer, "The return value is None.", "encoder-self", demo.out, token=2)
-    path = demo.write_summary({
+    common.show_attention(model, tokenizer, "The return value is None.", "encoder-self", demo.out, token=2)
+    return demo.finish({
         "steps": result.step, "val_loss": result.best_val_loss, "masked_top1": round(accuracy, 4),
         "masked_top1_baseline": round(baseline, 4), "masked_tokens": int(len(truth)),
         "baseline_token": tokenizer.decode([frequent]), "tokenizer": f"byte-level BPE, {tokenizer.vocab_size} ids",
         "fill_mask_examples": examples,
-    })
-    say("")
-    say(f"files in {demo.out}/: the model, metrics.jsonl, loss.png, attention.png, {path.name}")
-    next_commands([f'glassformer fill-mask {demo.out} --prompt "Return the <mask> of the object."',
-                   f"glassformer train classifier --init {demo.out} --data date-order --out runs/demo-bert-classifier",
-                   f'glassformer explain {demo.out} "import os" --layer 0 --head 0',
-                   f'glassformer embed {demo.out} --prompt "a list of numbers"'])
-    return 0
+    }, "the model, metrics.jsonl, loss.png, attention.png, {summary}", [
+        f'glassformer fill-mask {demo.out} --prompt "Return the <mask> of the object."',
+        f"glassformer train classifier --init {demo.out} --data date-order --out runs/demo-bert-classifier",
+        f'glassformer explain {demo.out} "import os" --layer 0 --head 0',
+        f'glassformer embed {demo.out} --prompt "a list of numbers"',
+    ])

@@ -19,16 +19,8 @@ import argparse
 
 import torch
 
-from glassformer.demos.common import (
-    DemoRun,
-    next_commands,
-    report_steps,
-    say,
-    schedule,
-    step_timer,
-    stopped,
-    train,
-)
+from glassformer.demos import common
+from glassformer.demos.common import DemoRun, say, train_and_load
 
 DESCRIPTION = "a BERT reads two dates and tells whether they are in order (the words alone cannot tell)"
 MINUTES = 2.25
@@ -43,7 +35,7 @@ def config(steps: int):
     return TrainConfig(task="classifier", data="date-order", num_examples=EXAMPLES, tokenizer="bpe",
                        vocab_size=VOCAB, context=CONTEXT, n_layers=4, n_heads=4, d_model=128, batch_size=64,
                        lr=1e-3, min_lr=1e-4, dropout=0.1, weight_decay=0.01, eval_batches=20, dtype="auto",
-                       **schedule(steps, evals=6))
+                       **common.schedule(steps, evals=6))
 
 
 def timer(seed: int):
@@ -54,7 +46,7 @@ def timer(seed: int):
                             mlm_head=False, num_labels=2, dropout=0.1))
     g = torch.Generator().manual_seed(seed)
     length = 16  # a typical pair of dates, in BPE tokens
-    return step_timer(model, lambda: {"input_ids": torch.randint(5, VOCAB, (64, length), generator=g),
+    return common.step_timer(model, lambda: {"input_ids": torch.randint(5, VOCAB, (64, length), generator=g),
                                       "attention_mask": torch.ones(64, length, dtype=torch.long),
                                       "labels": torch.randint(0, 2, (64,), generator=g)})
 
@@ -129,17 +121,10 @@ def predict(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glassformer.loading import load_model_and_tokenizer
-
-    demo = DemoRun.from_args("classifier", args, MINUTES)
-    say(f"glassformer demo classifier: {DESCRIPTION}.")
-    steps, per_step = demo.fit_steps(timer(demo.seed), low=100, high=2000)
-    report_steps(demo, steps, per_step)
-    cfg = demo.train_config(config(steps))
-    result, setup, _trainer = train(demo, cfg)
-    if stopped(result, demo.out):
-        return 0
-    model, tokenizer = load_model_and_tokenizer(demo.out)
+    demo, cfg = DemoRun.begin("classifier", args, MINUTES, DESCRIPTION, timer, config, low=100, high=2000)
+    if (trained := train_and_load(demo, cfg)) is None:
+        return 0  # stopped early: said so
+    result, setup, model, tokenizer = trained
     names = setup.label_names
     val_texts = texts_and_ids(setup.val_data, tokenizer)[0]
     preds, probs = predict(model, setup.val_data)
@@ -172,15 +157,13 @@ def run(args: argparse.Namespace) -> int:
         shown.append({"text": text, "true": names[int(truth[i])], "predicted": names[int(preds[i])],
                       "probability": round(float(probs[i]), 3)})
         say(f"  {names[int(truth[i])]:>12} read as {names[int(preds[i])]:<12} ({float(probs[i]):.0%}): {text!r}")
-    path = demo.write_summary({
+    return demo.finish({
         "steps": result.step, "val_loss": result.best_val_loss, "accuracy": round(accuracy, 4),
         **{k: round(v, 4) for k, v in base.items()}, "margin_over_best_baseline": round(accuracy - best, 4),
         "held_out": len(val_texts), "labels": names, "confusion": confusion.tolist(), "misclassified": shown,
-    })
-    say("")
-    say(f"files in {demo.out}/: the model, metrics.jsonl, loss.png, {path.name}")
-    next_commands([f'glassformer classify {demo.out} --prompt "20 July 2019, then 4 July 1996"',
-                   f'glassformer classify {demo.out} --prompt "4 July 1996, then 20 July 2019"',
-                   f'glassformer attention {demo.out} "4 July 1996, then 20 July 2019" --out attention.html',
-                   "glassformer train classifier --data labelled.csv --out runs/my-classifier"])
-    return 0
+    }, "the model, metrics.jsonl, loss.png, {summary}", [
+        f'glassformer classify {demo.out} --prompt "20 July 2019, then 4 July 1996"',
+        f'glassformer classify {demo.out} --prompt "4 July 1996, then 20 July 2019"',
+        f'glassformer attention {demo.out} "4 July 1996, then 20 July 2019" --out attention.html',
+        "glassformer train classifier --data labelled.csv --out runs/my-classifier",
+    ])

@@ -50,6 +50,19 @@ class DemoRun:
         minutes = args.minutes if getattr(args, "minutes", None) is not None else default_minutes
         return cls(name, out, overwrite, minutes, args.max_steps, args.seed, args.progress)
 
+    @classmethod
+    def begin(cls, name: str, args: argparse.Namespace, default_minutes: float, description: str,
+              timer: Callable[[int], Callable[[], float]], make_config: Callable[[int], Any], low: int,
+              high: int) -> tuple[DemoRun, Any]:
+        """The run and its TrainConfig: says what the demo does, times a step (``timer(seed)``), fits
+        the steps to the budget (see :meth:`fit_steps`), says how many, and returns
+        ``make_config(steps)`` with this run's settings (:meth:`train_config`)."""
+        demo = cls.from_args(name, args, default_minutes)
+        say(f"glassformer demo {name}: {description}.")
+        steps, per_step = demo.fit_steps(timer(demo.seed), low=low, high=high)
+        report_steps(demo, steps, per_step)
+        return demo, demo.train_config(make_config(steps))
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
@@ -75,6 +88,15 @@ class DemoRun:
         if self.max_steps is None:  # a machine busier than the timing showed still ends near the budget
             changes["max_minutes"] = self.minutes * 1.25
         return config.replace(**changes)
+
+    def finish(self, figures: dict[str, Any], files: str, commands: list[str]) -> int:
+        """Write ``summary.json``, list the run's files (``files`` names those after the model and
+        metrics; ``{summary}`` stands for the summary file) and the commands to try next."""
+        path = self.write_summary(figures)
+        say("")
+        say(f"files in {self.out}/: " + files.format(summary=path.name))
+        next_commands(commands)
+        return 0
 
     def write_summary(self, figures: dict[str, Any]) -> Path:
         """``summary.json``: the figures the demo printed, plus ``elapsed_s`` (the whole demo)."""
@@ -113,6 +135,18 @@ def train(run: DemoRun, config):
     if run.overwrite and (run.out / "train_config.json").is_file():
         say(f"replacing the previous run in {run.out}")
     return run_training(config, echo=say)
+
+
+def train_and_load(run: DemoRun, config):
+    """Train (``config`` is already :meth:`DemoRun.train_config`'s), then load the best checkpoint as
+    a user loads it: ``(result, setup, model, tokenizer)``, or None when the run was stopped early."""
+    from glassformer.loading import load_model_and_tokenizer
+
+    result, setup, _trainer = train(run, config)
+    if stopped(result, run.out):
+        return None
+    model, tokenizer = load_model_and_tokenizer(run.out)
+    return result, setup, model, tokenizer
 
 
 def report_steps(run: DemoRun, steps: int, per_step: float | None) -> None:

@@ -21,18 +21,8 @@ import re
 import numpy as np
 import torch
 
-from glassformer.demos.common import (
-    DemoRun,
-    next_commands,
-    read_metrics,
-    report_steps,
-    say,
-    schedule,
-    show_attention,
-    step_timer,
-    stopped,
-    train,
-)
+from glassformer.demos import common
+from glassformer.demos.common import DemoRun, say, train_and_load
 
 DESCRIPTION = "a GPT with a BPE vocabulary learns to write like the Python reference documentation (python-docs)"
 MINUTES = 2.25  # training budget; data, tokenizer and the measurements take the rest of 3 minutes
@@ -51,7 +41,7 @@ def config(steps: int):
 
     return TrainConfig(task="gpt", data="python-docs", tokenizer="bpe", vocab_size=VOCAB, context=CONTEXT,
                        n_layers=4, n_heads=4, d_model=128, batch_size=32, lr=3e-3, min_lr=3e-4, dropout=0.0,
-                       eval_batches=8, sample_tokens=60, dtype="auto", **schedule(steps))
+                       eval_batches=8, sample_tokens=60, dtype="auto", **common.schedule(steps))
 
 
 def timer(seed: int):
@@ -60,7 +50,7 @@ def timer(seed: int):
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=VOCAB, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=CONTEXT))
     g = torch.Generator().manual_seed(seed)
-    return step_timer(model, lambda: {"input_ids": torch.randint(0, VOCAB, (32, CONTEXT), generator=g),
+    return common.step_timer(model, lambda: {"input_ids": torch.randint(0, VOCAB, (32, CONTEXT), generator=g),
                                       "labels": torch.randint(0, VOCAB, (32, CONTEXT), generator=g)})
 
 
@@ -146,17 +136,10 @@ def bits_per_char(model, tokenizer, tokens: np.ndarray, context: int, batch_size
 
 
 def run(args: argparse.Namespace) -> int:
-    from glassformer.loading import load_model_and_tokenizer
-
-    demo = DemoRun.from_args("gpt", args, MINUTES)
-    say(f"glassformer demo gpt: {DESCRIPTION}.")
-    steps, per_step = demo.fit_steps(timer(demo.seed), low=100, high=900)
-    report_steps(demo, steps, per_step)
-    cfg = demo.train_config(config(steps))
-    result, setup, _trainer = train(demo, cfg)
-    if stopped(result, demo.out):
-        return 0
-    model, tokenizer = load_model_and_tokenizer(demo.out)  # the best checkpoint, as a user loads it
+    demo, cfg = DemoRun.begin("gpt", args, MINUTES, DESCRIPTION, timer, config, low=100, high=900)
+    if (trained := train_and_load(demo, cfg)) is None:
+        return 0  # stopped early: said so
+    result, setup, model, tokenizer = trained  # the best checkpoint, as a user loads it
 
     train_tokens, val_tokens = setup.train_data.tokens, setup.val_data.tokens
     corpus = tokenizer.decode(np.asarray(train_tokens).tolist())
@@ -191,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
         "character show what context adds)")
     say(f"  degenerate runs (a character 20+ times where the corpus never repeats it so): {len(runs)}")
     say("")
-    show_attention(model, tokenizer, "def add(a, b): return a + b", "decoder-self", demo.out)
-    metrics = read_metrics(demo.out)
+    common.show_attention(model, tokenizer, "def add(a, b): return a + b", "decoder-self", demo.out)
+    metrics = common.read_metrics(demo.out)
     figures = {
         "steps": result.step, "val_loss": result.best_val_loss, "val_bits_per_char": round(val_bpc, 4),
         "unigram_bits_per_char": round(unigram_bpc, 4), "word_hit_rate": round(rates["word_hit_rate"], 4),
@@ -205,14 +188,12 @@ def run(args: argparse.Namespace) -> int:
         "tokenizer": f"byte-level BPE, {tokenizer.vocab_size} ids", "context": cfg.context,
         "train_seconds": metrics[-1]["elapsed_s"] if metrics else None, "samples": samples,
     }
-    path = demo.write_summary(figures)
-    say("")
-    say(f"files in {demo.out}/: the model (config.json, model.safetensors, tokenizer.json), metrics.jsonl, "
-        f"loss.png, attention.png, {path.name}, checkpoints/")
-    next_commands([f'glassformer generate {demo.out} --prompt "The" --max-new-tokens 120 --seed 0',
-                   f'glassformer explain {demo.out} "def add(a, b):" --layer 0 --head 1',
-                   f'glassformer attention {demo.out} "for x in range(10):" --out attention.html',
-                   "glassformer train gpt --data YOUR_TEXT.txt --tokenizer bpe --out runs/mine",
-                   "glassformer demo bert | seq2seq | classifier | induction",
-                   "glassformer demo real   (a real pretrained model, all-MiniLM-L6-v2)"])
-    return 0
+    return demo.finish(figures, "the model (config.json, model.safetensors, tokenizer.json), metrics.jsonl, "
+                       "loss.png, attention.png, {summary}, checkpoints/", [
+        f'glassformer generate {demo.out} --prompt "The" --max-new-tokens 120 --seed 0',
+        f'glassformer explain {demo.out} "def add(a, b):" --layer 0 --head 1',
+        f'glassformer attention {demo.out} "for x in range(10):" --out attention.html',
+        "glassformer train gpt --data YOUR_TEXT.txt --tokenizer bpe --out runs/mine",
+        "glassformer demo bert | seq2seq | classifier | induction",
+        "glassformer demo real   (a real pretrained model, all-MiniLM-L6-v2)",
+    ])

@@ -13,19 +13,8 @@ import argparse
 
 import torch
 
-from glassformer.demos.common import (
-    DemoRun,
-    next_commands,
-    read_metrics,
-    report_steps,
-    say,
-    schedule,
-    show_attention,
-    smoothing_note,
-    step_timer,
-    stopped,
-    train,
-)
+from glassformer.demos import common
+from glassformer.demos.common import DemoRun, say, train_and_load
 
 DESCRIPTION = "the encoder-decoder Transformer on the dates task (human-written dates -> ISO 8601)"
 MINUTES = 2.25
@@ -38,7 +27,7 @@ def config(steps: int):
 
     return TrainConfig(task="seq2seq", data="dates", num_examples=20000, context=40, n_layers=2, n_heads=4,
                        d_model=128, batch_size=32, lr=2e-3, min_lr=2e-4, dropout=0.1, beta2=0.98,
-                       weight_decay=0.01, eval_batches=4, tokenizer="char", dtype="auto", **schedule(steps))
+                       weight_decay=0.01, eval_batches=4, tokenizer="char", dtype="auto", **common.schedule(steps))
 
 
 def timer(seed: int):
@@ -49,7 +38,7 @@ def timer(seed: int):
     model = Transformer(TransformerConfig(vocab_size=vocab, d_model=128, n_heads=4, n_layers=2, d_ff=512,
                                           max_len=40, dropout=0.1))
     g = torch.Generator().manual_seed(seed)
-    return step_timer(model, lambda: {"src_ids": torch.randint(5, vocab, (32, 24), generator=g),
+    return common.step_timer(model, lambda: {"src_ids": torch.randint(5, vocab, (32, 24), generator=g),
                                       "tgt_ids": torch.randint(5, vocab, (32, 11), generator=g),
                                       "labels": torch.randint(5, vocab, (32, 11), generator=g)})
 
@@ -67,21 +56,15 @@ def translate(model, tokenizer, sources: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from glassformer.data import builtin_pairs
-    from glassformer.loading import load_model_and_tokenizer
 
-    demo = DemoRun.from_args("seq2seq", args, MINUTES)
-    say(f"glassformer demo seq2seq: {DESCRIPTION}.")
-    steps, per_step = demo.fit_steps(timer(demo.seed), low=100, high=3000)
-    report_steps(demo, steps, per_step)
-    cfg = demo.train_config(config(steps))
-    result, setup, _trainer = train(demo, cfg)
-    if stopped(result, demo.out):
-        return 0
-    model, tokenizer = load_model_and_tokenizer(demo.out)
+    demo, cfg = DemoRun.begin("seq2seq", args, MINUTES, DESCRIPTION, timer, config, low=100, high=3000)
+    if (trained := train_and_load(demo, cfg)) is None:
+        return 0  # stopped early: said so
+    result, setup, model, tokenizer = trained
     say("")
     say(f"trained {result.step} steps in {demo.elapsed() / 60:.1f} min; best validation loss "
         f"{result.best_val_loss:.3f} nats/token")
-    note = smoothing_note(cfg, read_metrics(demo.out))
+    note = common.smoothing_note(cfg, common.read_metrics(demo.out))
     if note:
         say(note)
 
@@ -99,16 +82,14 @@ def run(args: argparse.Namespace) -> int:
         say(f"  BAD {src!r:34} -> {pred!r} (want {tgt!r})")
     say("")
     target = [t for t in tokenizer.encode(translate(model, tokenizer, [SENTENCE])[0], add_special_tokens=False)]
-    show_attention(model, tokenizer, SENTENCE, "cross", demo.out, target=target)
-    path = demo.write_summary({
+    common.show_attention(model, tokenizer, SENTENCE, "cross", demo.out, target=target)
+    return demo.finish({
         "steps": result.step, "val_loss": result.best_val_loss, "exact_match": round(len(right) / len(fresh), 4),
         "exact_right": len(right), "exact_total": len(fresh), "label_smoothing": cfg.smoothing,
         "wrong_examples": [{"source": s, "want": t, "got": p} for s, t, p in wrong[:10]],
-    })
-    say("")
-    say(f"files in {demo.out}/: the model, metrics.jsonl, loss.png, attention.png (the alignment), {path.name}")
-    next_commands([f'glassformer translate {demo.out} --prompt "November 27th, 2026"',
-                   f'glassformer attention {demo.out} "Fri, 27 Nov 2026" --out alignment.png',
-                   f'glassformer explain {demo.out} "27.11.2026" --layer 0 --head 0',
-                   "glassformer train seq2seq --data pairs.tsv --out runs/my-translator"])
-    return 0
+    }, "the model, metrics.jsonl, loss.png, attention.png (the alignment), {summary}", [
+        f'glassformer translate {demo.out} --prompt "November 27th, 2026"',
+        f'glassformer attention {demo.out} "Fri, 27 Nov 2026" --out alignment.png',
+        f'glassformer explain {demo.out} "27.11.2026" --layer 0 --head 0',
+        "glassformer train seq2seq --data pairs.tsv --out runs/my-translator",
+    ])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.attention import MultiHeadAttention
-from glassformer.io import unwrap_model
+from glassformer.io import eval_mode, unwrap_model
 from glassformer.models.outputs import AttentionKind, ModelOutput
 
 KINDS: tuple[AttentionKind, ...] = ("encoder-self", "decoder-self", "cross")
@@ -91,13 +91,8 @@ def as_batch(ids: Tensor | list[int], name: str = "input_ids") -> Tensor:
 @contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (no dropout: the numbers must be reproducible) and no_grad; restores the mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        yield model
 
 
 def run_model(

@@ -1,4 +1,5 @@
-"""``glassformer explain`` and ``glassformer attention``.
+"""``glassformer explain`` and ``glassformer attention``; the parsers of ``heads``, ``lens``,
+``ablate`` and ``attribute`` too (run by :mod:`glassformer.explain.insight`).
 
     glassformer explain MODEL "text" [--layer L] [--head H] [--token I] [--kind K] [--target T]
     glassformer explain [MODEL "text" ...] --masks [--padding-side left|right]
@@ -7,6 +8,9 @@
 MODEL is a model directory: one saved by glassformer (a run directory or ``save_pretrained``)
 or a Hugging Face checkpoint. For the encoder-decoder, "text" is the source; the target is
 ``--target`` or the model's own greedy translation.
+
+This module is light to import (no torch at the top): ``--help`` builds these parsers at once;
+the model code is imported inside the functions that run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glassformer.explain.capture import attention_kinds, attention_module, default_kind, family, n_layers
+MODEL_HELP = "model directory (glassformer or Hugging Face)"
+SOURCE_HELP = "the text (the source, for an encoder-decoder)"
+KINDS = ["auto", "encoder-self", "decoder-self", "cross"]
+ROLE_HELP = ("previous_token, induction, duplicate_token, sink (Olsson et al. 2022), scored on repeated random "
+             "sequences")
 
 
 def _model(path: str):
@@ -34,19 +42,36 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
+def _model_and_text(p: argparse.ArgumentParser, text_help: str = SOURCE_HELP, *, target_help: str | None = None) -> None:
+    """MODEL, "text" and, for an encoder-decoder, ``--target``."""
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("text", help=text_help)
+    p.add_argument("--target", default=None, help=target_help or "encoder-decoder: the decoder's text so far")
+
+
+def _insight(name: str):
+    """A runner from :mod:`glassformer.explain.insight`, imported when the command runs."""
+    def run(args: argparse.Namespace) -> int:
+        from glassformer.explain import insight  # torch: imported only when running, keeps --help fast
+
+        return getattr(insight, name)(args)
+
+    return run
+
+
 def register(subparsers: Any) -> None:
-    """Add the ``explain`` and ``attention`` subcommands."""
+    """Add ``explain``, ``attention``, ``heads``, ``lens``, ``ablate`` and ``attribute``."""
     p = subparsers.add_parser(
         "explain", help="the four steps of attention, with real numbers, for one token",
         description="Walk one head through QKᵀ, ÷√d_k, softmax and ·V for one query token, and check the "
         "result against the model's own attention output (max difference ≤ 1e-5).",
     )
-    p.add_argument("model", nargs="?", help="model directory (glassformer or Hugging Face)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("text", nargs="*", help="the text (the source, for an encoder-decoder); several with --masks")
     p.add_argument("--layer", type=int, default=0)
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--token", type=int, default=None, help="query position (default: the last)")
-    p.add_argument("--kind", choices=["auto", "encoder-self", "decoder-self", "cross"], default="auto")
+    p.add_argument("--kind", choices=KINDS, default="auto")
     p.add_argument("--target", default=None, help="encoder-decoder: the target text (default: greedy translation)")
     p.add_argument("--masks", action="store_true", help="show how causal and padding masks combine for a padded batch")
     p.add_argument("--padding-side", choices=["right", "left"], default="right")
@@ -59,15 +84,66 @@ def register(subparsers: Any) -> None:
         "layer's mean; for an encoder-decoder's cross attention: the source/target alignment. HTML: the "
         "self-contained viewer with the head view and the generation inspector.",
     )
-    a.add_argument("model", help="model directory (glassformer or Hugging Face)")
-    a.add_argument("text", help="the text (the prompt for GPT, the source for an encoder-decoder)")
+    _model_and_text(a, "the text (the prompt for GPT, the source for an encoder-decoder)",
+                    target_help="encoder-decoder: the target text (default: greedy translation)")
     a.add_argument("--out", required=True, help="FILE.png or FILE.html")
     a.add_argument("--layer", type=int, default=None)
     a.add_argument("--head", type=int, default=None)
-    a.add_argument("--kind", choices=["auto", "encoder-self", "decoder-self", "cross"], default="auto")
-    a.add_argument("--target", default=None, help="encoder-decoder: the target text (default: greedy translation)")
+    a.add_argument("--kind", choices=KINDS, default="auto")
     _sampling_flags(a)
     a.set_defaults(func=run_attention)
+    _register_insight(subparsers)
+
+
+def _command(subparsers: Any, name: str, summary: str, description: str, run, text_help: str | None = SOURCE_HELP):
+    """A parser with MODEL (and "text" and ``--target`` unless ``text_help`` is None) that runs ``run``."""
+    p = subparsers.add_parser(name, help=summary, description=description)
+    if text_help is None:
+        p.add_argument("model", help=MODEL_HELP)
+    else:
+        _model_and_text(p, text_help)
+    p.set_defaults(func=run)
+    return p
+
+
+def _register_insight(subparsers: Any) -> None:
+    """``heads``, ``lens``, ``ablate`` and ``attribute``: run by :mod:`glassformer.explain.insight`."""
+    h = _command(subparsers, "heads", "what each attention head does: previous-token, induction, duplicate-token, sink",
+                 f"Score every head's role ({ROLE_HELP}) and print a layers × heads table of each head's top role "
+                 "and score. --json gives every score.", _insight("run_heads"), text_help=None)
+    h.add_argument("--json", action="store_true", help="every score of every head, as JSON")
+    h.add_argument("--out", default=None, help="also write the model view (FILE.html): every layer × head, labelled")
+    h.add_argument("--text", default=None, help="with --out: the text whose attention the thumbnails show")
+    h.add_argument("--n", type=int, default=32, help="random tokens in one copy of the repeated sequence")
+    h.add_argument("--batch", type=int, default=8, help="random sequences to average over")
+    h.add_argument("--seed", type=int, default=0)
+
+    p = _command(subparsers, "lens", "the logit lens: what each layer would predict",
+                 "Read the residual stream after every layer through the final norm and the unembedding (BERT: its "
+                 "MLM head) and show each position's top token with its probability. GPT's row at position t "
+                 "predicts token t+1; BERT's predicts the token at t. The last layer is the model's own output.",
+                 _insight("run_lens"))
+    p.add_argument("--json", action="store_true", help="the top tokens of every layer and position, as JSON")
+    p.add_argument("--out", default=None, help="also draw the grid as FILE.png")
+    p.add_argument("--k", type=int, default=5, help="top tokens kept per cell (JSON)")
+
+    a = _command(subparsers, "ablate", "switch heads off and see how the prediction changes",
+                 "Silence heads (their output before W^O set to zero, or to its mean with --mode mean) and compare "
+                 "the predicted distribution before and after: top tokens and KL(before ‖ after). GPT: the next "
+                 "token; BERT: the first [MASK]; encoder-decoder: the next target token.", _insight("run_ablate"))
+    a.add_argument("--head", action="append", required=True, metavar="L.H", help="layer.head, e.g. 1.3 (repeatable)")
+    a.add_argument("--mode", choices=["zero", "mean"], default="zero")
+    a.add_argument("--top", type=int, default=5, help="top tokens shown")
+    a.add_argument("--json", action="store_true")
+
+    t = _command(subparsers, "attribute", "direct logit attribution: which heads and FFN blocks wrote a token's logit",
+                 "Each head's and each feed-forward block's direct contribution to one token's logit at the last "
+                 "position, through the final LayerNorm with its scale frozen at the actual input; the embeddings "
+                 "and biases are the stated remainder, and everything sums to the logit. Pre-LN models (GPT) only.",
+                 _insight("run_attribute"), "the text (the prompt)")
+    t.add_argument("--token", default=None, help="the token whose logit to explain (default: the model's top prediction)")
+    t.add_argument("--top", type=int, default=10, help="largest parts listed")
+    t.add_argument("--json", action="store_true")
 
 
 # ----------------------------------------------------------------------------------- explain
@@ -90,6 +166,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return _run_masks(args)
     if args.model is None or len(args.text) != 1:
         raise ValueError('explain needs MODEL and one "text" (or --masks)')
+    from glassformer.explain.capture import family  # torch: imported only when running, keeps --help fast
     from glassformer.explain.render import format_four_steps, four_steps_table
     from glassformer.explain.steps import four_steps, resolve_kind
     from glassformer.explain.tokens import encode_text, token_strings
@@ -118,6 +195,8 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def _check_layer_head(model, kind: str, layer: int | None, head: int | None) -> None:
+    from glassformer.explain.capture import attention_module, n_layers  # torch: keeps --help fast
+
     if layer is not None and not 0 <= layer < n_layers(model, kind):
         raise ValueError(f"--layer {layer} is out of range: the {kind} stack has layers 0..{n_layers(model, kind) - 1}")
     n_heads = attention_module(model, kind, 0).n_heads
@@ -151,6 +230,7 @@ def run_attention(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: give a .png or .html file name")
     if args.head is not None and args.layer is None and suffix == ".png":
         raise ValueError("--head needs --layer (which layer's head to draw)")
+    from glassformer.explain.capture import attention_kinds, default_kind, family  # torch: keeps --help fast
     from glassformer.generation.sampling import validate_sampling
 
     validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
@@ -181,7 +261,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def _png(model, tokenizer, args: argparse.Namespace, kind: str, out: Path) -> Path:
     from glassformer.explain import heatmaps
-    from glassformer.explain.capture import attention_set
+    from glassformer.explain.capture import attention_set, family
     from glassformer.explain.tokens import prepare
 
     if family(model) == "transformer" and kind == "cross" and args.head is None:

@@ -7,7 +7,8 @@
 
 MODEL is any model directory (a glassformer run or save, or a Hugging Face checkpoint). For the
 encoder-decoder, "text" is the source and ``--target`` the decoder's text so far. Options may
-stand anywhere on the line.
+stand anywhere on the line. The parsers live in :mod:`glassformer.explain.command` (light, for
+``--help``); this module runs the commands.
 """
 
 from __future__ import annotations
@@ -22,68 +23,6 @@ import torch
 from glassformer.explain.hooks import InterventionError, model_family
 
 SAMPLE_TEXT = "The cat sat on the mat. The cat sat on the"  # the model view's default text: a repeat, for induction
-ROLE_HELP = ("previous_token, induction, duplicate_token, sink (Olsson et al. 2022), scored on repeated random "
-             "sequences")
-
-
-def register(subparsers: Any) -> None:
-    """Add ``heads``, ``lens``, ``ablate`` and ``attribute``."""
-    h = subparsers.add_parser(
-        "heads", help="what each attention head does: previous-token, induction, duplicate-token, sink",
-        description=f"Score every head's role ({ROLE_HELP}) and print a layers × heads table of each head's "
-        "top role and score. --json gives every score.",
-    )
-    h.add_argument("model", help="model directory (glassformer or Hugging Face)")
-    h.add_argument("--json", action="store_true", help="every score of every head, as JSON")
-    h.add_argument("--out", default=None, help="also write the model view (FILE.html): every layer × head, labelled")
-    h.add_argument("--text", default=None, help="with --out: the text whose attention the thumbnails show")
-    h.add_argument("--n", type=int, default=32, help="random tokens in one copy of the repeated sequence")
-    h.add_argument("--batch", type=int, default=8, help="random sequences to average over")
-    h.add_argument("--seed", type=int, default=0)
-    h.set_defaults(func=run_heads)
-
-    p = subparsers.add_parser(
-        "lens", help="the logit lens: what each layer would predict",
-        description="Read the residual stream after every layer through the final norm and the unembedding "
-        "(BERT: its MLM head) and show each position's top token with its probability. GPT's row at position t "
-        "predicts token t+1; BERT's predicts the token at t. The last layer is the model's own output.",
-    )
-    p.add_argument("model", help="model directory (glassformer or Hugging Face)")
-    p.add_argument("text", help="the text (the source, for an encoder-decoder)")
-    p.add_argument("--json", action="store_true", help="the top tokens of every layer and position, as JSON")
-    p.add_argument("--out", default=None, help="also draw the grid as FILE.png")
-    p.add_argument("--k", type=int, default=5, help="top tokens kept per cell (JSON)")
-    p.add_argument("--target", default=None, help="encoder-decoder: the decoder's text so far")
-    p.set_defaults(func=run_lens)
-
-    a = subparsers.add_parser(
-        "ablate", help="switch heads off and see how the prediction changes",
-        description="Silence heads (their output before W^O set to zero, or to its mean with --mode mean) and "
-        "compare the predicted distribution before and after: top tokens and KL(before ‖ after). GPT: the next "
-        "token; BERT: the first [MASK]; encoder-decoder: the next target token.",
-    )
-    a.add_argument("model", help="model directory (glassformer or Hugging Face)")
-    a.add_argument("text", help="the text (the source, for an encoder-decoder)")
-    a.add_argument("--head", action="append", required=True, metavar="L.H", help="layer.head, e.g. 1.3 (repeatable)")
-    a.add_argument("--mode", choices=["zero", "mean"], default="zero")
-    a.add_argument("--top", type=int, default=5, help="top tokens shown")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("--target", default=None, help="encoder-decoder: the decoder's text so far")
-    a.set_defaults(func=run_ablate)
-
-    t = subparsers.add_parser(
-        "attribute", help="direct logit attribution: which heads and FFN blocks wrote a token's logit",
-        description="Each head's and each feed-forward block's direct contribution to one token's logit at the "
-        "last position, through the final LayerNorm with its scale frozen at the actual input; the embeddings "
-        "and biases are the stated remainder, and everything sums to the logit. Pre-LN models (GPT) only.",
-    )
-    t.add_argument("model", help="model directory (glassformer or Hugging Face)")
-    t.add_argument("text", help="the text (the prompt)")
-    t.add_argument("--token", default=None, help="the token whose logit to explain (default: the model's top prediction)")
-    t.add_argument("--top", type=int, default=10, help="largest parts listed")
-    t.add_argument("--json", action="store_true")
-    t.add_argument("--target", default=None, help="encoder-decoder: the decoder's text so far")
-    t.set_defaults(func=run_attribute)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -315,4 +254,4 @@ def run_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register", "run_heads", "run_lens", "run_ablate", "run_attribute", "parse_head", "resolve_token"]
+__all__ = ["run_heads", "run_lens", "run_ablate", "run_attribute", "parse_head", "resolve_token"]

@@ -19,8 +19,7 @@ Names are imported on first use (PEP 562), so ``import glassformer.generation.fl
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from glassformer.lazy import lazy_exports
 
 _EXPORTS = {
     "GenerationConfig": "config", "load_generation_config": "config", "read_generation_config": "config",
@@ -37,14 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glassformer.generation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"glassformer.generation.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {name: f".{module}" for name, module in _EXPORTS.items()})

@@ -71,36 +71,49 @@ def _encode(tokenizer, texts: list[str], is_hf: bool, max_len: int) -> list[list
     return rows
 
 
-def _run(args, make_rows, step) -> None:
-    """Pad each batch of rows and hand (ids, mask, offset) to ``step``."""
+def _padded_batches(rows: list[list[int]], pad_id: int, device, batch_size: int):
+    """(offset, ids, mask) for each padded batch of ``batch_size`` rows, on ``device``."""
     from glassformer.data.batching import pad
     from glassformer.generation.cli_common import batches
 
-    rows, pad_id, device = make_rows()
-    for start, chunk in batches(rows, args.batch_size):
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    for start, chunk in batches(rows, batch_size):
         ids, mask = pad(chunk, pad_id)
-        step(ids.to(device), mask.to(device), start)
+        yield start, ids.to(device), mask.to(device)
+
+
+def pad_id_of(model, tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's, else the model config's, else 0."""
+    return next(v for v in (tokenizer.pad_id, model.config.pad_token_id, 0) if v is not None)
+
+
+def mask_id_of(model, tokenizer) -> int | None:
+    """The mask token's id: the tokenizer's, else the model config's (None: neither has one)."""
+    return tokenizer.mask_id if tokenizer.mask_id is not None else model.config.mask_token_id
 
 
 def _setup(args, command: str):
-    from glassformer.generation.cli_common import device_of, load, read_inputs
+    from glassformer.generation.cli_common import load, read_inputs
 
     texts = read_inputs(args)
     model, tokenizer, is_hf = load(args, "bert", command)
-    pad_id = next(v for v in (tokenizer.pad_id, model.config.pad_token_id, 0) if v is not None)
-    return texts, model, tokenizer, is_hf, pad_id, device_of(model)
+    return texts, model, tokenizer, is_hf
 
 
-def cmd_fill_mask(args: argparse.Namespace) -> int:
-    """For each mask token in each text, the most likely tokens and their probabilities."""
-    from glassformer.generation.cli_common import emit
+# The data: what the commands print and what glassformer.load(path).fill_mask/.classify/.embed return.
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "fill-mask")
-    mask_id = tokenizer.mask_id if tokenizer.mask_id is not None else model.config.mask_token_id
+def fill_mask_texts(model, tokenizer, texts: list[str], *, top_k: int = 5, is_hf: bool = False,
+                    batch_size: int = 32, on_result=None) -> list[list[list[dict]]]:
+    """For each text, for each of its mask tokens, the ``top_k`` candidates as ``{"token", "id", "p"}``.
+    ``on_result(i, masks)`` is called as each text's result is ready."""
+    from glassformer.generation.cli_common import device_of
+
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    mask_id = mask_id_of(model, tokenizer)
     if mask_id is None:
-        raise DataError(f"{args.model_dir}: the tokenizer has no mask token; fill-mask needs one")
+        raise DataError("the tokenizer has no mask token; fill-mask needs one")
     mask_text = tokenizer.id_to_token(mask_id)
     rows = []
     for i, text in enumerate(texts):
@@ -113,20 +126,84 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         if len(row) > model.config.max_len:
             raise ValueError(f"text {i + 1} has {len(row)} tokens, more than max_len={model.config.max_len}")
         rows.append(row)
+    results: list[list[list[dict]]] = []
+    for start, ids, mask in _padded_batches(rows, pad_id_of(model, tokenizer), device_of(model), batch_size):
+        for j, per_mask in enumerate(model.fill_mask(ids, mask, mask_token_id=mask_id, top_k=top_k)):
+            results.append([[{"token": tokenizer.decode([t]).strip() or tokenizer.id_to_token(t), "id": t,
+                              "p": round(p, 6)} for t, p in zip(cand, probs)] for cand, probs in per_mask])
+            if on_result is not None:
+                on_result(start + j, results[-1])
+    return results
 
-    def step(ids, mask, start):
-        for j, per_mask in enumerate(model.fill_mask(ids, mask, mask_token_id=mask_id, top_k=args.top_k)):
-            text = texts[start + j]
-            found = [[{"token": tokenizer.decode([t]).strip() or tokenizer.id_to_token(t), "id": t, "p": round(p, 6)}
-                      for t, p in zip(cand, probs)] for cand, probs in per_mask]
-            if args.json:
-                emit(json.dumps({"text": text, "masks": found}, ensure_ascii=False) + "\n")
-                continue
-            emit(text + "\n")
-            for k, cands in enumerate(found):
-                emit(f"  {mask_text} #{k + 1}: " + "  ".join(f"{c['token']} ({c['p']:.3f})" for c in cands) + "\n")
 
-    _run(args, lambda: (rows, pad_id, device), step)
+def classify_texts(model, tokenizer, texts: list[str], *, is_hf: bool = False, batch_size: int = 32,
+                   on_result=None) -> list[dict]:
+    """For each text, ``{"label", "probabilities"}`` (every label's probability, rounded to 6 places).
+    ``on_result(i, result)`` is called as each text's result is ready."""
+    from glassformer.generation.cli_common import device_of
+
+    if model.config.num_labels <= 0:
+        raise ValueError("this BERT has no classification head (num_labels=0); "
+                         "train one with `glassformer train classifier`")
+    rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
+    results: list[dict] = []
+    for start, ids, mask in _padded_batches(rows, pad_id_of(model, tokenizer), device_of(model), batch_size):
+        probs, names = model.classify(ids, mask)
+        for j, p in enumerate(probs.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": names[best], "probabilities": dict(zip(names, (round(x, 6) for x in p)))})
+            if on_result is not None:
+                on_result(start + j, results[-1])
+    return results
+
+
+def embed_texts(model, tokenizer, texts: list[str], *, is_hf: bool = False, batch_size: int = 32,
+                model_dir=None):
+    """Sentence vectors, a float32 numpy array (N, C): what ``model_dir``'s sentence-transformers
+    ``modules.json`` declares, else mean-pooled over the real tokens and L2-normalised."""
+    from glassformer.interop.sentence_transformers import (
+        SentenceConfig,
+        apply_lower_case,
+        embed_ids,
+        read_sentence_config,
+    )
+    from glassformer.tokenizers.base import length_limit
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    sentence = read_sentence_config(model_dir) if model_dir is not None else None  # None without modules.json
+    if sentence is not None:
+        lower_text = sentence.do_lower_case and not apply_lower_case(tokenizer)
+        inputs = [t.lower() for t in texts] if lower_text else texts
+        rows = _encode(tokenizer, inputs, is_hf, length_limit(model.config.max_len, sentence.max_seq_length))
+    else:
+        rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
+    return embed_ids(model, rows, pad_id_of(model, tokenizer), sentence or SentenceConfig(), batch_size)  # (N, C)
+
+
+# The commands: read the inputs, load, call the functions above, print.
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """For each mask token in each text, the most likely tokens and their probabilities."""
+    from glassformer.generation.cli_common import emit
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    texts, model, tokenizer, is_hf = _setup(args, "fill-mask")
+    mask_id = mask_id_of(model, tokenizer)
+    if mask_id is None:
+        raise DataError(f"{args.model_dir}: the tokenizer has no mask token; fill-mask needs one")
+    mask_text = tokenizer.id_to_token(mask_id)
+
+    def show(i: int, found: list[list[dict]]) -> None:
+        if args.json:
+            emit(json.dumps({"text": texts[i], "masks": found}, ensure_ascii=False) + "\n")
+            return
+        emit(texts[i] + "\n")
+        for k, cands in enumerate(found):
+            emit(f"  {mask_text} #{k + 1}: " + "  ".join(f"{c['token']} ({c['p']:.3f})" for c in cands) + "\n")
+
+    fill_mask_texts(model, tokenizer, texts, top_k=args.top_k, is_hf=is_hf, batch_size=args.batch_size, on_result=show)
     return 0
 
 
@@ -156,23 +233,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """The most likely label of each text, with its probability (--json: every label)."""
     from glassformer.generation.cli_common import emit
 
-    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "classify")
+    texts, model, tokenizer, is_hf = _setup(args, "classify")
     if model.config.num_labels <= 0:
         raise ValueError(f"{args.model_dir}: this BERT has no classification head (num_labels=0); "
                          "train one with `glassformer train classifier`")
-    rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
 
-    def step(ids, mask, start):
-        probs, names = model.classify(ids, mask)
-        for j, p in enumerate(probs.tolist()):
-            best = max(range(len(p)), key=p.__getitem__)
-            if args.json:
-                emit(json.dumps({"text": texts[start + j], "label": names[best],
-                                 "probabilities": dict(zip(names, (round(x, 6) for x in p)))}, ensure_ascii=False) + "\n")
-            else:
-                emit(f"{names[best]}\t{p[best]:.4f}\t{texts[start + j]}\n")
+    def show(i: int, result: dict) -> None:
+        if args.json:
+            emit(json.dumps({"text": texts[i], **result}, ensure_ascii=False) + "\n")
+        else:
+            label = result["label"]
+            emit(f"{label}\t{result['probabilities'][label]:.4f}\t{texts[i]}\n")
 
-    _run(args, lambda: (rows, pad_id, device), step)
+    classify_texts(model, tokenizer, texts, is_hf=is_hf, batch_size=args.batch_size, on_result=show)
     return 0
 
 
@@ -182,12 +255,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from glassformer.generation.cli_common import emit
-    from glassformer.interop.sentence_transformers import (
-        SentenceConfig,
-        apply_lower_case,
-        embed_ids,
-        read_sentence_config,
-    )
     from glassformer.io import atomic_write, atomic_write_json, make_dirs
 
     out = args.out
@@ -195,23 +262,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: use a .npy or .json file name")
     if out is not None and out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name ending in .npy or .json")
-    texts, model, tokenizer, is_hf, pad_id, device = _setup(args, "embed")
-    sentence = read_sentence_config(args.model_dir)  # None without modules.json
-    if sentence is not None:
-        from glassformer.tokenizers.base import length_limit
-
-        lower_text = sentence.do_lower_case and not apply_lower_case(tokenizer)
-        inputs = [t.lower() for t in texts] if lower_text else texts
-        rows = _encode(tokenizer, inputs, is_hf, length_limit(model.config.max_len, sentence.max_seq_length))
-    else:
-        rows = _encode(tokenizer, texts, is_hf, model.config.max_len)
-    matrix = embed_ids(model, rows, pad_id, sentence or SentenceConfig(), args.batch_size)  # (N, C)
-    if out is not None:
-        make_dirs(out.parent)
+    texts, model, tokenizer, is_hf = _setup(args, "embed")
+    matrix = embed_texts(model, tokenizer, texts, is_hf=is_hf, batch_size=args.batch_size, model_dir=args.model_dir)
     if out is None:
         for text, v in zip(texts, matrix.tolist()):
             emit(json.dumps({"text": text, "embedding": v}, ensure_ascii=False) + "\n")
-    elif out.suffix == ".npy":
+        return 0
+    make_dirs(out.parent)
+    if out.suffix == ".npy":
         def save_npy(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, matrix)
@@ -219,6 +277,5 @@ def cmd_embed(args: argparse.Namespace) -> int:
         atomic_write(out, save_npy)
     else:
         atomic_write_json(out, {"texts": texts, "embeddings": matrix.tolist()}, indent=None)
-    if out is not None:
-        sys.stderr.write(f"wrote {len(texts)} vectors of size {matrix.shape[1]} to {out}\n")
+    sys.stderr.write(f"wrote {len(texts)} vectors of size {matrix.shape[1]} to {out}\n")
     return 0

@@ -47,6 +47,7 @@ from glassformer.generation.loop import (
     resolve,
     right_pad,
 )
+from glassformer.io import eval_mode
 
 
 def window_keep(max_len: int) -> int:
@@ -205,13 +206,9 @@ def generate_lists(
     pad = first_not_none(config.pad_token_id, c.pad_token_id, c.eos_token_id, 0)
     longest = max(len(h.tokens) for h in live)
     family = DecoderOnly(model, config.use_cache, pad, longest + config.max_new_tokens, return_attentions)
-    was_training = model.training
-    model.eval()  # dropout would make cached and uncached decoding differ
-    try:
+    with eval_mode(model):  # dropout would make cached and uncached decoding differ
         return decode(family, live, config, eos_set(config.eos_token_id, c.eos_token_id), tokenizer=tokenizer,
                       streamer=streamer, on_step=on_step, beam_search=beam_search)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

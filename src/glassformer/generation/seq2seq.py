@@ -32,6 +32,7 @@ from glassformer.generation.loop import (
     resolve,
     right_pad,
 )
+from glassformer.io import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,11 @@ def generate_seq2seq_lists(
         log.debug("max_new_tokens=%d: the decoder holds %d positions; generating at most %d",
                   config.max_new_tokens, limit, limit)
         config = config.replace(max_new_tokens=limit)
-    was_training = model.training
-    model.eval()  # dropout off while decoding
-    try:
+    with eval_mode(model):  # dropout off while encoding and decoding
         family = EncoderDecoder(model, src_ids, src_mask, config.max_new_tokens + 1, return_attentions)
         live = [Hyp(i, [int(start)]) for i in range(src_ids.shape[0])]
         return decode(family, live, config, eos_set(config.eos_token_id, model.config.eos_token_id),
                       tokenizer=tokenizer, streamer=streamer, on_step=on_step, beam_search=beam_search)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

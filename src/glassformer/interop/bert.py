@@ -21,21 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glassformer.interop.keymap import (
-    REQUIRED,
-    FieldSpec,
-    HFConfig,
-    Rule,
-    activation_from_hf,
-    layer_rules,
-    make_config,
-    read_fields,
-    refuse_leftovers,
-    special_token_id,
-    strip_prefix,
-    to_ours,
-    to_theirs,
-)
+from glassformer.interop import keymap
+from glassformer.interop.keymap import REQUIRED, FieldSpec, HFConfig, Rule
 from glassformer.models import BERT, BERTConfig
 
 log = logging.getLogger(__name__)
@@ -100,7 +87,7 @@ FIELDS: FieldSpec = {
 
 
 def rules(config: BERTConfig) -> list[Rule]:
-    out = EMBEDDING_MAP + layer_rules(LAYER_MAP, config.n_layers, "encoder.layers.{i}.", "encoder.layer.{i}.")
+    out = EMBEDDING_MAP + keymap.layer_rules(LAYER_MAP, config.n_layers, "encoder.layers.{i}.", "encoder.layer.{i}.")
     if config.pooler:
         out += POOLER_MAP
     if config.mlm_head:
@@ -147,11 +134,11 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor], directory) -> BERTC
             raise cfg.error("id2label keys must be integers") from None
         if names != [f"LABEL_{i}" for i in range(num_labels)]:  # the default names say nothing
             label_names = names
-    fields: dict[str, Any] = read_fields(cfg, FIELDS)
+    fields: dict[str, Any] = keymap.read_fields(cfg, FIELDS)
     vocab = fields["vocab_size"]
-    mask_id = special_token_id(directory, ("[MASK]", "<mask>"))
+    mask_id = keymap.special_token_id(directory, ("[MASK]", "<mask>"))
     fields.update(
-        activation=activation_from_hf(cfg, "hidden_act", "gelu"),
+        activation=keymap.activation_from_hf(cfg, "hidden_act", "gelu"),
         pad_token_id=cfg.token_id("pad_token_id"),
         pooler=has_pooler,
         mlm_head=has_mlm,
@@ -159,15 +146,15 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor], directory) -> BERTC
         label_names=label_names,
         mask_token_id=mask_id if mask_id is not None and mask_id < vocab else None,
     )
-    return make_config(BERTConfig, fields, cfg.path)
+    return keymap.make_config(BERTConfig, fields, cfg.path)
 
 
 def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> BERT:
     """A :class:`BERT` with the encoder and whichever heads the checkpoint holds."""
-    theirs, name = strip_prefix(canonical(weights), PREFIX, HEAD_PREFIXES)
+    theirs, name = keymap.strip_prefix(canonical(weights), PREFIX, HEAD_PREFIXES)
     config = config_from_hf(cfg, theirs, directory)
     model = BERT(config)
-    state = to_ours(rules(config), theirs, model, source, name)
+    state = keymap.to_ours(rules(config), theirs, model, source, name)
     theirs.pop("embeddings.position_ids", None)  # a buffer older versions saved: arange(max_len)
     dropped_nsp = theirs.pop("cls.seq_relationship.weight", None) is not None
     theirs.pop("cls.seq_relationship.bias", None)
@@ -180,7 +167,7 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> B
     decoder_bias = theirs.pop("cls.predictions.decoder.bias", None)
     if decoder_bias is not None and config.mlm_head and not torch.equal(decoder_bias, state["mlm_head.decoder.bias"]):
         log.warning("%s: cls.predictions.decoder.bias differs from cls.predictions.bias; using the latter", source)
-    refuse_leftovers(theirs, source, "BERT", name)
+    keymap.refuse_leftovers(theirs, source, "BERT", name)
     model.load_weights(state, source=source)
     heads = {"pooler": config.pooler, "masked-LM head": config.mlm_head,
              f"classifier ({config.num_labels} labels)" if config.num_labels else "classifier": config.num_labels > 0}
@@ -195,15 +182,8 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> B
 def export(model: BERT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """BERT ``config.json`` contents and tensors for ``model``, heads included."""
     c = model.config
-    problems = []
-    if c.norm_first:
-        problems.append("norm_first=True (BERT is post-LN)")
-    if c.pos_encoding != "learned":
-        problems.append(f"pos_encoding={c.pos_encoding!r} (BERT learns its positions)")
-    if not c.bias:
-        problems.append("bias=False (BERT has biases everywhere)")
-    if problems:
-        raise ValueError(f"this BERT cannot be written in the Hugging Face BERT layout: {'; '.join(problems)}")
+    keymap.refuse_export(keymap.layout_problems(c, "BERT", pre_ln=False),
+                         "this BERT cannot be written in the Hugging Face BERT layout")
     if c.num_labels:
         arch = "BertForSequenceClassification"
     elif c.mlm_head:
@@ -231,6 +211,6 @@ def export(model: BERT) -> tuple[dict[str, Any], dict[str, Tensor]]:
         names = c.label_names or [f"LABEL_{i}" for i in range(c.num_labels)]
         hf["id2label"] = {str(i): n for i, n in enumerate(names)}
         hf["label2id"] = {n: i for i, n in enumerate(names)}
-    tensors = to_theirs(rules(c), model.state_dict())
+    tensors = keymap.to_theirs(rules(c), model.state_dict())
     prefix = "" if arch == "BertModel" else PREFIX  # the layout transformers itself writes
     return hf, {(k if k.startswith(HEAD_PREFIXES) else prefix + k): v for k, v in tensors.items()}

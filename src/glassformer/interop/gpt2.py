@@ -18,20 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glassformer.interop.keymap import (
-    REQUIRED,
-    FieldSpec,
-    HFConfig,
-    Rule,
-    activation_from_hf,
-    layer_rules,
-    make_config,
-    read_fields,
-    refuse_leftovers,
-    strip_prefix,
-    to_ours,
-    to_theirs,
-)
+from glassformer.interop import keymap
+from glassformer.interop.keymap import REQUIRED, FieldSpec, HFConfig, Rule
 from glassformer.models import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +69,7 @@ FIELDS: FieldSpec = {
 
 
 def rules(config: GPTConfig) -> list[Rule]:
-    out = GLOBAL_MAP + layer_rules(LAYER_MAP, config.n_layers, "decoder.layers.{i}.", "h.{i}.")
+    out = GLOBAL_MAP + keymap.layer_rules(LAYER_MAP, config.n_layers, "decoder.layers.{i}.", "h.{i}.")
     return out if config.tie_embeddings else out + [UNTIED_HEAD]
 
 
@@ -89,14 +77,14 @@ def config_from_hf(cfg: HFConfig) -> GPTConfig:
     cfg.refuse("add_cross_attention", True, "cross-attention in a decoder-only model")
     cfg.refuse("scale_attn_weights", False, "attention scores not divided by sqrt(d_head)")
     cfg.refuse("scale_attn_by_inverse_layer_idx", True, "scores also divided by the layer index")
-    fields: dict[str, Any] = read_fields(cfg, FIELDS)
+    fields: dict[str, Any] = keymap.read_fields(cfg, FIELDS)
     vocab = fields["vocab_size"]
     if fields["d_ff"] is None:
         fields["d_ff"] = 4 * fields["d_model"]
-    fields["activation"] = activation_from_hf(cfg, "activation_function", "gelu_new")
+    fields["activation"] = keymap.activation_from_hf(cfg, "activation_function", "gelu_new")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         fields[name] = in_vocab(cfg, name, vocab)
-    return make_config(GPTConfig, fields, cfg.path)
+    return keymap.make_config(GPTConfig, fields, cfg.path)
 
 
 def in_vocab(cfg: HFConfig, key: str, vocab: int) -> int | None:
@@ -111,14 +99,14 @@ def in_vocab(cfg: HFConfig, key: str, vocab: int) -> int | None:
 def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> GPT:
     """A :class:`GPT` holding a GPT-2 checkpoint's weights."""
     config = config_from_hf(cfg)
-    theirs, name = strip_prefix({k: v for k, v in weights.items() if not MASK_BUFFER.search(k)}, PREFIX, ("lm_head.",))
+    theirs, name = keymap.strip_prefix({k: v for k, v in weights.items() if not MASK_BUFFER.search(k)}, PREFIX, ("lm_head.",))
     model = GPT(config)
-    state = to_ours(rules(config), theirs, model, source, name)
+    state = keymap.to_ours(rules(config), theirs, model, source, name)
     head = theirs.pop("lm_head.weight", None)
     if head is not None and config.tie_embeddings and not torch.equal(head, state["tok_emb.weight"]):
         # transformers ties lm_head to wte whatever the file says; we do the same
         log.warning("%s: lm_head.weight differs from wte.weight but tie_word_embeddings is true; using wte", source)
-    refuse_leftovers(theirs, source, "GPT", name)
+    keymap.refuse_leftovers(theirs, source, "GPT", name)
     model.load_weights(state, source=source)
     return model
 
@@ -126,15 +114,7 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> G
 def export(model: GPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """GPT-2 ``config.json`` contents and tensors (GPT2LMHeadModel layout) for ``model``."""
     c = model.config
-    problems = []
-    if not c.norm_first:
-        problems.append("norm_first=False (GPT-2 is pre-LN)")
-    if c.pos_encoding != "learned":
-        problems.append(f"pos_encoding={c.pos_encoding!r} (GPT-2 learns its positions)")
-    if not c.bias:
-        problems.append("bias=False (GPT-2 has biases everywhere)")
-    if problems:
-        raise ValueError(f"this GPT cannot be written as GPT-2: {'; '.join(problems)}")
+    keymap.refuse_export(keymap.layout_problems(c, "GPT-2", pre_ln=True), "this GPT cannot be written as GPT-2")
     activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[c.activation]
     hf = {
         "model_type": MODEL_TYPE,
@@ -156,5 +136,5 @@ def export(model: GPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
         "eos_token_id": c.eos_token_id,
         "pad_token_id": c.pad_token_id,
     }
-    tensors = to_theirs(rules(c), model.state_dict())
+    tensors = keymap.to_theirs(rules(c), model.state_dict())
     return hf, {(k if k == "lm_head.weight" else PREFIX + k): v for k, v in tensors.items()}

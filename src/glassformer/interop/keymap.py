@@ -215,3 +215,22 @@ def special_token_id(directory: str | os.PathLike, contents: tuple[str, ...]) ->
         if isinstance(added.get(c), int):
             return added[c]
     return None
+
+
+def layout_problems(config: Any, layout: str, *, pre_ln: bool, learned_positions: bool = True) -> list[str]:
+    """What a foreign ``layout`` cannot hold of our ``config``: the other LayerNorm placement,
+    positions it does not learn (when it learns them), missing biases. One entry per mismatch."""
+    problems = []
+    if config.norm_first != pre_ln:
+        problems.append(f"norm_first={config.norm_first} ({layout} is {'pre' if pre_ln else 'post'}-LN)")
+    if learned_positions and config.pos_encoding != "learned":
+        problems.append(f"pos_encoding={config.pos_encoding!r} ({layout} learns its positions)")
+    if not config.bias:
+        problems.append(f"bias=False ({layout} has biases everywhere)")
+    return problems
+
+
+def refuse_export(problems: list[str], what: str) -> None:
+    """Raise ``ValueError("{what}: problem; problem")`` when there is any problem."""
+    if problems:
+        raise ValueError(f"{what}: {'; '.join(problems)}")

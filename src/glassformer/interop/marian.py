@@ -22,19 +22,8 @@ import torch
 from torch import Tensor
 
 from glassformer.errors import CheckpointError
-from glassformer.interop.keymap import (
-    FieldSpec,
-    HFConfig,
-    Rule,
-    activation_from_hf,
-    layer_rules,
-    make_config,
-    read_fields,
-    refuse_leftovers,
-    strip_prefix,
-    to_ours,
-    to_theirs,
-)
+from glassformer.interop import keymap
+from glassformer.interop.keymap import FieldSpec, HFConfig, Rule
 from glassformer.models import Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -109,8 +98,8 @@ FIELDS: FieldSpec = {
 def rules(config: TransformerConfig) -> list[Rule]:
     """The layer key map (embeddings and the logits bias are handled by :func:`load`/`export`)."""
     return (
-        layer_rules(ENCODER_LAYER_MAP, config.n_layers, "encoder.layers.{i}.", "encoder.layers.{i}.")
-        + layer_rules(DECODER_LAYER_MAP, config.decoder_layers, "decoder.layers.{i}.", "decoder.layers.{i}.")
+        keymap.layer_rules(ENCODER_LAYER_MAP, config.n_layers, "encoder.layers.{i}.", "encoder.layers.{i}.")
+        + keymap.layer_rules(DECODER_LAYER_MAP, config.decoder_layers, "decoder.layers.{i}.", "decoder.layers.{i}.")
     )
 
 
@@ -132,10 +121,10 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor]) -> TransformerConfi
     fields: dict[str, Any] = dict(
         vocab_size=vocab,
         d_model=cfg.get("d_model", int, required=True),
-        **read_fields(cfg, FIELDS),
+        **keymap.read_fields(cfg, FIELDS),
         n_layers=n_enc,
         n_decoder_layers=n_dec if n_dec != n_enc else None,
-        activation=activation_from_hf(cfg, "activation_function", "gelu"),
+        activation=keymap.activation_from_hf(cfg, "activation_function", "gelu"),
         norm_first=False,
         layer_norm_eps=MARIAN_LAYER_NORM_EPS,
         pos_encoding="sinusoidal",
@@ -147,7 +136,7 @@ def config_from_hf(cfg: HFConfig, theirs: dict[str, Tensor]) -> TransformerConfi
         eos_token_id=cfg.token_id("eos_token_id"),
         decoder_start_token_id=cfg.token_id("decoder_start_token_id"),
     )
-    return make_config(TransformerConfig, fields, cfg.path)
+    return keymap.make_config(TransformerConfig, fields, cfg.path)
 
 
 def _pop_equal(theirs: dict[str, Tensor], keys: tuple[str, ...], source: str) -> Tensor | None:
@@ -181,7 +170,7 @@ def _check_positions(theirs: dict[str, Tensor], model: Transformer, source: str,
 
 def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> Transformer:
     """A :class:`Transformer` holding a Marian checkpoint's weights."""
-    theirs, name = strip_prefix(weights, PREFIX, ("final_logits_bias", "lm_head."))
+    theirs, name = keymap.strip_prefix(weights, PREFIX, ("final_logits_bias", "lm_head."))
     config = config_from_hf(cfg, theirs)
     share = cfg.get("share_encoder_decoder_embeddings", bool, True)
     tie = cfg.get("tie_word_embeddings", bool, True)
@@ -203,8 +192,8 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> T
     if not config.tie_embeddings:
         embedding_rules += [Rule("tgt_emb.weight", (tgt,)), Rule("generator.weight", (out,))]
     rules_all = embedding_rules + rules(config) + _bias_rule(config)
-    state = to_ours(rules_all, _unsqueeze_bias(theirs, config), model, source, name)
-    refuse_leftovers(theirs, source, "Transformer", name)
+    state = keymap.to_ours(rules_all, _unsqueeze_bias(theirs, config), model, source, name)
+    keymap.refuse_leftovers(theirs, source, "Transformer", name)
     model.load_weights(state, source=source)
     if not config.tie_embeddings:
         log.info("%s: encoder, decoder and output embeddings are not all tied in this checkpoint; "
@@ -227,21 +216,16 @@ def _unsqueeze_bias(theirs: dict[str, Tensor], config: TransformerConfig) -> dic
 def export(model: Transformer) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Marian ``config.json`` contents and tensors (MarianMTModel layout) for ``model``."""
     c = model.config
-    problems = []
-    if c.norm_first:
-        problems.append("norm_first=True (Marian is post-LN)")
+    problems = keymap.layout_problems(c, "Marian", pre_ln=False, learned_positions=False)
     if c.pos_encoding != "sinusoidal" or c.sinusoidal_layout != "halves":
         problems.append(f"pos_encoding={c.pos_encoding!r}, sinusoidal_layout={c.sinusoidal_layout!r} "
                         "(Marian uses sinusoidal positions with layout 'halves')")
-    if not c.bias:
-        problems.append("bias=False (Marian has biases everywhere)")
     if abs(c.layer_norm_eps - MARIAN_LAYER_NORM_EPS) > 1e-12:
         problems.append(f"layer_norm_eps={c.layer_norm_eps} (Marian's LayerNorms use {MARIAN_LAYER_NORM_EPS})")
     start = model.decoder_start_token_id if model.decoder_start_token_id is not None else c.pad_token_id
     if start is None:
         problems.append("no decoder_start_token_id, bos_token_id or pad_token_id to start decoding with")
-    if problems:
-        raise ValueError(f"this Transformer cannot be written as Marian: {'; '.join(problems)}")
+    keymap.refuse_export(problems, "this Transformer cannot be written as Marian")
     hf = {
         "model_type": MODEL_TYPE,
         "architectures": ["MarianMTModel"],
@@ -270,7 +254,7 @@ def export(model: Transformer) -> tuple[dict[str, Any], dict[str, Tensor]]:
         "is_encoder_decoder": True,
     }
     ours = model.state_dict()
-    tensors = {PREFIX + k: v for k, v in to_theirs(rules(c), ours).items()}
+    tensors = {PREFIX + k: v for k, v in keymap.to_theirs(rules(c), ours).items()}
     if c.tie_embeddings:
         tensors[PREFIX + "shared.weight"] = ours["src_emb.weight"].detach().clone()
     else:

@@ -5,18 +5,29 @@
     trainer.fit()
 
 or from the command line: ``glassformer train gpt --data notes.txt --out runs/notes``.
+
+Names are imported on first use (PEP 562), so ``import glassformer.training.command`` for
+``glassformer train --help`` does not import torch.
 """
 
-from glassformer.io import unwrap_model
-from glassformer.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from glassformer.training.config import TrainConfig
-from glassformer.training.objectives import compute_loss, token_loss_sum
-from glassformer.training.optim import Schedule, build_optimizer, param_groups
-from glassformer.training.runtime import ProcessContext
-from glassformer.training.trainer import Trainer, TrainingDiverged, TrainResult
+from __future__ import annotations
 
-__all__ = [
-    "ProcessContext", "Schedule", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "build_optimizer",
-    "compute_loss", "latest_checkpoint", "load_checkpoint", "param_groups", "save_checkpoint", "token_loss_sum",
-    "unwrap_model",
-]
+from glassformer.lazy import lazy_exports
+
+_EXPORTS = {
+    "unwrap_model": "glassformer.io",
+    "latest_checkpoint": "glassformer.training.checkpoint", "load_checkpoint": "glassformer.training.checkpoint",
+    "save_checkpoint": "glassformer.training.checkpoint",
+    "TrainConfig": "glassformer.training.config",
+    "compute_loss": "glassformer.training.objectives", "token_loss_sum": "glassformer.training.objectives",
+    "Schedule": "glassformer.training.optim", "build_optimizer": "glassformer.training.optim",
+    "param_groups": "glassformer.training.optim",
+    "ProcessContext": "glassformer.training.runtime",
+    "Trainer": "glassformer.training.trainer", "TrainingDiverged": "glassformer.training.trainer",
+    "TrainResult": "glassformer.training.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

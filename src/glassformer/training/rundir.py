@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from glassformer.errors import GlassformerError
-from glassformer.io import atomic_write_json, make_dirs, read_json
+from glassformer.io import atomic_write_json, make_dirs, pid_alive, read_json
 
 try:
     import fcntl
@@ -96,16 +96,6 @@ class RunLock:
 # ------------------------------------------------------------------------------ --overwrite
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -166,7 +156,7 @@ def recover_replaced(run_dir: str | os.PathLike, has_checkpoint: bool) -> None:
     run_dir = Path(run_dir)
     for p in sorted(run_dir.iterdir()) if run_dir.is_dir() else ():
         m = _REPLACED.match(p.name)
-        if not m or not p.is_dir() or p.is_symlink() or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+        if not m or not p.is_dir() or p.is_symlink() or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         if has_checkpoint:
             shutil.rmtree(p, ignore_errors=True)

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
-from glassformer.io import atomic_write_json, make_dirs, unwrap_model
+from glassformer.generation.config import GenerationConfig
+from glassformer.io import eval_mode, make_dirs, unwrap_model
 from glassformer.training import checkpoint as ckpt
 from glassformer.training.config import TrainConfig
 from glassformer.training.monitor import METRICS_NAME, PLOT_NAME, MetricsLog, Reporter, plot_losses
@@ -97,7 +98,8 @@ class Trainer:
         tokenizer: saved next to the model (root and checkpoints) when given.
         run_dir: where metrics, plots, checkpoints and the best model go; None keeps nothing.
         eval_callbacks: called after each evaluation on the main process.
-        generation_config: written as ``generation_config.json`` beside the best model.
+        generation_config: written as ``generation_config.json`` beside the best model (a dict is
+            read as that file's keys).
         baseline: a loss drawn as a dashed line on the plot (e.g. the unigram entropy).
         process: rank/world size and the DDP hooks (:class:`ProcessContext`).
     """
@@ -112,7 +114,7 @@ class Trainer:
         tokenizer: Any = None,
         run_dir: str | Path | None = None,
         eval_callbacks: list[EvalCallback] | None = None,
-        generation_config: dict[str, Any] | None = None,
+        generation_config: GenerationConfig | dict[str, Any] | None = None,
         baseline: float | None = None,
         process: ProcessContext | None = None,
     ) -> None:
@@ -132,6 +134,8 @@ class Trainer:
         self.tokenizer = tokenizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.eval_callbacks = list(eval_callbacks or [])
+        if isinstance(generation_config, dict):
+            generation_config = GenerationConfig.from_json_dict(generation_config, "generation_config")
         self.generation_config = generation_config
         self.baseline = baseline
         self.optimizer = build_optimizer(self.model, config, self.device)
@@ -242,17 +246,14 @@ class Trainer:
             return {}
         model = model if model is not None else self.model
         device = device if device is not None else self.device
-        was_training = model.training
-        model.eval()
         loss, count, correct = 0.0, 0, 0
-        with preserve_rng(device):
+        with eval_mode(model), preserve_rng(device):
             for batch in self.validation_batches():
                 with autocast(device, self.amp_dtype):
                     out = compute_loss(model, self._to_device(batch, device), 0.0)
                 loss += out.loss.item()
                 count += int(out.count)
                 correct += int(out.correct)
-        model.train(was_training)
         sums = self.process.all_reduce_sum(torch.tensor([loss, count, correct], dtype=torch.float64, device=device))
         loss, count, correct = sums.tolist()
         return {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
@@ -302,7 +303,7 @@ class Trainer:
         if self.tokenizer is not None:
             self.tokenizer.save(directory)
         if self.generation_config is not None:
-            atomic_write_json(directory / "generation_config.json", self.generation_config)
+            self.generation_config.save(directory)
 
     def resume(self, path: str | Path | None = None, model: nn.Module | None = None,
                optimizer: torch.optim.Optimizer | None = None) -> Path:
@@ -451,12 +452,9 @@ class Trainer:
                          + (" - best so far, saved" if improved else ""))
         if self.process.is_main and self.eval_callbacks:
             view = EvalView(whole, device, self.tokenizer, self.run_dir, self.config)
-            was_training = whole.training
-            whole.eval()
-            with preserve_rng(device), torch.no_grad():
+            with eval_mode(whole), preserve_rng(device), torch.no_grad():
                 for callback in self.eval_callbacks:
                     text = callback(view, step)
                     if text:
                         reporter.message(text)
-            whole.train(was_training)
         return {"val_loss": val, "val_accuracy": result["val_accuracy"]}
