@@ -48,7 +48,9 @@ def losses(run: Path) -> list[tuple]:
 
 def subprocess_env(tmp_path: Path) -> dict:
     """The environment for a ``python -m glassformer`` child: this tree's sources, this test's cache."""
-    return {**os.environ, "GLASSFORMER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+    import torch  # the child uses the test process's thread count, so reductions (and losses) match bit for bit
+
+    return {**os.environ, "GLASSFORMER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": str(torch.get_num_threads()),
             "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 

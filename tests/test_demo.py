@@ -76,6 +76,7 @@ def test_seq2seq_demo_shows_right_and_wrong_dates(tmp_path, capsys, demo_cli):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 2 minutes on 2 quiet cores; a loaded machine may take several times that
 def test_gpt_demo_writes_words_of_its_corpus(tmp_path, capsys, demo_cli):
     out = tmp_path / "demo-gpt"
     assert demo_cli("demo", "gpt", "--max-steps", "400", "--out", str(out), "--progress", "none") == 0
@@ -91,6 +92,7 @@ def test_gpt_demo_writes_words_of_its_corpus(tmp_path, capsys, demo_cli):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_bert_demo_uses_context_and_fine_tunes_into_a_classifier(tmp_path, capsys, demo_cli):
     out = tmp_path / "demo-bert"
     assert demo_cli("demo", "bert", "--max-steps", "500", "--out", str(out), "--progress", "none") == 0

@@ -33,7 +33,7 @@ from glassformer.training.objectives import TASK_FAMILY
 
 log = logging.getLogger("glassformer.training")
 
-DEFAULT_DATA = {"gpt": "python-docs", "bert": "python-docs", "seq2seq": "dates", "classifier": "builtin"}
+DEFAULT_DATA = {"gpt": "python-docs", "bert": "python-docs", "seq2seq": "dates", "classifier": "date-order"}
 
 
 @dataclass
