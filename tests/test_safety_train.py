@@ -263,6 +263,7 @@ def test_a_checkpoint_missing_a_random_stream_names_the_file(run, capsys):
     save_file(tensors, path)
     rc, err = run_cli(["train", "gpt", "--out", str(run), "--resume", "--max-steps", "6"], capsys)
     one_line(rc, err, str(path), "torch_cpu", "checkpoints/latest")
+    assert losses(run)[-1][0] == 4  # the refused resume trained nothing
 
 
 def test_an_optimizer_moment_of_the_wrong_shape_is_refused_at_resume(run, capsys):
@@ -273,6 +274,7 @@ def test_an_optimizer_moment_of_the_wrong_shape_is_refused_at_resume(run, capsys
     save_file(tensors, path)
     rc, err = run_cli(["train", "gpt", "--out", str(run), "--resume", "--max-steps", "6"], capsys)
     one_line(rc, err, str(path), key.removeprefix("state."), "does not belong to this model")
+    assert losses(run)[-1][0] == 4  # the refused resume trained nothing
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(run, capsys, caplog):
