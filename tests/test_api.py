@@ -9,25 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import glassformer
+from conftest import run_main
 from glassformer.generation import GenerationConfig
-from test_generation_cli import run, save_tiny_models
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return save_tiny_models(tmp_path_factory.mktemp("models"))
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_import_glassformer_is_light_and_load_is_there():
@@ -45,18 +32,18 @@ def test_generate_equals_the_cli_with_the_models_own_config(dirs, capsys, tmp_pa
     assert gpt.generation_config == GenerationConfig(max_new_tokens=7, temperature=0.9, seed=5)
     assert gpt.model.config.model_type == "gpt" and gpt.tokenizer.vocab_size == dirs["tok"].vocab_size
     prompts = ["the cat", "a dog", ""]
-    code, out, _ = run(capsys, "generate", d, *[a for p in prompts for a in ("--prompt", p)], "--json")
+    code, out, _ = run_main(capsys, "generate", d, *[a for p in prompts for a in ("--prompt", p)], "--json")
     assert code == 0
     assert gpt.generate(prompts) == [json.loads(line)["completion"] for line in out.splitlines()]
     assert gpt.generate("the cat") == json.loads(out.splitlines()[0])["completion"]  # seed + 0 either way
-    code, out, _ = run(capsys, "generate", d, "--prompt", "a dog", "--beam", 2, "--max-new-tokens", 5, "--json")
+    code, out, _ = run_main(capsys, "generate", d, "--prompt", "a dog", "--beam", 2, "--max-new-tokens", 5, "--json")
     assert gpt.generate("a dog", num_beams=2, max_new_tokens=5) == json.loads(out)["completion"]  # beams drop sampling
 
 
 def test_translate_equals_the_cli(dirs, capsys):
     s2s = glassformer.load(dirs["seq2seq"])
-    code, out, _ = run(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--prompt", "a dog ran by",
-                       "--max-new-tokens", 8)
+    code, out, _ = run_main(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--prompt", "a dog ran by",
+                            "--max-new-tokens", 8)
     assert code == 0 and s2s.translate(["the cat", "a dog ran by"], max_new_tokens=8) == out.splitlines()
     assert s2s.translate("the cat", max_new_tokens=8) == out.splitlines()[0]
 
@@ -64,20 +51,20 @@ def test_translate_equals_the_cli(dirs, capsys):
 def test_bert_methods_equal_the_cli(dirs, capsys):
     bert = glassformer.load(dirs["bert"])
     texts = ["the cat", "a dog ran by"]
-    code, out, _ = run(capsys, "classify", dirs["bert"], *[a for t in texts for a in ("--prompt", t)], "--json")
+    code, out, _ = run_main(capsys, "classify", dirs["bert"], *[a for t in texts for a in ("--prompt", t)], "--json")
     assert code == 0
     cli = [json.loads(line) for line in out.splitlines()]
     assert bert.classify(texts) == [{"label": r["label"], "probabilities": r["probabilities"]} for r in cli]
     assert bert.classify("the cat") == bert.classify(texts)[0]
-    code, out, _ = run(capsys, "embed", dirs["bert"], *[a for t in texts for a in ("--prompt", t)])
+    code, out, _ = run_main(capsys, "embed", dirs["bert"], *[a for t in texts for a in ("--prompt", t)])
     assert code == 0
     vectors = bert.embed(texts)
     assert vectors.dtype == np.float32
     assert np.array_equal(vectors, np.array([json.loads(line)["embedding"] for line in out.splitlines()], np.float32))
     assert np.array_equal(bert.embed("a dog ran by"), vectors[1])
     masked = ["the <mask>at", "a <mask>og <mask>an"]
-    code, out, _ = run(capsys, "fill-mask", dirs["bert"], *[a for t in masked for a in ("--prompt", t)],
-                       "--top-k", 3, "--json")
+    code, out, _ = run_main(capsys, "fill-mask", dirs["bert"], *[a for t in masked for a in ("--prompt", t)],
+                            "--top-k", 3, "--json")
     assert code == 0
     assert bert.fill_mask(masked, top_k=3) == [json.loads(line)["masks"] for line in out.splitlines()]
     assert bert.fill_mask("the <mask>at", top_k=3) == json.loads(out.splitlines()[0])["masks"]

@@ -13,26 +13,14 @@ import sys
 import pytest
 import torch
 
+from conftest import assert_refused, randomize, run_main
 from glassformer.cli import main
 from glassformer.generation import generate_lists
 from glassformer.generation.flags import config_from_args, unescape
 from glassformer.models import GPT, GPTConfig
 from glassformer.tokenizers import build_tokenizer
-from test_generation_cli import assert_refused, randomize, run, save_tiny_models
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return save_tiny_models(tmp_path_factory.mktemp("models"))
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def gpt_dir(tmp_path, text, name="gpt", stored=None):
@@ -104,7 +92,7 @@ def test_options_anywhere_on_the_line(dirs, capsys):
     ]
     outs = []
     for argv in lines:
-        code, out, err = run(capsys, *argv)
+        code, out, err = run_main(capsys, *argv)
         assert code == 0, err
         outs.append(out)
     assert len(set(outs)) == 1 and json.loads(outs[0])["tokens"] == 6
@@ -118,10 +106,10 @@ def test_stop_understands_backslash_escapes(tmp_path, capsys):
     assert config_from_args(args).stop == ("\n\n", "x")
     text = "ab\ncd\nab\ncd\n" * 3
     d, tok = gpt_dir(tmp_path, text, stored={"eos_token_id": [], "suppress_tokens": sorted(tok_ids(text))})
-    code, out, _ = run(capsys, "generate", d, "--prompt", "a", "--max-new-tokens", 30, "--json")
+    code, out, _ = run_main(capsys, "generate", d, "--prompt", "a", "--max-new-tokens", 30, "--json")
     free = json.loads(out)["completion"]
     assert code == 0 and "\n" in free  # the model does produce a newline
-    code, out, _ = run(capsys, "generate", d, "--prompt", "a", "--max-new-tokens", 30, "--json", "--stop", r"\n")
+    code, out, _ = run_main(capsys, "generate", d, "--prompt", "a", "--max-new-tokens", 30, "--json", "--stop", r"\n")
     assert code == 0 and json.loads(out)["completion"] == free[: free.index("\n")]
 
 
@@ -134,33 +122,41 @@ def test_no_warning_about_a_runs_own_config(dirs, capsys, caplog, tmp_path):
     shutil.copytree(dirs["seq2seq"], d)
     (d / "generation_config.json").write_text(json.dumps({"max_new_tokens": 500}))  # more than the decoder holds
     with caplog.at_level(logging.WARNING):
-        code, out, err = run(capsys, "translate", d, "--prompt", "the cat")
+        code, out, err = run_main(capsys, "translate", d, "--prompt", "the cat")
     assert code == 0 and out.count("\n") == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     with caplog.at_level(logging.WARNING):
-        code, _, _ = run(capsys, "translate", d, "--prompt", "the cat", "--max-new-tokens", 500)
+        code, _, _ = run_main(capsys, "translate", d, "--prompt", "the cat", "--max-new-tokens", 500)
     assert code == 0 and "--max-new-tokens 500" in caplog.text  # the user's own request gets a word
 
 
 def test_several_prompts_are_clearly_separated(dirs, capsys):
     g = dirs["gpt"]
-    code, out, _ = run(capsys, "generate", g, "--prompt", "the cat", "--prompt", "a dog", "--max-new-tokens", 5)
+    code, out, _ = run_main(capsys, "generate", g, "--prompt", "the cat", "--prompt", "a dog", "--max-new-tokens", 5)
     assert code == 0
     first, second = out.split("=== 2/2: a dog\n")
     assert first.startswith("=== 1/2: the cat\nthe cat") and second.startswith("a dog")
     for stream in ("--stream", "--no-stream"):  # streamed or batched: the same text
-        assert run(capsys, "generate", g, "--prompt", "the cat", "--prompt", "a dog", "--max-new-tokens", 5,
-                   stream)[1] == out
+        assert run_main(capsys, "generate", g, "--prompt", "the cat", "--prompt", "a dog", "--max-new-tokens", 5,
+                        stream)[1] == out
 
 
 def test_suggested_commands_are_shell_quoted(dirs, capsys, tmp_path):
     d = tmp_path / "my models" / "bert's"
     shutil.copytree(dirs["bert"], d)
-    code, _, err = run(capsys, "generate", d, "--prompt", "hi")
+    code, _, err = run_main(capsys, "generate", d, "--prompt", "hi")
     assert code == 2 and "holds a bert model" in err
     import shlex
 
     assert f"glassformer fill-mask {shlex.quote(str(d))} --prompt TEXT" in err
+
+
+def test_the_prompt_suggested_after_training_gpt_has_no_trailing_space(tmp_path):
+    """``"The "`` would end a BPE prompt with a lone-space token, which training text rarely holds."""
+    from glassformer.training.command import next_commands
+
+    text = next_commands("gpt", tmp_path / "run")
+    assert '--prompt "The" ' in text and '"The "' not in text
 
 
 def test_generate_with_beam_search(dirs, capsys):
@@ -168,11 +164,11 @@ def test_generate_with_beam_search(dirs, capsys):
     model = GPT.from_pretrained(dirs["gpt"])
     new = generate_lists(model, [tok.encode("the cat")], max_new_tokens=10, num_beams=3, eos_token_id=tok.eos_id)[0]
     want = tok.decode([t for t in new if t != tok.eos_id], skip_special_tokens=True)
-    code, out, err = run(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--beam", 3, "--max-new-tokens", 10,
-                         "--json")
+    code, out, err = run_main(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--beam", 3, "--max-new-tokens", 10,
+                              "--json")
     assert code == 0, err
     assert json.loads(out)["completion"] == want
-    code, out, _ = run(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--num-beams", 3, "--max-new-tokens", 10)
+    code, out, _ = run_main(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--num-beams", 3, "--max-new-tokens", 10)
     assert code == 0 and out == "the cat" + want + "\n"  # beams are not streamed
     assert_refused(capsys, "generate", dirs["gpt"], "--prompt", "x", "--beam", 2, "--stream", match="--stream")
 

@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+from conftest import NO_EOS, random_gpt, random_prompt
 from glassformer.attention import KVCache
 from glassformer.generation import (
     TextStreamer,
@@ -17,32 +18,7 @@ from glassformer.generation.gpt import window_keep
 from glassformer.generation.streaming import cut_at_stop
 from glassformer.models import GPT, GPTConfig
 
-NO_EOS = []  # eos_token_id=[]: never stop early
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine extra threads wait
-    for each other (measured 20x slower under load); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gpt(std=0.3, seed=0, **kw):
-    """A tiny GPT with large random weights, so its greedy choices are varied and clear-cut."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_name("gpt-tiny", **kw)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
-    return model
-
-
-def prompt(n, seed, v=64):
-    return torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def reference_greedy(model, tokens, n):
@@ -62,8 +38,8 @@ def reference_greedy(model, tokens, n):
 
 
 def test_cached_greedy_is_token_identical_to_uncached_and_to_the_reference():
-    m = gpt()
-    p = prompt(10, 1)
+    m = random_gpt()
+    p = random_prompt(10, 1)
     n = 130  # 10 + 130 > 2 · max_len (64): the window slides twice
     with torch.no_grad():
         ref = reference_greedy(m, p, n)
@@ -75,11 +51,11 @@ def test_cached_greedy_is_token_identical_to_uncached_and_to_the_reference():
 
 
 def test_a_prompt_longer_than_max_len_is_cropped_to_its_recent_tokens():
-    m = gpt()
-    p = prompt(90, 2)  # max_len is 64
+    m = random_gpt()
+    p = random_prompt(90, 2)  # max_len is 64
     out = generate_lists(m, [p], max_new_tokens=5, eos_token_id=NO_EOS)[0]
     # only the last window_keep(64) tokens matter: changing older ones changes nothing
-    q = prompt(90 - window_keep(64), 3) + p[-window_keep(64) :]
+    q = random_prompt(90 - window_keep(64), 3) + p[-window_keep(64) :]
     assert generate_lists(m, [q], max_new_tokens=5, eos_token_id=NO_EOS)[0] == out
     with torch.no_grad():
         assert out == reference_greedy(m, p, 5)
@@ -105,8 +81,8 @@ def test_preallocated_cache_matches_the_concatenating_cache():
 
 
 def test_each_row_of_a_left_padded_batch_equals_generating_it_alone():
-    m = gpt()
-    prompts = [prompt(n, 10 + n) for n in (3, 17, 1, 8, 30)]
+    m = random_gpt()
+    prompts = [random_prompt(n, 10 + n) for n in (3, 17, 1, 8, 30)]
     n = 50  # the 30-token prompt overflows max_len, so the batch is rebuilt mid-way
     batched = generate_lists(m, prompts, max_new_tokens=n, eos_token_id=NO_EOS)
     alone = [generate_lists(m, [p], max_new_tokens=n, eos_token_id=NO_EOS)[0] for p in prompts]
@@ -115,8 +91,8 @@ def test_each_row_of_a_left_padded_batch_equals_generating_it_alone():
 
 
 def test_rows_that_stop_early_leave_the_batch_without_changing_the_others():
-    m = gpt()
-    prompts = [prompt(n, 20 + n) for n in (4, 9, 2, 6)]
+    m = random_gpt()
+    prompts = [random_prompt(n, 20 + n) for n in (4, 9, 2, 6)]
     free = generate_lists(m, prompts, max_new_tokens=25, eos_token_id=NO_EOS)
     eos = free[0][3]  # a token row 0 produces early: it will stop there
     batched = generate_lists(m, prompts, max_new_tokens=25, eos_token_id=eos)
@@ -128,8 +104,8 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_the_others():
 
 
 def test_padding_side_does_not_matter_and_output_keeps_the_input():
-    m = gpt()
-    a, b = prompt(5, 1), prompt(2, 2)
+    m = random_gpt()
+    a, b = random_prompt(5, 1), random_prompt(2, 2)
     left = torch.tensor([a, [0, 0, 0] + b])
     left_mask = torch.tensor([[1] * 5, [0, 0, 0, 1, 1]])
     right = torch.tensor([a, b + [7, 7, 7]])
@@ -142,8 +118,8 @@ def test_padding_side_does_not_matter_and_output_keeps_the_input():
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent():
-    m = gpt()
-    prompts = [prompt(n, 30 + n) for n in (2, 7, 4)]
+    m = random_gpt()
+    prompts = [random_prompt(n, 30 + n) for n in (2, 7, 4)]
     kw = dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3, eos_token_id=NO_EOS)
     first = generate_lists(m, prompts, max_new_tokens=20, seed=11, **kw)
     assert first == generate_lists(m, prompts, max_new_tokens=20, seed=11, **kw)
@@ -155,8 +131,8 @@ def test_seeded_sampling_is_reproducible_and_batch_independent():
 
 
 def test_repetition_penalty_reduces_repeats():
-    m = gpt(std=0.1)  # small weights: greedy output repeats itself a lot
-    p = prompt(4, 5)
+    m = random_gpt(std=0.1)  # small weights: greedy output repeats itself a lot
+    p = random_prompt(4, 5)
     plain = generate_lists(m, [p], max_new_tokens=40, eos_token_id=NO_EOS)[0]
     penalised = generate_lists(m, [p], max_new_tokens=40, eos_token_id=NO_EOS, repetition_penalty=5.0)[0]
     assert len(set(penalised)) > len(set(plain))
@@ -166,10 +142,10 @@ def test_repetition_penalty_reduces_repeats():
 
 
 def test_max_new_tokens_is_honoured_and_output_is_padded_after_eos():
-    m = gpt(pad_token_id=63)
-    free = generate_lists(m, [prompt(3, 1), prompt(3, 2)], max_new_tokens=12, eos_token_id=NO_EOS)
+    m = random_gpt(pad_token_id=63)
+    free = generate_lists(m, [random_prompt(3, 1), random_prompt(3, 2)], max_new_tokens=12, eos_token_id=NO_EOS)
     eos = free[0][2]
-    out = generate(m, torch.tensor([prompt(3, 1), prompt(3, 2)]), max_new_tokens=12, eos_token_id=eos)
+    out = generate(m, torch.tensor([random_prompt(3, 1), random_prompt(3, 2)]), max_new_tokens=12, eos_token_id=eos)
     assert out.shape[1] <= 3 + 12
     row0 = out[0, 3:].tolist()
     assert row0[:3] == free[0][:3] and all(t == 63 for t in row0[3:])
@@ -179,7 +155,7 @@ def test_stop_strings_end_a_row_once_its_text_contains_one():
     from glassformer.tokenizers import build_tokenizer
 
     tok = build_tokenizer("char", "abcdefgh ")
-    m = gpt(vocab_size=tok.vocab_size)
+    m = random_gpt(vocab_size=tok.vocab_size)
     p = tok.encode("abc", add_special_tokens=False)
     specials = sorted(tok.special_ids)
     free = generate_lists(m, [p], max_new_tokens=30, eos_token_id=NO_EOS, suppress_tokens=specials)[0]
@@ -196,21 +172,21 @@ def test_stop_strings_end_a_row_once_its_text_contains_one():
 
 
 def test_empty_prompt_starts_from_bos_or_is_refused():
-    m = gpt(bos_token_id=1)
+    m = random_gpt(bos_token_id=1)
     from_empty = generate(m, torch.zeros(1, 0, dtype=torch.long), max_new_tokens=4, eos_token_id=NO_EOS)
     assert from_empty[0].tolist() == generate_lists(m, [[1]], max_new_tokens=4, eos_token_id=NO_EOS)[0]
     with pytest.raises(ValueError, match="empty.*bos"):
-        generate_lists(gpt(), [[]], max_new_tokens=4)
+        generate_lists(random_gpt(), [[]], max_new_tokens=4)
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5])
 def test_max_new_tokens_must_be_positive(n):
     with pytest.raises(ValueError, match="max_new_tokens"):
-        generate(gpt(), torch.tensor([[1, 2]]), max_new_tokens=n)
+        generate(random_gpt(), torch.tensor([[1, 2]]), max_new_tokens=n)
 
 
 def test_bad_ids_and_settings_are_refused_by_name():
-    m = gpt()
+    m = random_gpt()
     with pytest.raises(ValueError, match="64"):
         generate(m, torch.tensor([[1, 64]]))
     with pytest.raises(ValueError, match="top_p"):
@@ -220,8 +196,8 @@ def test_bad_ids_and_settings_are_refused_by_name():
 
 
 def test_generate_leaves_a_training_model_in_training_mode_and_ignores_dropout():
-    m = gpt(dropout=0.5).train()
-    p = prompt(6, 1)
+    m = random_gpt(dropout=0.5).train()
+    p = random_prompt(6, 1)
     a = generate_lists(m, [p], max_new_tokens=10, eos_token_id=NO_EOS)
     b = generate_lists(m, [p], max_new_tokens=10, eos_token_id=NO_EOS, use_cache=False)
     assert a == b and m.training
@@ -294,8 +270,8 @@ def test_streamer_never_prints_a_stop_string():
 
 
 def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
-    m = gpt()
-    p = [prompt(n, n) for n in (3, 9)]
+    m = random_gpt()
+    p = [random_prompt(n, n) for n in (3, 9)]
     before = generate_lists(m, p, max_new_tokens=20, eos_token_id=NO_EOS)
     logits = m(torch.tensor([p[1]])).logits
     state = {k: v.clone() for k, v in m.state_dict().items()}
@@ -311,7 +287,7 @@ def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
 
 
 def test_decoding_layout_is_chosen_per_dtype():
-    m = optimize_for_decoding(gpt())
+    m = optimize_for_decoding(random_gpt())
     assert m.decoder.layers[0].ffn.w_1.weight.stride(0) == 1  # fp32: (in, out) storage
     m = optimize_for_decoding(m.to(torch.bfloat16))  # .to() keeps the strides; bf16 wants rows
     assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
@@ -330,9 +306,9 @@ def test_cached_steps_reuse_one_mask_buffer_and_one_position_buffer():
 
     torch.manual_seed(0)
     m = Recording(GPTConfig.from_name("gpt-tiny")).eval()
-    out = generate_lists(m, [prompt(3, 1), prompt(7, 2)], max_new_tokens=8, eos_token_id=NO_EOS)
+    out = generate_lists(m, [random_prompt(3, 1), random_prompt(7, 2)], max_new_tokens=8, eos_token_id=NO_EOS)
     assert len(seen) == 7 and len(set(seen)) == 1
-    assert out == [generate_lists(m, [p], max_new_tokens=8, eos_token_id=NO_EOS)[0] for p in (prompt(3, 1), prompt(7, 2))]
+    assert out == [generate_lists(m, [p], max_new_tokens=8, eos_token_id=NO_EOS)[0] for p in (random_prompt(3, 1), random_prompt(7, 2))]
 
 
 def test_the_prefill_runs_only_the_last_position_through_the_lm_head():
@@ -348,7 +324,7 @@ def test_the_prefill_runs_only_the_last_position_through_the_lm_head():
 
     torch.manual_seed(0)
     m = Recording(GPTConfig.from_name("gpt-tiny")).eval()
-    new = generate_lists(m, [prompt(9, 1), prompt(5, 2)], max_new_tokens=3, eos_token_id=NO_EOS)
+    new = generate_lists(m, [random_prompt(9, 1), random_prompt(5, 2)], max_new_tokens=3, eos_token_id=NO_EOS)
     assert calls[0] == (9, (2, 1, 64)) and all(shape == (2, 1, 64) for _, shape in calls)
     with torch.no_grad():  # and the tokens are those of the full logits
-        assert new == [reference_greedy(m, prompt(9, 1), 3), reference_greedy(m, prompt(5, 2), 3)]
+        assert new == [reference_greedy(m, random_prompt(9, 1), 3), reference_greedy(m, random_prompt(5, 2), 3)]

@@ -5,34 +5,11 @@ import itertools
 import pytest
 import torch
 
+from conftest import NO_EOS, random_gpt, random_prompt
 from glassformer.generation import GenerationConfig, generate, generate_lists
 from glassformer.generation.loop import Step
-from glassformer.models import GPT, GPTConfig
 
-NO_EOS = []
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gpt(std=0.3, seed=0, **kw):
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_name("gpt-tiny", **kw)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
-    return model
-
-
-def prompt(n, seed, v=64):
-    return torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def log_prob(model, context, hyps):
@@ -45,8 +22,8 @@ def log_prob(model, context, hyps):
 
 
 def test_beam_width_one_is_greedy():
-    m = gpt()
-    prompts = [prompt(n, 40 + n) for n in (3, 8, 5)]
+    m = random_gpt()
+    prompts = [random_prompt(n, 40 + n) for n in (3, 8, 5)]
     free = generate_lists(m, prompts, max_new_tokens=15, eos_token_id=NO_EOS)
     eos = free[1][4]
     greedy = generate_lists(m, prompts, max_new_tokens=15, eos_token_id=eos)
@@ -61,7 +38,7 @@ def test_beam_width_one_is_greedy():
 def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
     """Vocabulary 5 (eos = 4), at most 4 new tokens: 85 continuations end in eos, 256 reach the limit."""
     v, eos, n = 5, 4, 4
-    m = gpt(seed=2, std=0.25, vocab_size=v, bos_token_id=3, eos_token_id=eos, pad_token_id=0)
+    m = random_gpt(seed=2, std=0.25, vocab_size=v, bos_token_id=3, eos_token_id=eos, pad_token_id=0)
     context = [1, 2, 0, 1, 3]
     hyps = [list(p) + [eos] for length in range(n) for p in itertools.product(range(4), repeat=length)]
     hyps += [list(p) for p in itertools.product(range(4), repeat=n)]
@@ -80,8 +57,8 @@ def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
 
 
 def test_batched_beams_with_left_padding_equal_one_prompt_at_a_time():
-    m = gpt(seed=1)
-    prompts = [prompt(n, 50 + n) for n in (2, 9, 5, 30)]
+    m = random_gpt(seed=1)
+    prompts = [random_prompt(n, 50 + n) for n in (2, 9, 5, 30)]
     free = generate_lists(m, prompts, max_new_tokens=12, eos_token_id=NO_EOS)
     eos = free[0][3]
     batched = generate_lists(m, prompts, max_new_tokens=12, num_beams=4, eos_token_id=eos)
@@ -90,16 +67,16 @@ def test_batched_beams_with_left_padding_equal_one_prompt_at_a_time():
 
 
 def test_beam_search_with_and_without_cache_across_the_sliding_window():
-    m = gpt(seed=2)
-    prompts = [prompt(60, 7), prompt(20, 8)]  # max_len 64: the first prompt's window slides
+    m = random_gpt(seed=2)
+    prompts = [random_prompt(60, 7), random_prompt(20, 8)]  # max_len 64: the first prompt's window slides
     cfg = GenerationConfig(max_new_tokens=12, num_beams=3, eos_token_id=(), length_penalty=0.5)
     assert generate_lists(m, prompts, cfg) == generate_lists(m, prompts, cfg.replace(use_cache=False))
 
 
 def test_on_step_sees_each_beam_step_and_the_tensor_api_pads():
-    m = gpt(pad_token_id=63)
+    m = random_gpt(pad_token_id=63)
     steps: list[Step] = []
-    out = generate(m, torch.tensor([prompt(4, 1)]), num_beams=2, max_new_tokens=5, eos_token_id=NO_EOS,
+    out = generate(m, torch.tensor([random_prompt(4, 1)]), num_beams=2, max_new_tokens=5, eos_token_id=NO_EOS,
                    on_step=steps.append)
     assert out.shape == (1, 4 + 5)
     assert [s.index for s in steps] == list(range(5))
@@ -108,7 +85,7 @@ def test_on_step_sees_each_beam_step_and_the_tensor_api_pads():
 
 
 def test_streaming_and_sampling_are_refused_with_beams():
-    m = gpt()
+    m = random_gpt()
     with pytest.raises(ValueError, match="beam search chooses only at the end"):
         generate_lists(m, [[1, 2]], max_new_tokens=3, num_beams=2, streamer=lambda row, t: None)
     with pytest.raises(ValueError, match="beam search is deterministic"):
@@ -119,7 +96,7 @@ def test_a_beam_that_completes_a_stop_string_is_finished():
     from glassformer.tokenizers import build_tokenizer
 
     tok = build_tokenizer("char", "abcdefgh ")
-    m = gpt(vocab_size=tok.vocab_size)
+    m = random_gpt(vocab_size=tok.vocab_size)
     p = tok.encode("abc", add_special_tokens=False)
     cfg = GenerationConfig(max_new_tokens=20, num_beams=3, eos_token_id=(), suppress_tokens=tuple(tok.special_ids))
     free = tok.decode(generate_lists(m, [p], cfg)[0])

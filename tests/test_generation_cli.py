@@ -2,78 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from glassformer.cli import main
+from conftest import TINY_TEXT, assert_refused, randomize, run_main
 from glassformer.generation import generate_lists, generate_seq2seq_lists
-from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
+from glassformer.models import BERT, GPT, Transformer
 from glassformer.tokenizers import build_tokenizer
 
-TEXT = "hello world, the cat sat on the mat. a dog ran by."
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize(model, std=0.3):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return save_tiny_models(tmp_path_factory.mktemp("models"))
-
-
-def save_tiny_models(root):
-    """A GPT, a BERT classifier and a Transformer, each saved with a char tokenizer (also used by
-    test_cli.py and test_api.py)."""
-    tok = build_tokenizer("char", TEXT)
-    torch.manual_seed(0)
-    v, ids = tok.vocab_size, dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    models = {
-        "gpt": randomize(GPT(GPTConfig.from_name("gpt-tiny", vocab_size=v, **ids))),
-        "bert": randomize(BERT(BERTConfig.from_name("bert-tiny", vocab_size=v, num_labels=3, mask_token_id=tok.mask_id,
-                                                    label_names=["neg", "neutral", "pos"], **ids)), std=0.1),
-        "seq2seq": randomize(Transformer(TransformerConfig.from_name("transformer-tiny", vocab_size=v, dropout=0.0,
-                                                                    tie_embeddings=False, **ids)), std=0.1),
-    }
-    out = {}
-    for name, model in models.items():
-        d = root / name
-        model.save_pretrained(d)
-        tok.save(d)
-        out[name] = d
-    out["tok"] = tok
-    return out
-
-
-def run(capsys, *argv, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(capsys, *argv, match):
-    code, out, err = run(capsys, *argv)
-    assert code == 2, (out, err)
-    assert err.count("\n") == 1 and "Traceback" not in err and match in err, err
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ------------------------------------------------------------------------------ generate
@@ -85,20 +25,20 @@ def test_generate_prints_the_prompt_and_the_api_continuation(dirs, capsys):
     new = generate_lists(model, [tok.encode("the cat")], max_new_tokens=12, eos_token_id=tok.eos_id)[0]
     want = "the cat" + tok.decode([t for t in new if t != tok.eos_id], skip_special_tokens=True)
     for stream in ("--stream", "--no-stream"):
-        code, out, _ = run(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--max-new-tokens", 12, stream)
+        code, out, _ = run_main(capsys, "generate", dirs["gpt"], "--prompt", "the cat", "--max-new-tokens", 12, stream)
         assert code == 0 and out == want + "\n"
 
 
 def test_stdin_prompts_run_as_a_batch_and_match_one_at_a_time(dirs, capsys, monkeypatch):
     prompts = ["hello", "the mat", "", "a dog ran"]
-    code, out, _ = run(capsys, "generate", dirs["gpt"], "--max-new-tokens", 9, "--json", "--temperature", 0.8,
-                       "--seed", 3, stdin="\n".join(prompts) + "\n", monkeypatch=monkeypatch)
+    code, out, _ = run_main(capsys, "generate", dirs["gpt"], "--max-new-tokens", 9, "--json", "--temperature", 0.8,
+                            "--seed", 3, stdin="\n".join(prompts) + "\n", monkeypatch=monkeypatch)
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["prompt"] for r in rows] == prompts  # the empty line starts from bos
     for i, p in enumerate(prompts):  # prompt i of a seeded batch is sampled with seed + i
-        code, alone, _ = run(capsys, "generate", dirs["gpt"], "--prompt", p, "--max-new-tokens", 9, "--json",
-                             "--temperature", 0.8, "--seed", 3 + i)
+        code, alone, _ = run_main(capsys, "generate", dirs["gpt"], "--prompt", p, "--max-new-tokens", 9, "--json",
+                                  "--temperature", 0.8, "--seed", 3 + i)
         assert json.loads(alone)["completion"] == rows[i]["completion"]
 
 
@@ -109,9 +49,9 @@ def test_generation_config_supplies_defaults_and_flags_override(dirs, capsys, tm
     shutil.copytree(dirs["gpt"], d)
     stored = {"max_new_tokens": 3, "eos_token_id": [], "transformers_version": "ignored"}
     (d / "generation_config.json").write_text(json.dumps(stored))
-    _, out, _ = run(capsys, "generate", d, "--prompt", "hello", "--json")
+    _, out, _ = run_main(capsys, "generate", d, "--prompt", "hello", "--json")
     assert json.loads(out)["tokens"] == 3
-    _, out, _ = run(capsys, "generate", d, "--prompt", "hello", "--json", "--max-new-tokens", 7)
+    _, out, _ = run_main(capsys, "generate", d, "--prompt", "hello", "--json", "--max-new-tokens", 7)
     assert json.loads(out)["tokens"] == 7
     (d / "generation_config.json").write_text(json.dumps({"top_p": "high"}))
     assert_refused(capsys, "generate", d, "--prompt", "hello", match="generation_config.json: top_p")
@@ -134,7 +74,7 @@ def test_generate_bad_input_is_one_line_and_exit_2(dirs, capsys, tmp_path):
 
 def test_generate_on_a_hugging_face_gpt2_matches_transformers(capsys, tmp_path):
     transformers = pytest.importorskip("transformers")
-    tok = build_tokenizer("bpe", [TEXT] * 20, vocab_size=280)
+    tok = build_tokenizer("bpe", [TINY_TEXT] * 20, vocab_size=280)
     config = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_head=4, n_layer=2, n_positions=64,
                                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     torch.manual_seed(0)
@@ -145,7 +85,7 @@ def test_generate_on_a_hugging_face_gpt2_matches_transformers(capsys, tmp_path):
     with torch.no_grad():
         ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):]
-    code, out, _ = run(capsys, "generate", tmp_path, "--prompt", "the cat", "--max-new-tokens", 10, "--json")
+    code, out, _ = run_main(capsys, "generate", tmp_path, "--prompt", "the cat", "--max-new-tokens", 10, "--json")
     assert code == 0 and json.loads(out)["completion"] == tok.decode(ref.tolist(), skip_special_tokens=True)
 
 
@@ -156,14 +96,14 @@ def test_translate_matches_the_api_and_beam_runs(dirs, capsys, monkeypatch):
     tok = dirs["tok"]
     model = Transformer.from_pretrained(dirs["seq2seq"])
     sources = ["the cat", "a dog ran by"]
-    code, out, _ = run(capsys, "translate", dirs["seq2seq"], "--max-new-tokens", 8, "--json",
-                       stdin="\n".join(sources), monkeypatch=monkeypatch)
+    code, out, _ = run_main(capsys, "translate", dirs["seq2seq"], "--max-new-tokens", 8, "--json",
+                            stdin="\n".join(sources), monkeypatch=monkeypatch)
     assert code == 0
     for src, line in zip(sources, out.splitlines()):
         ids = generate_seq2seq_lists(model, torch.tensor([tok.encode(src)]), max_new_tokens=8)[0]
         want = tok.decode([t for t in ids if t != tok.eos_id], skip_special_tokens=True)
         assert json.loads(line) == {"source": src, "translation": want}
-    code, out, _ = run(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--beam", 3, "--max-new-tokens", 8)
+    code, out, _ = run_main(capsys, "translate", dirs["seq2seq"], "--prompt", "the cat", "--beam", 3, "--max-new-tokens", 8)
     assert code == 0 and out.count("\n") == 1
     assert_refused(capsys, "translate", dirs["seq2seq"], "--prompt", "a", "--beam", 2, "--temperature", 1,
                    match="beam search")
@@ -175,8 +115,8 @@ def test_translate_matches_the_api_and_beam_runs(dirs, capsys, monkeypatch):
 
 
 def test_fill_mask_lists_top_k_candidates_per_mask(dirs, capsys):
-    code, out, _ = run(capsys, "fill-mask", dirs["bert"], "--prompt", "the <mask>at sat on the <mask>at", "--top-k", 4,
-                       "--json")
+    code, out, _ = run_main(capsys, "fill-mask", dirs["bert"], "--prompt", "the <mask>at sat on the <mask>at", "--top-k", 4,
+                            "--json")
     assert code == 0
     masks = json.loads(out)["masks"]
     assert len(masks) == 2 and all(len(m) == 4 for m in masks)
@@ -187,7 +127,7 @@ def test_fill_mask_lists_top_k_candidates_per_mask(dirs, capsys):
 
 
 def test_classify_reports_the_most_likely_label(dirs, capsys):
-    code, out, _ = run(capsys, "classify", dirs["bert"], "--prompt", "the cat", "--prompt", "a dog", "--json")
+    code, out, _ = run_main(capsys, "classify", dirs["bert"], "--prompt", "the cat", "--prompt", "a dog", "--json")
     assert code == 0
     for line in out.splitlines():
         r = json.loads(line)
@@ -200,14 +140,14 @@ def test_embed_writes_unit_vectors_as_npy_or_json(dirs, capsys, tmp_path):
     tok = dirs["tok"]
     texts = ["the cat", "a dog ran by", "the cat"]
     argv = ["embed", dirs["bert"]] + [a for t in texts for a in ("--prompt", t)]
-    assert run(capsys, *argv, "--out", tmp_path / "v.npy")[0] == 0
+    assert run_main(capsys, *argv, "--out", tmp_path / "v.npy")[0] == 0
     vectors = np.load(tmp_path / "v.npy")
     assert vectors.shape == (3, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
     model = BERT.from_pretrained(dirs["bert"]).eval()
     ids = torch.tensor([[tok.bos_id, *tok.encode("a dog ran by"), tok.eos_id]])
     assert np.allclose(vectors[1], model.embed(ids)[0].numpy(), atol=1e-5)  # padding in the batch changes nothing
-    assert run(capsys, *argv, "--out", tmp_path / "v.json")[0] == 0
+    assert run_main(capsys, *argv, "--out", tmp_path / "v.json")[0] == 0
     stored = json.loads((tmp_path / "v.json").read_text())
     assert stored["texts"] == texts and np.allclose(stored["embeddings"], vectors, atol=1e-6)
     assert_refused(capsys, *argv, "--out", tmp_path / "v.txt", match=".npy or .json")
@@ -218,12 +158,12 @@ def test_generate_on_a_run_directory_written_by_glassformer_train(capsys, tmp_pa
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. héllo wörld\n" * 40, encoding="utf-8")
     run_dir = tmp_path / "run"
-    code, _, err = run(capsys, "train", "gpt", "--data", corpus, "--n-layers", 1, "--d-model", 16, "--n-heads", 2,
-                       "--d-ff", 32, "--context", 16, "--max-steps", 3, "--batch-size", 4, "--eval-every", 3,
-                       "--sample-tokens", 0, "--out", run_dir, "--progress", "none")
+    code, _, err = run_main(capsys, "train", "gpt", "--data", corpus, "--n-layers", 1, "--d-model", 16, "--n-heads", 2,
+                            "--d-ff", 32, "--context", 16, "--max-steps", 3, "--batch-size", 4, "--eval-every", 3,
+                            "--sample-tokens", 0, "--out", run_dir, "--progress", "none")
     assert code == 0, err
     stored = json.loads((run_dir / "generation_config.json").read_text())
-    code, out, err = run(capsys, "generate", run_dir, "--prompt", "the fox", "--prompt", "", "--json", "--seed", 0)
+    code, out, err = run_main(capsys, "generate", run_dir, "--prompt", "the fox", "--prompt", "", "--json", "--seed", 0)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     vocab = set(corpus.read_text(encoding="utf-8"))

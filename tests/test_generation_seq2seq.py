@@ -5,29 +5,10 @@ import itertools
 import pytest
 import torch
 
+from conftest import random_transformer
 from glassformer.generation import generate_seq2seq, generate_seq2seq_lists
-from glassformer.models import Transformer, TransformerConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def transformer(seed=0, std=0.1, **kw):
-    """A tiny untied Transformer with random weights that give varied, clear-cut choices."""
-    torch.manual_seed(seed)
-    cfg = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, dropout=0.0, tie_embeddings=False)
-    model = Transformer(TransformerConfig.from_name("transformer-tiny", **{**cfg, **kw})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def sources(b=4, s=7, seed=0, v=64):
@@ -61,7 +42,7 @@ def log_prob(model, src, hyps):
 
 
 def test_cached_greedy_equals_recomputing_every_step_with_padded_sources():
-    m = transformer()
+    m = random_transformer()
     src = sources()
     mask = torch.ones_like(src)
     mask[1, :3] = 0  # padded sources: the padding must not change anything
@@ -79,7 +60,7 @@ def test_cached_greedy_equals_recomputing_every_step_with_padded_sources():
 
 
 def test_cross_attention_keys_and_values_are_computed_once():
-    m = transformer()
+    m = random_transformer()
     calls = []
     for layer in m.decoder.layers:
         layer.cross_attn.w_kv.register_forward_hook(lambda *a: calls.append(1))
@@ -93,7 +74,7 @@ def test_cross_attention_keys_and_values_are_computed_once():
 
 
 def test_beam_width_one_is_greedy():
-    m = transformer(seed=1)
+    m = random_transformer(seed=1)
     src = sources(b=5, seed=1)
     free = generate_seq2seq_lists(m, src, max_new_tokens=12, eos_token_id=[])
     eos = free[2][3]
@@ -107,7 +88,7 @@ def test_beam_width_one_is_greedy():
 def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
     """Vocabulary 5 (eos = 4), at most 4 tokens: 85 sequences end in eos, 256 reach the limit."""
     v, eos, n = 5, 4, 4
-    m = transformer(seed=3, std=0.3, vocab_size=v, bos_token_id=3, eos_token_id=eos, pad_token_id=0)
+    m = random_transformer(seed=3, std=0.3, vocab_size=v, bos_token_id=3, eos_token_id=eos, pad_token_id=0)
     src = torch.tensor([[1, 2, 0, 1, 3]])
     hyps = [list(p) + [eos] for length in range(n) for p in itertools.product(range(4), repeat=length)]
     hyps += [list(p) for p in itertools.product(range(4), repeat=n)]
@@ -125,7 +106,7 @@ def test_a_wide_beam_finds_the_exhaustive_best(length_penalty):
 
 
 def test_length_penalty_trades_length_for_probability():
-    m = transformer(seed=3, std=0.3, vocab_size=5, bos_token_id=3, eos_token_id=4, pad_token_id=0)
+    m = random_transformer(seed=3, std=0.3, vocab_size=5, bos_token_id=3, eos_token_id=4, pad_token_id=0)
     src = torch.tensor([[1, 2, 0, 1, 3]])
     # beam 1365 holds every sequence of up to 5 tokens: the search is exact, and for an exact
     # search a larger exponent can only make the best output longer (score = logP / len^lp, logP < 0)
@@ -134,7 +115,7 @@ def test_length_penalty_trades_length_for_probability():
 
 
 def test_batched_beam_search_equals_one_source_at_a_time():
-    m = transformer(seed=3)
+    m = random_transformer(seed=3)
     src = sources(b=4, seed=3)
     mask = torch.ones_like(src)
     mask[0, :2] = 0
@@ -150,7 +131,7 @@ def test_batched_beam_search_equals_one_source_at_a_time():
 
 
 def test_generate_seq2seq_pads_after_eos():
-    m = transformer()
+    m = random_transformer()
     src = sources(b=3)
     free = generate_seq2seq_lists(m, src, max_new_tokens=8, eos_token_id=[])
     eos = free[0][1]
@@ -165,7 +146,7 @@ def test_generate_seq2seq_pads_after_eos():
 
 
 def test_seeded_sampling_for_seq2seq_is_reproducible():
-    m = transformer()
+    m = random_transformer()
     src = sources(b=3)
     a = generate_seq2seq(m, src, max_new_tokens=10, temperature=1.0, seed=4, eos_token_id=[])
     assert torch.equal(a, generate_seq2seq(m, src, max_new_tokens=10, temperature=1.0, seed=4, eos_token_id=[]))
@@ -173,7 +154,7 @@ def test_seeded_sampling_for_seq2seq_is_reproducible():
 
 
 def test_bad_settings_are_refused_and_long_requests_are_capped():
-    m = transformer()
+    m = random_transformer()
     src = sources(b=1)
     with pytest.raises(ValueError, match="beam"):
         generate_seq2seq(m, src, num_beams=0)
@@ -183,6 +164,6 @@ def test_bad_settings_are_refused_and_long_requests_are_capped():
         generate_seq2seq(m, src, max_new_tokens=0)
     out = generate_seq2seq(m, src, max_new_tokens=500, eos_token_id=[])
     assert out.shape[1] == m.config.max_len - 1  # the decoder holds max_len positions, one is the start
-    no_start = transformer(bos_token_id=None)
+    no_start = random_transformer(bos_token_id=None)
     with pytest.raises(ValueError, match="start"):
         generate_seq2seq(no_start, src)

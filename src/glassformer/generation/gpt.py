@@ -41,13 +41,12 @@ from glassformer.generation.loop import (
     Hyp,
     Step,
     Streamer,
-    decode,
-    eos_set,
+    decode_model,
     first_not_none,
+    pad_token_id,
     resolve,
     right_pad,
 )
-from glassformer.io import eval_mode
 
 
 def window_keep(max_len: int) -> int:
@@ -203,12 +202,11 @@ def generate_lists(
         if bad:
             raise ValueError(f"prompt {i} holds token id {bad[0]}, outside the vocabulary [0, {c.vocab_size})")
         live.append(Hyp(i, tokens))
-    pad = first_not_none(config.pad_token_id, c.pad_token_id, c.eos_token_id, 0)
     longest = max(len(h.tokens) for h in live)
-    family = DecoderOnly(model, config.use_cache, pad, longest + config.max_new_tokens, return_attentions)
-    with eval_mode(model):  # dropout would make cached and uncached decoding differ
-        return decode(family, live, config, eos_set(config.eos_token_id, c.eos_token_id), tokenizer=tokenizer,
-                      streamer=streamer, on_step=on_step, beam_search=beam_search)
+    family = DecoderOnly(model, config.use_cache, pad_token_id(config, c), longest + config.max_new_tokens,
+                         return_attentions)
+    return decode_model(model, family, live, config, tokenizer=tokenizer, streamer=streamer, on_step=on_step,
+                        beam_search=beam_search)
 
 
 @torch.no_grad()
@@ -251,8 +249,7 @@ def generate(
     config = resolve(config, overrides)
     prompts = prompts_from_tensor(input_ids, attention_mask)
     new = generate_lists(model, prompts, config, tokenizer=tokenizer, streamer=streamer, on_step=on_step)
-    c = model.config
-    pad = first_not_none(config.pad_token_id, c.pad_token_id, c.eos_token_id, 0)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    return torch.cat([input_ids.long(), right_pad(new, pad).to(input_ids.device)], dim=1)  # (B, T + N)
+    new_ids = right_pad(new, pad_token_id(config, model.config))  # (B, N)
+    return torch.cat([input_ids.long(), new_ids.to(input_ids.device)], dim=1)  # (B, T + N)

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.sampling import draw, filter_logits, penalize_seen
+from glassformer.io import eval_mode
 
 Streamer = Callable[[int, int], None]  # streamer(input_row, token_id), called once per new token
 
@@ -108,6 +109,12 @@ def right_pad(rows: list[list[int]], pad: int, width: int | None = None) -> Tens
     return out
 
 
+def pad_token_id(config: GenerationConfig, model_config) -> int:
+    """The id that fills rows out: the config's ``pad_token_id``, else the model's, else the
+    model's ``eos_token_id``, else 0."""
+    return first_not_none(config.pad_token_id, model_config.pad_token_id, model_config.eos_token_id, 0)
+
+
 def eos_set(eos_token_id: int | Sequence[int] | None, default: int | None) -> set[int]:
     """The ids that end a sequence: the given one(s), else the model's (an empty list: none)."""
     if eos_token_id is None:
@@ -127,6 +134,25 @@ def suppress_mask(ids: Sequence[int], vocab_size: int, device: torch.device) -> 
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     mask[torch.tensor([int(i) for i in ids], dtype=torch.long, device=device)] = True
     return mask
+
+
+def decode_model(
+    model,
+    family: Family,
+    live: list[Hyp],
+    config: GenerationConfig,
+    *,
+    tokenizer=None,
+    streamer: Streamer | None = None,
+    on_step: Callable[[Step], None] | None = None,
+    beam_search: bool | None = None,
+) -> list[list[int]]:
+    """:func:`decode` for ``model``, the part both families' entry points share: the model in eval
+    mode (dropout would make cached and uncached decoding differ) and the eos ids of the config,
+    else the model's."""
+    with eval_mode(model):
+        return decode(family, live, config, eos_set(config.eos_token_id, model.config.eos_token_id),
+                      tokenizer=tokenizer, streamer=streamer, on_step=on_step, beam_search=beam_search)
 
 
 def decode(

@@ -26,9 +26,9 @@ from glassformer.generation.loop import (
     Hyp,
     Step,
     Streamer,
-    decode,
-    eos_set,
+    decode_model,
     first_not_none,
+    pad_token_id,
     resolve,
     right_pad,
 )
@@ -110,11 +110,11 @@ def generate_seq2seq_lists(
         log.debug("max_new_tokens=%d: the decoder holds %d positions; generating at most %d",
                   config.max_new_tokens, limit, limit)
         config = config.replace(max_new_tokens=limit)
-    with eval_mode(model):  # dropout off while encoding and decoding
+    with eval_mode(model):  # the family runs the encoder: dropout off for it too
         family = EncoderDecoder(model, src_ids, src_mask, config.max_new_tokens + 1, return_attentions)
         live = [Hyp(i, [int(start)]) for i in range(src_ids.shape[0])]
-        return decode(family, live, config, eos_set(config.eos_token_id, model.config.eos_token_id),
-                      tokenizer=tokenizer, streamer=streamer, on_step=on_step, beam_search=beam_search)
+        return decode_model(model, family, live, config, tokenizer=tokenizer, streamer=streamer, on_step=on_step,
+                            beam_search=beam_search)
 
 
 @torch.no_grad()
@@ -141,6 +141,4 @@ def generate_seq2seq(
     """
     config = resolve(config, overrides)
     rows = generate_seq2seq_lists(model, src_ids, config, src_mask=src_mask, tokenizer=tokenizer, on_step=on_step)
-    c = model.config
-    pad = first_not_none(config.pad_token_id, c.pad_token_id, c.eos_token_id, 0)
-    return right_pad(rows, pad, max(1, max(len(r) for r in rows)))
+    return right_pad(rows, pad_token_id(config, model.config), max(1, max(len(r) for r in rows)))  # (B, N)

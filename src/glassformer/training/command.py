@@ -278,7 +278,8 @@ def run_command(args: argparse.Namespace) -> int:
 def next_commands(task: str, out: Path) -> str:
     """What to try with a trained model."""
     lines = {
-        "gpt": [f'glassformer generate {out} --prompt "The " --max-new-tokens 200',
+        # no trailing space: BPE would end the prompt with a lone-space token (text puts spaces before words)
+        "gpt": [f'glassformer generate {out} --prompt "The" --max-new-tokens 200',
                 f'glassformer explain {out} "def print(x):" --layer 0 --head 0',
                 f'glassformer attention {out} "The quick brown fox" --out attention.html'],
         "bert": [f'glassformer fill-mask {out} --prompt "The <mask> statement"',

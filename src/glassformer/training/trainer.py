@@ -13,21 +13,21 @@ optimiser step:
 Every ``eval_every`` steps: evaluate on fixed validation batches, run the eval callbacks
 (samples, attention snapshots), keep the best model at the run directory's root, redraw the loss
 curve and save a checkpoint. Ctrl-C or SIGTERM finishes the step, saves, and returns.
+
+The trainer holds the run's state and the loop; evaluation is in :mod:`.evaluation`, the order
+in which ranks gather and save checkpoints in :mod:`.saving`, catching signals in :mod:`.signals`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,44 +35,24 @@ from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
 from glassformer.generation.config import GenerationConfig
-from glassformer.io import eval_mode, make_dirs, unwrap_model
+from glassformer.io import make_dirs, unwrap_model
 from glassformer.training import checkpoint as ckpt
+from glassformer.training import evaluation, saving
 from glassformer.training.config import TrainConfig
+from glassformer.training.evaluation import Batch, Dataset, EvalCallback, EvalView
 from glassformer.training.monitor import METRICS_NAME, PLOT_NAME, MetricsLog, Reporter, plot_losses
 from glassformer.training.objectives import compute_loss, count_input_tokens, count_targets
 from glassformer.training.optim import Schedule, build_optimizer
 from glassformer.training.runtime import (
     ProcessContext,
     autocast,
-    preserve_rng,
     resolve_device,
     resolve_dtype,
     should_compile,
 )
+from glassformer.training.signals import catch_stop_signals
 
 log = logging.getLogger("glassformer.training")
-
-Batch = dict[str, Tensor]
-
-
-class Dataset(Protocol):
-    def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
-
-
-@dataclass
-class EvalView:
-    """What an eval callback sees: the whole model to sample from or snapshot (under FSDP, a CPU
-    copy gathered from the shards), its device, and the run's tokenizer, directory and config."""
-
-    model: nn.Module
-    device: torch.device
-    tokenizer: Any
-    run_dir: Path | None
-    config: TrainConfig
-
-
-# an eval callback gets (view, step) and may return text to show (a sample, a file written)
-EvalCallback = Callable[[EvalView, int], "str | None"]
 
 
 class TrainingDiverged(GlassformerError):
@@ -154,12 +134,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- one step
 
-    def _to_device(self, batch: Batch, device: torch.device | None = None) -> Batch:
-        device = device if device is not None else self.device
-        if device.type == "cuda":  # page-locked memory lets the copy overlap with compute
-            return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-        return {k: v.to(device) for k, v in batch.items()}
-
     def draw_batches(self) -> list[Batch]:
         """The micro-batches of the next optimiser step, drawn from the data generator."""
         return [self.train_data.batch(self.config.batch_size, self.generator) for _ in range(self.config.grad_accum)]
@@ -180,7 +154,7 @@ class Trainer:
         denom = float(max(total, 1))
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
-            batch = self._to_device(batch)
+            batch = evaluation.to_device(batch, self.device)
             with self.process.no_sync(self.train_model, last_micro_step=i == len(batches) - 1):
                 with autocast(self.device, self.amp_dtype):
                     out = compute_loss(self.train_model, batch, self.config.smoothing)
@@ -223,22 +197,12 @@ class Trainer:
     # ----------------------------------------------------------------------------- evaluation
 
     def validation_batches(self) -> list[Batch]:
-        """The same ``eval_batches`` batches at every evaluation.
-
-        A dataset's own ``eval_batches`` (consecutive windows, every pair once, a fixed masking
-        seed) when it has one; otherwise batches from a generator with a fixed seed. Either way
-        the training data generator is not touched.
-        """
+        """The same ``eval_batches`` batches at every evaluation (see :func:`.evaluation.fixed_batches`)."""
         if self._val_batches is None:
-            n, bs = self.config.eval_batches, self.config.batch_size
-            if hasattr(self.val_data, "eval_batches"):
-                self._val_batches = list(self.val_data.eval_batches(bs, n))
-            else:
-                g = torch.Generator().manual_seed(self.config.seed + 1)
-                self._val_batches = [self.val_data.batch(bs, g) for _ in range(n)]
+            self._val_batches = evaluation.fixed_batches(self.val_data, self.config.batch_size,
+                                                         self.config.eval_batches, self.config.seed + 1)
         return self._val_batches
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None, device: torch.device | None = None) -> dict[str, float]:
         """Validation loss (nats per target, no label smoothing) and accuracy over the fixed batches,
         of ``model`` on ``device`` (default: the trained model; every rank evaluates its shards)."""
@@ -246,17 +210,7 @@ class Trainer:
             return {}
         model = model if model is not None else self.model
         device = device if device is not None else self.device
-        loss, count, correct = 0.0, 0, 0
-        with eval_mode(model), preserve_rng(device):
-            for batch in self.validation_batches():
-                with autocast(device, self.amp_dtype):
-                    out = compute_loss(model, self._to_device(batch, device), 0.0)
-                loss += out.loss.item()
-                count += int(out.count)
-                correct += int(out.correct)
-        sums = self.process.all_reduce_sum(torch.tensor([loss, count, correct], dtype=torch.float64, device=device))
-        loss, count, correct = sums.tolist()
-        return {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
+        return evaluation.evaluate(model, self.validation_batches(), device, self.amp_dtype, self.process)
 
     # --------------------------------------------------------------------------- save / load
 
@@ -276,48 +230,27 @@ class Trainer:
         optimiser themselves in one process or under DDP, tensors gathered from the shards under
         FSDP. Under torchrun every rank's random streams go in too.
         """
-        streams = self.process.gather_objects(ckpt.capture_rng(self.generator))  # collective
-        if model is None or optimizer is None:
-            whole_model, whole_optimizer = self.process.full_state(self.model, self.optimizer, self.step)
-            model, optimizer = model or whole_model, optimizer or whole_optimizer
-        path = None
-        if self.process.is_main and self.run_dir is not None:
-            state, extra = self.state_dict(), None
-            if self.process.world_size > 1:
-                extra = {ckpt.RANK_RNG_FILE: {f"rank{r}.{k}": v for r, (tensors, _) in enumerate(streams)
-                                              for k, v in tensors.items()}}
-                state[ckpt.RANK_RNG_KEY] = [scalars for _, scalars in streams]
-            path = ckpt.save_checkpoint(
-                self.run_dir, self.step, model=model, optimizer=optimizer, data_generator=self.generator,
-                state=state, tokenizer=self.tokenizer, keep=self.config.keep_checkpoints, extra_files=extra,
-            )
-            for hook in self.after_save:
-                hook(path)
-        self.process.barrier()
-        return path
+        return saving.save_step_checkpoint(
+            self.process, self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
+            generator=self.generator, state=self.state_dict, tokenizer=self.tokenizer,
+            keep=self.config.keep_checkpoints, after_save=self.after_save,
+            whole_model=model, whole_optimizer=optimizer,
+        )
 
     def save_model(self, directory: str | Path, model: nn.Module | None = None) -> None:
         """A loadable model directory: config, weights, tokenizer, generation config."""
-        directory = Path(directory)
-        ckpt.save_model_files(model if model is not None else self.model, directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save(directory)
-        if self.generation_config is not None:
-            self.generation_config.save(directory)
+        saving.save_model_dir(directory, model if model is not None else self.model, self.tokenizer,
+                              self.generation_config)
 
     def resume(self, path: str | Path | None = None, model: nn.Module | None = None,
                optimizer: torch.optim.Optimizer | None = None) -> Path:
         """Load the latest checkpoint of the run (or ``path``) into ``model`` and ``optimizer``
         (default: the trainer's): weights, optimiser, RNGs, step. Under FSDP the whole tensors
         are read into a CPU copy, then each rank keeps its shards."""
-        path = Path(path) if path is not None else (ckpt.latest_checkpoint(self.run_dir) if self.run_dir else None)
-        if path is None:
-            raise ckpt.CheckpointError(f"{self.run_dir}: no checkpoint to resume from (no {ckpt.CHECKPOINTS}/{ckpt.LATEST})")
+        path = saving.checkpoint_to_resume(self.run_dir, path)
         model = model if model is not None else self.model
         optimizer = optimizer if optimizer is not None else self.optimizer
-        load_model, load_optimizer = self.process.resume_targets(model, optimizer)
-        state = ckpt.load_checkpoint(path, model=load_model, optimizer=load_optimizer, data_generator=self.generator)
-        self.process.finish_resume(model, optimizer, load_model, load_optimizer, source=path)
+        state = saving.load_for_resume(self.process, path, model, optimizer, self.generator)
         self.step = int(state["step"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_val_loss = state.get("last_val_loss")
@@ -334,23 +267,9 @@ class Trainer:
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
 
-    @contextlib.contextmanager
-    def _catch_signals(self) -> Iterator[None]:
-        """Ctrl-C / SIGTERM set a flag; the loop saves after the current step. A second Ctrl-C aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            self._caught_signal = signal.Signals(signum).name
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def _signal_caught(self, name: str) -> None:
+        """Ctrl-C / SIGTERM set a flag; the loop saves after the current step (see :mod:`.signals`)."""
+        self._caught_signal = name
 
     def fit(self) -> TrainResult:
         """Train from the current step (0, or where :meth:`resume` left it) to ``max_steps``."""
@@ -371,7 +290,7 @@ class Trainer:
         step_time_ema = None
         evaluated_at = None
         try:
-            with self._catch_signals():
+            with catch_stop_signals(self._signal_caught):
                 while self.step < cfg.max_steps:
                     if self.process.world_size == 1:  # alone: a signal caught anywhere (even mid-eval) stops now
                         self._stop_signal = self._stop_signal or self._caught_signal
@@ -452,9 +371,5 @@ class Trainer:
                          + (" - best so far, saved" if improved else ""))
         if self.process.is_main and self.eval_callbacks:
             view = EvalView(whole, device, self.tokenizer, self.run_dir, self.config)
-            with eval_mode(whole), preserve_rng(device), torch.no_grad():
-                for callback in self.eval_callbacks:
-                    text = callback(view, step)
-                    if text:
-                        reporter.message(text)
+            evaluation.run_eval_callbacks(self.eval_callbacks, view, step, reporter.message)
         return {"val_loss": val, "val_accuracy": result["val_accuracy"]}
