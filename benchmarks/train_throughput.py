@@ -1,6 +1,7 @@
 """Training throughput: our GPT training step against ``transformers``' ``GPT2LMHeadModel``.
 
     python benchmarks/train_throughput.py            # the issue's shape, fp32 and bf16 (~10 min on 2 cores)
+    python benchmarks/train_throughput.py --shape gpt2 --precision fp32 --curve-steps 0 --steps 1   # GPT-2-124M
     python benchmarks/train_throughput.py --quick    # a tiny model, seconds (run by the tests)
 
 Shape (default): 6 layers, 6 heads, d_model 384, d_ff 1536, context 256, vocab 65, batch 8,
@@ -48,7 +49,8 @@ from glassformer.training.runtime import cpu_has_native_bf16  # noqa: E402
 from glassformer.training.trainer import Trainer  # noqa: E402
 
 SHAPES = {  # name -> (n_layers, n_heads, d_model, context, vocab, batch)
-    "issue": (6, 6, 384, 256, 65, 8),
+    "issue": (6, 6, 384, 256, 65, 8),  # 10.8M parameters
+    "gpt2": (12, 12, 768, 256, 50257, 4),  # GPT-2-124M
     "tiny": (2, 2, 64, 32, 65, 2),
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -243,6 +245,7 @@ def markdown_row(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, 2 repeats of 1 step, a 3-step curve")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="issue", help="model shape (issue: 10.8M, gpt2: 124M)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per precision (median ratio)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
     parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = "tiny" if args.quick else "issue"
+    shape = "tiny" if args.quick else args.shape
     repeats, steps, curve = (2, 1, 3) if args.quick else (args.repeats, args.steps, args.curve_steps)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in PRECISIONS]

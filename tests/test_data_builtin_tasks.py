@@ -58,18 +58,23 @@ def test_length_carries_no_label(swaps):
 # ---------------------------------------------------------------------- induction data
 
 
-def test_repeated_sequences_start_with_a_random_segment_written_twice():
+def test_repeated_sequences_hold_a_segment_of_distinct_letters_twice_and_nowhere_else():
     ids = list(range(5, 5 + len(ALPHABET)))
-    assert not RepeatedTokensDataset(ids, context=64).sample(16, torch.Generator())[2].any()  # by default at 0
-    data = RepeatedTokensDataset(ids, context=64, max_start=8)
-    seq, periods, starts = data.sample(64, torch.Generator().manual_seed(0))
-    assert seq.shape == (64, 65) and len(set(periods.tolist())) > 5  # the offset varies
-    assert len(set(starts.tolist())) > 3 and int(starts.max()) <= 8  # and so can the place
-    assert 8 <= int(periods.min()) and int(periods.max()) <= 32
+    data = RepeatedTokensDataset(ids, context=32)
+    seq, periods, starts = data.sample(256, torch.Generator().manual_seed(0))
+    assert seq.shape == (256, 33) and set(periods.tolist()) == set(range(4, 12))  # 4 .. (T+1)//3
+    assert int(starts.min()) == 0 and len(set(starts.tolist())) > 15  # the place varies, anywhere it fits
     for row, k, s in zip(seq.tolist(), periods.tolist(), starts.tolist()):
-        assert row[s: s + k] == row[s + k: s + 2 * k] and s + 2 * k <= 65
+        segment = row[s: s + k]
+        assert segment == row[s + k: s + 2 * k] and s + 2 * k <= 33
+        assert len(set(segment)) == k  # distinct letters
+        rest = row[:s] + row[s + 2 * k:]
+        assert not set(rest) & set(segment)  # each repeated token has exactly one earlier occurrence
         assert set(row) <= set(ids)
-    assert len(set(seq[:, :8].flatten().tolist())) > 40  # random letters, all of them used
+    assert len(set(seq[:, :8].flatten().tolist())) == len(ids)  # random letters, all of them used
+    limited = RepeatedTokensDataset(ids, context=64, min_period=8, max_start=8)
+    seq, periods, starts = limited.sample(64, torch.Generator().manual_seed(0))
+    assert int(starts.max()) <= 8 and 8 <= int(periods.min()) and int(periods.max()) <= 16  # half the letters
 
 
 def test_repeated_only_labels_cover_exactly_the_predictable_positions():

@@ -1,21 +1,23 @@
 """Repeated random tokens: the data on which induction heads form (Olsson et al., 2022).
 
-Each sequence is a random segment, the same segment again, then random filler (``max_start``
-can put a few random letters before the segment too):
+Each sequence is random lead letters, a segment of distinct letters, the same segment again,
+then random filler:
 
-    lead    segment x (random)      x again                 filler (random)
-    k P     a S d f G h             a S d f G h             q W e r t y u ...
-                              ^ from here each next token is predictable,
-                                by finding the previous occurrence of the
-                                current token and copying what followed it
+    lead       segment x (distinct)   x again              filler (random)
+    k P q      a S d f G h            a S d f G h          q W e r t y u ...
+                                        ^ from here each next token is predictable,
+                                          by finding the earlier occurrence of the
+                                          current token and copying what followed it
 
 The segment's length and start vary from sequence to sequence, so neither the distance back to
 the first copy nor its place is something absolute positions could learn: the way to predict
-the repeat is the induction mechanism (a previous-token head in one layer, then a head in the next that
-attends to the token *after* the earlier occurrence of the current token). The filler comes
-after the repeat, where a causal model never sees it while predicting the repeat. (Filler
-before the segment makes the model look for the first copy among many more tokens, and the
-loss takes several times longer to fall.)
+the repeat is the induction mechanism (a previous-token head in one layer, then a head in the
+next that attends to the token *after* the earlier occurrence of the current token).
+
+The lead and the filler never use the segment's letters, and the segment never repeats a letter,
+so every repeated token has exactly one earlier occurrence: a perfect induction head puts all of
+its attention on one key and scores 1.0 (with letters drawn freely, repeats elsewhere cap the
+score well below that).
 
 Tokens are the letters of :data:`ALPHABET`, so the data, the probe sentence and every tool that
 takes text (``glassformer heads``, ``attention``, ``--snapshot-attention``) share one
@@ -32,43 +34,50 @@ from torch import Tensor
 
 from glassformer.data.batching import IGNORE_INDEX
 
-# 96 symbols, one token each: with many symbols a segment rarely repeats a letter, so each
-# repeated token points back to one place
-ALPHABET = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-            "αβγδεζηθικλμνξοπρστυφχψωбвгдийклмн")
+# 32 symbols, one token each: few enough that a small model learns them all in seconds, enough
+# that a segment of distinct letters leaves letters over for the lead and the filler
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEF"
 
 
 class RepeatedTokensDataset:
-    """Batches ``{"input_ids", "labels"}`` (B, T) of filler + segment + segment, plus ``period``.
+    """Batches ``{"input_ids", "labels"}`` (B, T) of lead + segment + segment + filler.
 
     ``token_ids``: the ids to draw from. ``context``: T. The segment length is drawn uniformly
-    from ``[min_period, max_period]`` (at most T // 2). ``labels`` are the next tokens; with
-    ``repeated_only`` the positions outside the repeat are -100 (for measuring the repeat alone).
+    from ``[min_period, max_period]`` (by default up to a third of T, and at most half the
+    letters); its start from ``[0, max_start]`` (by default anywhere both copies fit).
+    ``labels`` are the next tokens; with ``repeated_only`` the positions outside the repeat are
+    -100 (for measuring the repeat alone).
     """
 
-    def __init__(self, token_ids: list[int], context: int, min_period: int = 8, max_period: int | None = None,
-                 repeated_only: bool = False, max_start: int = 0) -> None:
-        if len(token_ids) < 2:
-            raise ValueError("need at least two token ids to draw random sequences from")
+    def __init__(self, token_ids: list[int], context: int, min_period: int = 4, max_period: int | None = None,
+                 repeated_only: bool = False, max_start: int | None = None) -> None:
+        if len(token_ids) < 4:
+            raise ValueError("need at least four token ids: a segment of distinct letters and others around it")
         self.token_ids = torch.tensor(list(token_ids), dtype=torch.long)
         self.context = context
-        self.max_period = min(max_period or (context + 1) // 2, (context + 1) // 2)  # both copies fit
+        limit = min((context + 1) // 2, len(token_ids) // 2)  # both copies fit; letters are left for the rest
+        self.max_period = min(max_period or max((context + 1) // 3, min_period), limit)
         self.min_period = min(min_period, self.max_period)
         if self.min_period < 2:
             raise ValueError(f"context {context} is too short for a repeated segment")
         self.repeated_only = repeated_only
-        self.max_start = max_start
+        self.max_start = context if max_start is None else max_start
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """``(sequences (B, T + 1), periods (B,), starts (B,))``: row b holds its segment at
-        ``starts[b]`` and again right after it; random letters everywhere else."""
+        ``starts[b]`` and again right after it; letters not in the segment everywhere else."""
         n, v = self.context + 1, len(self.token_ids)
-        seq = torch.randint(0, v, (batch_size, n), generator=generator)  # (B, T+1): segment and filler
         periods = torch.randint(self.min_period, self.max_period + 1, (batch_size,), generator=generator)  # (B,)
         room = (n - 2 * periods).clamp(max=self.max_start)  # (B,) how far the first copy may start
         starts = (torch.rand(batch_size, generator=generator) * (room + 1)).long()  # (B,)
+        order = torch.rand(batch_size, v, generator=generator).argsort(-1)  # (B, V) a random order of the letters
+        picks = torch.rand(batch_size, n, generator=generator)  # (B, T+1) which other letter goes where
+        seq = torch.empty(batch_size, n, dtype=torch.long)
         for row, (k, s) in enumerate(zip(periods.tolist(), starts.tolist())):
-            seq[row, s + k: s + 2 * k] = seq[row, s: s + k]  # the second copy
+            segment, others = order[row, :k], order[row, k:]  # (k,) distinct letters, (V-k,) the rest
+            seq[row] = others[(picks[row] * (v - k)).long()]  # lead and filler
+            seq[row, s: s + k] = segment
+            seq[row, s + k: s + 2 * k] = segment  # the second copy
         return self.token_ids[seq], periods, starts
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
@@ -110,7 +119,7 @@ def induction_scores(attentions: Tensor, periods: Tensor, context: int, starts: 
 
 
 def probe_text(length: int, seed: int = 0) -> str:
-    """A readable probe: ``length`` random letters, then the same letters again."""
+    """A readable probe: ``length`` distinct random letters, then the same letters again."""
     rng = random.Random(seed)
-    segment = "".join(rng.choice(ALPHABET) for _ in range(length))
+    segment = "".join(rng.sample(ALPHABET, min(length, len(ALPHABET))))
     return segment + segment

@@ -142,19 +142,20 @@ def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
 
 
 def _induction_data(config: TrainConfig, tokenizer) -> TrainingSetup:
-    """``--data induction``: a random segment of letters, the segment again, random letters (Olsson et al., 2022)."""
+    """``--data induction``: random letters, a segment of distinct letters twice, random letters (Olsson et al., 2022)."""
     from glassformer.data.induction import ALPHABET, RepeatedTokensDataset
     from glassformer.tokenizers import CharTokenizer
 
     if tokenizer is None:
         tokenizer = CharTokenizer.train(ALPHABET)
     ids = tokenizer.encode(ALPHABET)
-    # the loss counts only the tokens of the second copy: the random ones before it cannot be predicted
-    train_data = RepeatedTokensDataset(ids, config.context, repeated_only=True)
-    val_data = RepeatedTokensDataset(ids, config.context, repeated_only=True)
+    # the loss counts every token: the random ones cannot be predicted, but learning that they are
+    # not the segment's letters teaches the heads to match tokens, the first half of induction
+    train_data = RepeatedTokensDataset(ids, config.context)
+    val_data = RepeatedTokensDataset(ids, config.context)
     baseline = math.log(len(ids))  # a uniform guess over the letters
-    summary = (f"induction: a random segment of {train_data.min_period}-{train_data.max_period} of {len(ids)} letters "
-               f"written twice, then random letters, generated at load time; the loss is on the second copy")
+    summary = (f"induction: random letters, a segment of {train_data.min_period}-{train_data.max_period} distinct "
+               f"letters (of {len(ids)}) written twice, then random letters, generated at load time")
     return TrainingSetup(None, tokenizer, train_data, val_data, [_induction_probe(val_data, config)], None,
                          baseline, summary)
 
