@@ -126,11 +126,15 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> tuple[fl
     return 2 * n**3 / best / 1e9, n
 
 
+COMPILE = False  # --compile: ours runs torch.compile'd, as `glassformer train` does by default on long runs
+
+
 def make_ours(model: GPT, shape: str, precision: str) -> Trainer:
     _, _, _, context, vocab, batch = SHAPES[shape]
+    # by default eager against eager (the peer is not compiled)
     cfg = TrainConfig(batch_size=batch, context=context, max_steps=10**6, warmup_steps=0, lr=1e-4, min_lr=1e-4,
                       schedule="constant", device="cpu", dtype="float32" if precision == "fp32" else "bfloat16",
-                      progress="none", compile=False)  # eager against eager (the peer is not compiled)
+                      progress="none", compile=COMPILE)
     return Trainer(model, cfg, RandomTokens(vocab, context))
 
 
@@ -245,6 +249,7 @@ def markdown_row(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, 2 repeats of 1 step, a 3-step curve")
+    parser.add_argument("--compile", action="store_true", help="compile our model (the warm-up steps absorb the compile time)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="issue", help="model shape (issue: 10.8M, gpt2: 124M)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per precision (median ratio)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    global COMPILE
+    COMPILE = args.compile
     shape = "tiny" if args.quick else args.shape
     repeats, steps, curve = (2, 1, 3) if args.quick else (args.repeats, args.steps, args.curve_steps)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()}")
     n_layers, n_heads, d_model, context, vocab, batch = SHAPES[shape]
     print(f"shape {shape}: {n_layers} layers, {n_heads} heads, d_model {d_model}, context {context}, vocab {vocab}, "
-          f"batch {batch}; {repeats} repeats x {steps} steps\n")
+          f"batch {batch}; {repeats} repeats x {steps} steps; ours compiled: {COMPILE}\n")
     print(HEADER, flush=True)
     rows, info = throughput(shape, precisions, repeats, steps, peak_n=256 if args.quick else 2048)
     result = {"rows": rows, **info}

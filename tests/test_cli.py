@@ -185,3 +185,16 @@ def test_command_parsers_read_options_between_positionals():
     p.add_argument("--layer", type=int, default=0)
     args = top.parse_args(["explain", "RUN", "--layer", "1", "some text"])
     assert (args.run, args.text, args.layer) == ("RUN", "some text", 1)
+
+
+def test_commands_suggested_after_training_paste_into_a_shell_for_any_run_directory(tmp_path):
+    import shlex
+
+    from glassformer.training.command import next_commands
+
+    out = tmp_path / "my runs" / "it's"
+    for task in ("gpt", "bert", "seq2seq", "classifier"):
+        for line in next_commands(task, out).splitlines()[1:]:
+            words = shlex.split(line)
+            assert str(out) in words, line  # the directory comes back whole
+            assert all(w in (str(out), f"{out}-classifier") for w in words if "my runs" in w), line

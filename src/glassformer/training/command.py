@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import typing
 from collections.abc import Callable
@@ -266,7 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
     out = config.run_dir
     if result.stopped_by:
         print(f"stopped by {result.stopped_by} at step {result.step}; continue with: "
-              f"glassformer train {config.task} --out {out} --resume", flush=True)
+              f"glassformer train {config.task} --out {shlex.quote(str(out))} --resume", flush=True)
         return 0
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     print(f"done: {result.step} steps, best val loss {best}; model in {out}/, metrics in {out}/metrics.jsonl, "
@@ -276,7 +277,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def next_commands(task: str, out: Path) -> str:
-    """What to try with a trained model."""
+    """What to try with a trained model (the run directory shell-quoted, ready to paste)."""
+    out = shlex.quote(str(out))
     lines = {
         # no trailing space: BPE would end the prompt with a lone-space token (text puts spaces before words)
         "gpt": [f'glassformer generate {out} --prompt "The" --max-new-tokens 200',
@@ -287,7 +289,8 @@ def next_commands(task: str, out: Path) -> str:
                  f'glassformer explain {out} "import os" --layer 0 --head 0'],
         "seq2seq": [f'glassformer translate {out} --prompt "November 27th, 2026"',
                     f'glassformer attention {out} "27 Nov 2026" --out cross.png'],
-        "classifier": [f'glassformer classify {out} --prompt "Return the value of x."'],
+        # the built-in default data is date-order; a classifier of other text takes its own kind of line
+        "classifier": [f'glassformer classify {out} --prompt "20 July 2019, then 4 July 1996"'],
     }[task]
     return "next, try:\n" + "\n".join(f"  {c}" for c in lines)
 
