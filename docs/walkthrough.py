@@ -320,7 +320,8 @@ if (INDUCTION_RUN / "config.json").is_file():
     from glassformer.loading import load_model_and_tokenizer
 
     ind_model, ind_tok = load_model_and_tokenizer(INDUCTION_RUN)
-    scores = head_scores(ind_model, **sequence_for_model(ind_model, ind_tok))
+    # copies of 10 letters: the demo trains on segments of 4 to 11, so longer ones are new to it
+    scores = head_scores(ind_model, n=10, **sequence_for_model(ind_model, ind_tok))
     print(format_heads(scores))
     layer, head, score = scores.best("induction")
     prev_layer, prev_head, prev_score = scores.best("previous_token")

@@ -142,6 +142,14 @@ class _Sublayer(nn.Module):
         return x if self.norm_first else self.norm(x)
 
 
+def _feed_forward(config: ModelConfig) -> tuple[PositionwiseFeedForward | None, _Sublayer | None]:
+    """The feed-forward sublayer and its residual wrapper; none at all when ``d_ff`` is 0
+    (attention-only layers, as in the induction-head papers)."""
+    if config.d_ff == 0:
+        return None, None
+    return PositionwiseFeedForward(config.d_model, config.d_ff, config.activation, config.bias), _Sublayer(config)
+
+
 class EncoderLayer(nn.Module):
     """Self-attention over the whole sequence, then the feed-forward network (§3.1)."""
 
@@ -149,8 +157,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.dropout, config.bias)
         self.attn_sub = _Sublayer(config)
-        self.ffn = PositionwiseFeedForward(config.d_model, config.d_ff, config.activation, config.bias)
-        self.ffn_sub = _Sublayer(config)
+        self.ffn, self.ffn_sub = _feed_forward(config)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False, hooks: Hooks | None = None
@@ -161,7 +168,8 @@ class EncoderLayer(nn.Module):
             self.attn_sub.normed_input(x), mask=mask, return_weights=return_weights, hooks=scope(hooks, "attn")
         )
         x = tap(hooks, "resid_mid", self.attn_sub.add(x, a))
-        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
+        if self.ffn is not None:  # d_ff = 0: an attention-only layer
+            x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
         return tap(hooks, "resid_post", x), weights
 
 
@@ -186,8 +194,7 @@ class DecoderLayer(nn.Module):
         self.self_sub = _Sublayer(config)
         self.cross_attn = MultiHeadAttention(d, h, config.dropout, config.bias, cross=True) if cross_attention else None
         self.cross_sub = _Sublayer(config) if cross_attention else None
-        self.ffn = PositionwiseFeedForward(d, config.d_ff, config.activation, config.bias)
-        self.ffn_sub = _Sublayer(config)
+        self.ffn, self.ffn_sub = _feed_forward(config)
 
     def forward(
         self,
@@ -224,5 +231,6 @@ class DecoderLayer(nn.Module):
                 hooks=scope(hooks, "cross"),
             )
             x = self.cross_sub.add(x, a)
-        x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
+        if self.ffn is not None:  # d_ff = 0: an attention-only layer
+            x = self.ffn_sub.add(x, self.ffn(self.ffn_sub.normed_input(x), hooks=scope(hooks, "ffn")))
         return tap(hooks, "resid_post", x), w_self, w_cross

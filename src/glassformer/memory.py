@@ -100,8 +100,11 @@ def _model_classes():
 
 
 def _meta_count(config: Any) -> int:
+    from unittest import mock
+
     model_classes, _ = _model_classes()
-    with torch.device("meta"):
+    # shapes only: skip the random init, whose first call on the meta device costs ~2 s of imports
+    with torch.device("meta"), mock.patch.object(torch.nn.init, "normal_", lambda tensor, *a, **k: tensor):
         model = model_classes[config.model_type](config)
     return sum(p.numel() for p in model.parameters())
 

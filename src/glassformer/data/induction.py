@@ -71,13 +71,13 @@ class RepeatedTokensDataset:
         room = (n - 2 * periods).clamp(max=self.max_start)  # (B,) how far the first copy may start
         starts = (torch.rand(batch_size, generator=generator) * (room + 1)).long()  # (B,)
         order = torch.rand(batch_size, v, generator=generator).argsort(-1)  # (B, V) a random order of the letters
-        picks = torch.rand(batch_size, n, generator=generator)  # (B, T+1) which other letter goes where
-        seq = torch.empty(batch_size, n, dtype=torch.long)
-        for row, (k, s) in enumerate(zip(periods.tolist(), starts.tolist())):
-            segment, others = order[row, :k], order[row, k:]  # (k,) distinct letters, (V-k,) the rest
-            seq[row] = others[(picks[row] * (v - k)).long()]  # lead and filler
-            seq[row, s: s + k] = segment
-            seq[row, s + k: s + 2 * k] = segment  # the second copy
+        # row b's segment is order[b, :k], the other letters order[b, k:]; each position picks one
+        k, s = periods[:, None], starts[:, None]  # (B, 1)
+        p = torch.arange(n)[None, :]  # (1, T+1)
+        other = k + (torch.rand(batch_size, n, generator=generator) * (v - k)).long()  # (B, T+1) lead and filler
+        in_first, in_second = (p >= s) & (p < s + k), (p >= s + k) & (p < s + 2 * k)  # (B, T+1)
+        index = torch.where(in_first, p - s, torch.where(in_second, p - s - k, other))  # (B, T+1) into order
+        seq = order.gather(1, index)  # (B, T+1)
         return self.token_ids[seq], periods, starts
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:

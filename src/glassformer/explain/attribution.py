@@ -100,7 +100,8 @@ def direct_logit_attribution(
     has_cross = decoder.layers[0].cross_attn is not None
     names = ["decoder.embed", f"decoder.{n_layers - 1}.resid_post"]
     for i in range(n_layers):
-        names += [f"decoder.{i}.attn.z", f"decoder.{i}.ffn.out"] + ([f"decoder.{i}.cross.z"] if has_cross else [])
+        names += [f"decoder.{i}.attn.z"] + ([f"decoder.{i}.ffn.out"] if decoder.layers[i].ffn is not None else [])
+        names += [f"decoder.{i}.cross.z"] if has_cross else []
     args, kwargs = forward_args(model, ids, tgt_ids)
     out, cache = model.run_with_cache(*args, names=names, **kwargs, **forward_kwargs)
     t = out.logits.shape[1]
@@ -125,7 +126,8 @@ def direct_logit_attribution(
     biases = torch.zeros((), device=device)
     for i, layer in enumerate(decoder.layers):
         heads[i] = through_norm(_per_head(cache[f"decoder.{i}.attn.z"][0, :, pos], layer.self_attn, d))
-        ffn[i] = through_norm(cache[f"decoder.{i}.ffn.out"][0, pos])
+        if layer.ffn is not None:  # attention-only layers contribute no ffn part (it stays 0)
+            ffn[i] = through_norm(cache[f"decoder.{i}.ffn.out"][0, pos])
         if layer.self_attn.w_o.bias is not None:
             biases = biases + through_norm(layer.self_attn.w_o.bias)
         if has_cross:

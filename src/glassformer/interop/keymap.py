@@ -227,6 +227,8 @@ def layout_problems(config: Any, layout: str, *, pre_ln: bool, learned_positions
         problems.append(f"pos_encoding={config.pos_encoding!r} ({layout} learns its positions)")
     if not config.bias:
         problems.append(f"bias=False ({layout} has biases everywhere)")
+    if config.d_ff == 0:
+        problems.append(f"d_ff=0, attention-only layers ({layout} has a feed-forward block in every layer)")
     return problems
 
 

@@ -31,7 +31,7 @@ class ModelConfig:
     d_model: int = 512  # width of the residual stream (C)
     n_heads: int = 8  # attention heads per layer (H); d_head = d_model / n_heads
     n_layers: int = 6  # layers in each stack
-    d_ff: int = 2048  # inner width of the position-wise feed-forward network
+    d_ff: int = 2048  # inner width of the position-wise feed-forward network; 0: attention-only layers
     max_len: int = 512  # longest sequence the positional encoding covers
     dropout: float = 0.1  # P_drop on sublayer outputs, embeddings and attention weights
     activation: Activation = "relu"  # feed-forward non-linearity
@@ -54,9 +54,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_ff < 0:
+            raise ValueError(f"d_ff must be positive, or 0 for attention-only layers, got {self.d_ff}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"

@@ -101,12 +101,13 @@ class Hooks:
 # ----------------------------------------------------------------------------- the names
 
 
-def layer_sites(cross: bool) -> list[str]:
-    """The site names of one layer, in the order the layer computes them."""
+def layer_sites(cross: bool, ffn: bool = True) -> list[str]:
+    """The site names of one layer, in the order the layer computes them (no ``ffn.*`` in an
+    attention-only layer)."""
     sites = ["resid_pre", *(f"attn.{s}" for s in ATTN_SITES), "resid_mid"]
     if cross:
         sites += [f"cross.{s}" for s in ATTN_SITES]
-    return sites + [f"ffn.{s}" for s in FFN_SITES] + ["resid_post"]
+    return sites + ([f"ffn.{s}" for s in FFN_SITES] if ffn else []) + ["resid_post"]
 
 
 def stacks(model: nn.Module) -> dict[str, nn.Module]:
@@ -121,7 +122,8 @@ def activation_names(model: nn.Module) -> list[str]:
         names.append(f"{stack_name}.embed")
         for i, layer in enumerate(stack.layers):
             cross = getattr(layer, "cross_attn", None) is not None
-            names += [f"{stack_name}.{i}.{site}" for site in layer_sites(cross)]
+            ffn = getattr(layer, "ffn", None) is not None
+            names += [f"{stack_name}.{i}.{site}" for site in layer_sites(cross, ffn)]
         if getattr(stack, "final_norm", None) is not None:
             names.append(f"{stack_name}.final_norm")
     return names

@@ -69,7 +69,7 @@ class TrainConfig:
     n_layers: int = model_field(4, "layers per stack")
     n_heads: int = model_field(4, "attention heads per layer")
     d_model: int = model_field(128, "width of the residual stream")
-    d_ff: int | None = model_field(None, "feed-forward inner width; defaults to 4 * d_model")
+    d_ff: int | None = model_field(None, "feed-forward inner width; defaults to 4 * d_model; 0: attention-only")
     dropout: float = model_field(0.1, "dropout on sublayer outputs, embeddings and attention weights")
     init: str | None = opt(None, "start from this model directory (a glassformer run or a Hugging Face checkpoint)")
     # --- optimisation
@@ -117,9 +117,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_len", "d_ff", "lr_decay_steps"):
+        for name in ("max_len", "lr_decay_steps"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_ff is not None and self.d_ff < 0:
+            raise ValueError(f"d_ff must be positive, or 0 for attention-only layers, got {self.d_ff}")
         for name in ("warmup_steps", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
