@@ -103,6 +103,14 @@ def _setup(args, command: str):
 
 # The data: what the commands print and what glassformer.load(path).fill_mask/.classify/.embed return.
 
+def visible_token(text: str) -> str:
+    """A candidate as a reader should see it: its text without surrounding spaces, or, when it is
+    only whitespace, that whitespace spelt out (``\\n``, ``\\t``, ``␣`` for a space)."""
+    if text.strip():
+        return text.strip()
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "␣")
+
+
 def fill_mask_texts(model, tokenizer, texts: list[str], *, top_k: int = 5, is_hf: bool = False,
                     batch_size: int = 32, on_result=None) -> list[list[list[dict]]]:
     """For each text, for each of its mask tokens, the ``top_k`` candidates as ``{"token", "id", "p"}``.
@@ -129,7 +137,7 @@ def fill_mask_texts(model, tokenizer, texts: list[str], *, top_k: int = 5, is_hf
     results: list[list[list[dict]]] = []
     for start, ids, mask in _padded_batches(rows, pad_id_of(model, tokenizer), device_of(model), batch_size):
         for j, per_mask in enumerate(model.fill_mask(ids, mask, mask_token_id=mask_id, top_k=top_k)):
-            results.append([[{"token": tokenizer.decode([t]).strip() or tokenizer.id_to_token(t), "id": t,
+            results.append([[{"token": visible_token(tokenizer.decode([t])) or tokenizer.id_to_token(t), "id": t,
                               "p": round(p, 6)} for t, p in zip(cand, probs)] for cand, probs in per_mask])
             if on_result is not None:
                 on_result(start + j, results[-1])
