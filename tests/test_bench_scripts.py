@@ -53,7 +53,7 @@ def test_memory_quick_reports_both_sides_in_separate_processes(tmp_path):
         assert r["bytes_per_param_over_import"] == pytest.approx(r["over_import"] / r["params"])
         if r["mode"] == "train":
             steps = r["peaks_per_step"]
-            assert len(steps) == 2 and steps == sorted(steps) and steps[-1] == r["peak"]  # a peak only grows
+            assert len(steps) == 2 and steps == sorted(steps) and steps[-1] <= r["peak"] < steps[-1] + 2**20  # a peak only grows (bookkeeping after the last step: < 1 MiB)
         else:
             assert r["new_tokens_produced"] == 8  # greedy ran the whole way, no early stop
     # ours and the peer ran in different processes: their baselines differ (different imports)
