@@ -66,7 +66,10 @@ def config(steps: int, probe: str):
                        d_model=D_MODEL, d_ff=D_FF, dropout=0.0, batch_size=BATCH, lr=2e-3, schedule="constant",
                        beta2=0.98, weight_decay=0.0, warmup_steps=min(50, max(1, steps // 20)), max_steps=steps,
                        eval_every=max(1, math.ceil(steps / evals)), log_every=max(1, min(100, steps // 10)),
-                       eval_batches=4, sample_tokens=0, snapshot_attention=probe, dtype="auto")
+                       eval_batches=4, sample_tokens=0, snapshot_attention=probe, dtype="auto",
+                       # eager always: compiling a 10K-parameter model never pays, and compiled sums would
+                       # move the end of the plateau, so --max-steps runs would differ from the timed ones
+                       compile=False)
 
 
 def timer(seed: int):
