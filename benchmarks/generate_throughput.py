@@ -17,8 +17,8 @@ models), which halves the bytes read per token.
 
 ms/step = wall time / new tokens (prefill included); new tokens/s = batch × new tokens / time.
 The ratio is ours / peer in new tokens per second (above 1: ours is faster). Our model runs with
-:func:`glassformer.generation.optimize_for_decoding` (as the CLI does); ``--plain-layout``
-measures it without.
+:func:`glassformer.generation.optimize_for_decoding` for the batch size (as the CLI does);
+``--plain-layout`` measures it without.
 """
 
 from __future__ import annotations
@@ -143,10 +143,10 @@ def bench_shape(shape: str, batches: list[int], dtypes: list[str], args, bandwid
     for dtype in dtypes:
         if dtype == "bf16":
             peer, ours = peer.to(torch.bfloat16), ours.to(torch.bfloat16)
-        if not args.plain_layout:
-            optimize_for_decoding(ours)
         floor = weight_bytes(ours) / bandwidth * 1e3
         for b in batches if dtype == "fp32" else batches[:1]:
+            if not args.plain_layout:
+                optimize_for_decoding(ours, batch_size=b)  # as `glassformer generate` does for b prompts
             compare(peer, ours, b, args.prompt_len, 4, 1, vocab)  # warm-up: allocators, kernels
             t_peer, t_ours, same = compare(peer, ours, b, args.prompt_len, args.new_tokens, args.repeats, vocab)
             n = args.new_tokens

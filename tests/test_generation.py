@@ -286,12 +286,28 @@ def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
 
 
-def test_decoding_layout_is_chosen_per_dtype():
+def test_decoding_layout_is_chosen_per_dtype_shape_and_batch():
     m = optimize_for_decoding(random_gpt())
-    assert m.decoder.layers[0].ffn.w_1.weight.stride(0) == 1  # fp32: (in, out) storage
+    ffn = m.decoder.layers[0].ffn
+    assert ffn.w_1.weight.stride(0) == 1  # fp32, one row, out > in: (in, out) storage
+    assert ffn.w_2.weight.is_contiguous()  # out < in: the usual rows read faster
+    optimize_for_decoding(m, batch_size=4)  # several rows: W xᵀ over the usual rows
+    assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    optimize_for_decoding(m, batch_size=1)
     m = optimize_for_decoding(m.to(torch.bfloat16))  # .to() keeps the strides; bf16 wants rows
     assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
     assert m.lm_head.weight is m.tok_emb.weight
+    with pytest.raises(ValueError, match="batch_size"):
+        optimize_for_decoding(m, batch_size=0)
+
+
+def test_batched_decoding_with_either_layout_gives_the_same_tokens():
+    m = random_gpt()
+    p = [random_prompt(n, n) for n in (3, 9, 5)]
+    alone = [generate_lists(m, [q], max_new_tokens=12, eos_token_id=NO_EOS)[0] for q in p]
+    for batch_size in (1, 3):
+        optimize_for_decoding(m, batch_size=batch_size)
+        assert generate_lists(m, p, max_new_tokens=12, eos_token_id=NO_EOS) == alone
 
 
 def test_cached_steps_reuse_one_mask_buffer_and_one_position_buffer():

@@ -45,7 +45,7 @@ def test_an_earlier_row_is_the_readout_of_that_layers_residual_stream():
         _, cache = model.run_with_cache(IDS, names=["decoder.0.resid_post"])
         want = model.lm_head(model.decoder.final_norm(cache["decoder.0.resid_post"]))[0]
     assert torch.allclose(lens.logits[1], want, atol=1e-6)
-    assert torch.allclose(readout(model, cache["decoder.0.resid_post"])[0], want)
+    assert torch.allclose(readout(model, cache["decoder.0.resid_post"])[0], want, atol=1e-6)
 
 
 def test_lens_text_and_png(tmp_path):

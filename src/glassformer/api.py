@@ -26,7 +26,6 @@ from typing import Any
 
 from glassformer.generation.command_bert import classify_texts, embed_texts, fill_mask_texts
 from glassformer.generation.config import GenerationConfig, load_generation_config
-from glassformer.generation.layout import optimize_for_decoding
 from glassformer.generation.text import generate_texts, translate_texts
 from glassformer.loading import is_glassformer_dir, load_model_and_tokenizer
 
@@ -111,6 +110,4 @@ def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
     """Open any model directory (a glassformer save or run directory, or a Hugging Face
     checkpoint) with its tokenizer and ``generation_config.json``."""
     model, tokenizer = load_model_and_tokenizer(path, map_location=device)
-    if model.config.model_type != "bert":
-        optimize_for_decoding(model)  # as the commands do
     return Pipeline(model, tokenizer, load_generation_config(path), path=path, is_hf=not is_glassformer_dir(path))

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glassformer.linear import Linear
+
 if TYPE_CHECKING:  # the concrete Hooks lives with the models, which import this module
     from glassformer.models.hooks import Hooks
 
@@ -236,11 +238,11 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.dropout, self.cross = dropout, cross
         if cross:
-            self.w_q = nn.Linear(d_model, d_model, bias=bias)  # W^Q for all heads
-            self.w_kv = nn.Linear(d_model, 2 * d_model, bias=bias)  # W^K, W^V stacked
+            self.w_q = Linear(d_model, d_model, bias=bias)  # W^Q for all heads
+            self.w_kv = Linear(d_model, 2 * d_model, bias=bias)  # W^K, W^V stacked
         else:
-            self.w_qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # W^Q, W^K, W^V stacked
-        self.w_o = nn.Linear(d_model, d_model, bias=bias)  # W^O
+            self.w_qkv = Linear(d_model, 3 * d_model, bias=bias)  # W^Q, W^K, W^V stacked
+        self.w_o = Linear(d_model, d_model, bias=bias)  # W^O
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glassformer.attention import KVCache, MultiHeadAttention, scope, tap
+from glassformer.linear import Linear
 
 if TYPE_CHECKING:  # configs and hooks live in models/, which imports this module
     from glassformer.models.config import ModelConfig
@@ -112,8 +113,8 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
-        self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.w_1 = Linear(d_model, d_ff, bias=bias)
+        self.w_2 = Linear(d_ff, d_model, bias=bias)
         self.activation = activation
 
     def forward(self, x: Tensor, hooks: Hooks | None = None) -> Tensor:

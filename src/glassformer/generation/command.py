@@ -46,7 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue each prompt with a GPT. Several prompts run as a batch; each output opens with a
     "=== i/n" line. With --stream (the default for one prompt) text appears as it is produced."""
-    from glassformer.generation.layout import optimize_for_decoding  # torch: imported to run, not for --help
     from glassformer.generation.text import generate_texts
 
     config = config_from_args(args, args.model_dir)  # bad settings are refused before anything loads
@@ -57,7 +56,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if stream and config.num_beams > 1:
         raise ValueError("--stream shows one sequence as it grows; beam search chooses at the end (use --no-stream)")
     model, tokenizer, _ = load(args, "gpt", "generate")
-    optimize_for_decoding(model)
     n = len(prompts)
 
     def opening(i: int, prompt: str) -> None:
@@ -80,14 +78,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     """Translate each source text with an encoder-decoder Transformer (greedy, sampled or --beam N);
     one line per source."""
-    from glassformer.generation.layout import optimize_for_decoding  # torch: imported to run, not for --help
     from glassformer.generation.seq2seq import max_new_tokens_limit
     from glassformer.generation.text import translate_texts
 
     config = config_from_args(args, args.model_dir)
     texts = read_inputs(args)
     model, tokenizer, is_hf = load(args, "transformer", "translate")
-    optimize_for_decoding(model)
     limit = max_new_tokens_limit(model)
     if given(args, "max_new_tokens") and config.max_new_tokens > limit:  # only the user's own request is worth a word
         log.warning("--max-new-tokens %d: this decoder holds %d positions; generating at most %d tokens",

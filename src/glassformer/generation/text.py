@@ -3,7 +3,8 @@
 Both faces call these functions with the same :class:`GenerationConfig` and the same batching, so
 a prompt gives the same output from the command line and from Python. Inputs are encoded,
 batched (``batch_size`` at a time; with a seed, input i always draws with ``seed + i``),
-decoded without end-of-sequence ids and cut at the first stop string.
+decoded without end-of-sequence ids and cut at the first stop string. The weights get the layout
+that decodes that many rows fastest (:func:`~glassformer.generation.optimize_for_decoding`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from glassformer.data.batching import pad
 from glassformer.generation.cli_common import batches, device_of, encode_all
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.gpt import generate_lists
+from glassformer.generation.layout import optimize_for_decoding
 from glassformer.generation.loop import first_not_none
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.streaming import TextStreamer, cut_at_stop
@@ -70,6 +72,7 @@ def generate_texts(
     """
     ids = encode_all(tokenizer, list(prompts), "prompt")
     config, eos_ids = with_special_ids(model, tokenizer, config)
+    optimize_for_decoding(model, batch_size=config.num_beams * (1 if stream is not None else min(len(ids), batch_size)))
     results: list[Completion] = []
 
     def done(i: int, new: list[int]) -> None:
@@ -115,6 +118,7 @@ def translate_texts(
     pad_id = first_not_none(getattr(tokenizer, "pad_id", None), model.config.pad_token_id, 0)
     config, eos_ids = with_special_ids(model, tokenizer, config)
     device = device_of(model)
+    optimize_for_decoding(model, batch_size=config.num_beams * min(len(rows), batch_size))
     out: list[str] = []
     for start, chunk in batches(rows, batch_size):
         src, mask = pad(chunk, pad_id)

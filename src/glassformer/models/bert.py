@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import ACTIVATIONS, TokenEmbedding, positional_encoding
+from glassformer.linear import Linear
 from glassformer.models.base import (
     PretrainedModel,
     check_attention_mask,
@@ -34,9 +35,9 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, config: BERTConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+        self.decoder = Linear(config.d_model, config.vocab_size)
         self.activation = config.activation
 
     def forward(self, h: Tensor) -> Tensor:
@@ -63,9 +64,9 @@ class BERT(PretrainedModel):
         self.emb_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
         self.encoder = Encoder(config)
-        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
+        self.pooler = Linear(config.d_model, config.d_model) if config.pooler else None
         self.mlm_head = MaskedLMHead(config) if config.mlm_head else None
-        self.classifier = nn.Linear(config.d_model, config.num_labels) if config.num_labels > 0 else None
+        self.classifier = Linear(config.d_model, config.num_labels) if config.num_labels > 0 else None
         self._init_normal(0.02)
         nn.init.normal_(self.type_emb.weight, std=0.02)
         if self.mlm_head is not None:

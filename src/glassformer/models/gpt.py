@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
+from glassformer.linear import Linear
 from glassformer.models.base import (
     PretrainedModel,
     check_attention_mask,
@@ -53,7 +54,7 @@ class GPT(PretrainedModel):
         self.pos_emb = positional_encoding(config)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = Decoder(config, cross_attention=False)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self._init_normal(0.02)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from glassformer.attention import padding_mask, scope, tap
 from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
+from glassformer.linear import Linear
 from glassformer.models.base import (
     PretrainedModel,
     check_attention_mask,
@@ -52,7 +53,7 @@ class Transformer(PretrainedModel):
         self.drop = nn.Dropout(c.dropout)
         self.encoder = Encoder(c)
         self.decoder = Decoder(c, n_layers=c.decoder_layers, cross_attention=True)
-        self.generator = nn.Linear(c.d_model, c.vocab_size, bias=c.output_bias)  # pre-softmax projection
+        self.generator = Linear(c.d_model, c.vocab_size, bias=c.output_bias)  # pre-softmax projection
         # Xavier/Glorot uniform for every matrix, as the Annotated Transformer does
         for p in self.parameters():
             if p.dim() > 1:
