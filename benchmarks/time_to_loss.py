@@ -8,7 +8,10 @@ path: metrics, checkpoints, the loss plot, samples off. The report gives, for ea
 time at the first evaluation whose loss is at or below ``--target``, and for ours the share of
 the wall time spent outside the optimiser steps (evaluation, checkpoints, plots, logging).
 
-    python benchmarks/time_to_loss.py --target 2.0 --max-steps 600
+    python benchmarks/time_to_loss.py --target 2.0 --max-steps 600 --repeats 5
+
+With ``--repeats`` N the two sides run N times each, alternating which goes first; the report
+gives the median of each figure and the median of the per-repeat ratios.
 
 Speed is a ratio measured in one process on a quiet machine; nothing here is a test.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -103,22 +107,40 @@ def main() -> None:
     parser.add_argument("--data", default="python-docs", help="corpus (default: the built-in python-docs)")
     parser.add_argument("--target", type=float, default=2.0, help="validation loss to reach, nats per character")
     parser.add_argument("--max-steps", type=int, default=600)
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="default: the trainer's")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating; medians")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="ours: --compile/--no-compile (default: the trainer's rule)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    ours_hit, ours_wall, overhead = ours(args)
-    plain_hit, plain_wall = plain(args)
-    fmt = lambda t: f"{t:.1f} s" if t is not None else "not reached"  # noqa: E731
-    print(f"target val loss {args.target}: ours {fmt(ours_hit)}, plain loop {fmt(plain_hit)}")
-    if ours_hit and plain_hit:
-        print(f"ratio (plain / ours): {plain_hit / ours_hit:.2f}x")
+    runs = []  # (ours_hit, ours_wall, overhead, plain_hit, plain_wall) per repeat
+    for r in range(args.repeats):
+        torch.manual_seed(0)
+        if r % 2 == 0:
+            o, p = ours(args), plain(args)
+        else:
+            p, o = plain(args), ours(args)
+        runs.append((*o, *p))
+        print(f"repeat {r + 1}: ours {fmt(o[0])} to the target ({o[2]:.1%} outside steps), plain {fmt(p[0])}",
+              flush=True)
+    ours_hit, ours_wall, overhead, plain_hit, plain_wall = (median([run[i] for run in runs]) for i in range(5))
+    print(f"target val loss {args.target}, median of {args.repeats}: ours {fmt(ours_hit)}, plain loop {fmt(plain_hit)}")
+    ratios = [run[3] / run[0] for run in runs if run[0] and run[3]]
+    if ratios:
+        print(f"ratio (plain / ours): {statistics.median(ratios):.2f}x")
     print(f"ours: {ours_wall:.1f} s wall for {args.max_steps} steps (data and model set-up included); "
           f"{overhead:.1%} of the training loop outside the optimiser steps")
     print(f"plain: {plain_wall:.1f} s wall")
     if not math.isfinite(overhead):
         raise SystemExit(1)
+
+
+def fmt(t: float | None) -> str:
+    return f"{t:.1f} s" if t is not None else "not reached"
+
+
+def median(values: list[float | None]) -> float | None:
+    """The median, or None when any value is None (a side that missed the target once)."""
+    return None if any(v is None for v in values) else statistics.median(values)
 
 
 if __name__ == "__main__":
