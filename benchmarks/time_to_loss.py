@@ -109,9 +109,13 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="default: the trainer's")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating; medians")
+    parser.add_argument("--warmup-steps", type=int, default=20, help="an untimed short run of each side first")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="ours: --compile/--no-compile (default: the trainer's rule)")
     args = parser.parse_args()
+    if args.warmup_steps:  # the first run in a process pays one-off costs (allocator, kernels, caches): not timed
+        warm = argparse.Namespace(**{**vars(args), "max_steps": args.warmup_steps})
+        ours(warm), plain(warm)
     runs = []  # (ours_hit, ours_wall, overhead, plain_hit, plain_wall) per repeat
     for r in range(args.repeats):
         torch.manual_seed(0)

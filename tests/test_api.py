@@ -75,3 +75,17 @@ def test_a_method_of_another_family_says_which_fit(dirs):
         glassformer.load(dirs["bert"]).generate("hi")
     with pytest.raises(ValueError, match="unknown generation setting 'beams'"):
         glassformer.load(dirs["gpt"]).generate("hi", beams=2)
+
+
+def test_generate_lays_the_weights_out_for_the_rows_it_decodes(dirs):
+    """One prompt decodes one row: W_1 (out > in) column-major; a batch of prompts or beams: rows."""
+    gpt = glassformer.load(dirs["gpt"])
+    w_1 = gpt.model.decoder.layers[0].ffn.w_1.weight
+    one = gpt.generate("the cat", max_new_tokens=4)
+    assert w_1.stride(0) == 1
+    batch = gpt.generate(["the cat", "a dog"], max_new_tokens=4)
+    assert w_1.is_contiguous() and batch[0] == one  # the layout changes the speed, not the text
+    gpt.generate("the cat", max_new_tokens=4)
+    assert w_1.stride(0) == 1
+    gpt.generate("the cat", max_new_tokens=4, num_beams=2)
+    assert w_1.is_contiguous()
