@@ -43,8 +43,8 @@ def config(args: argparse.Namespace, out: str) -> TrainConfig:
                        dtype="float32", seed=0, out=out, log_every=10, compile=args.compile)
 
 
-def ours(args: argparse.Namespace) -> tuple[float | None, float, float]:
-    """(seconds to the target or None, total wall seconds, share outside train_step)."""
+def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[float]]:
+    """(seconds to the target or None, total wall seconds, share outside train_step, val losses)."""
     spent = {"step": 0.0, "fit": 0.0}  # seconds inside train_step, and inside fit (the training loop)
     real_step, real_fit = Trainer.train_step, Trainer.fit
 
@@ -67,10 +67,11 @@ def ours(args: argparse.Namespace) -> tuple[float | None, float, float]:
     finally:
         Trainer.train_step, Trainer.fit = real_step, real_fit
     hit = next((r["elapsed_s"] for r in rows if r.get("val_loss") is not None and r["val_loss"] <= args.target), None)
-    return hit, wall, 1.0 - spent["step"] / spent["fit"]
+    vals = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    return hit, wall, 1.0 - spent["step"] / spent["fit"], vals
 
 
-def plain(args: argparse.Namespace) -> tuple[float | None, float]:
+def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
     """The obvious loop: AdamW (PyTorch's defaults), the same data, model and evaluation."""
     cfg = config(args, "unused")
     setup = prepare(cfg)
@@ -81,7 +82,7 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float]:
     generator = torch.Generator().manual_seed(cfg.seed)
     val_batches = list(setup.val_data.eval_batches(cfg.batch_size, cfg.eval_batches)) \
         if hasattr(setup.val_data, "eval_batches") else None
-    t0, hit = time.perf_counter(), None
+    t0, hit, vals = time.perf_counter(), None, []
     for step in range(1, cfg.max_steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = schedule(step)
@@ -97,9 +98,10 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float]:
                 sums = [compute_loss(model, b) for b in val_batches]
             model.train()
             val = sum(float(s.loss) for s in sums) / sum(int(s.count) for s in sums)
+            vals.append(val)
             if hit is None and val <= args.target:
                 hit = time.perf_counter() - t0
-    return hit, time.perf_counter() - t0
+    return hit, time.perf_counter() - t0, vals
 
 
 def main() -> None:
@@ -123,9 +125,10 @@ def main() -> None:
             o, p = ours(args), plain(args)
         else:
             p, o = plain(args), ours(args)
-        runs.append((*o, *p))
-        print(f"repeat {r + 1}: ours {fmt(o[0])} to the target ({o[2]:.1%} outside steps), plain {fmt(p[0])}",
-              flush=True)
+        runs.append((*o[:3], *p[:2]))
+        print(f"repeat {r + 1}: ours {fmt(o[0])} to the target ({o[2]:.1%} outside steps), plain {fmt(p[0])}; "
+              f"val losses every {args.eval_every} steps: ours {' '.join(f'{v:.3f}' for v in o[3])}, "
+              f"plain {' '.join(f'{v:.3f}' for v in p[2])}", flush=True)
     ours_hit, ours_wall, overhead, plain_hit, plain_wall = (median([run[i] for run in runs]) for i in range(5))
     print(f"target val loss {args.target}, median of {args.repeats}: ours {fmt(ours_hit)}, plain loop {fmt(plain_hit)}")
     ratios = [run[3] / run[0] for run in runs if run[0] and run[3]]
