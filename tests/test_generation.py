@@ -286,11 +286,19 @@ def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
 
 
-def test_decoding_layout_is_chosen_per_dtype_shape_and_batch():
-    m = optimize_for_decoding(random_gpt())
-    ffn = m.decoder.layers[0].ffn
-    assert ffn.w_1.weight.stride(0) == 1  # fp32, one row, out > in: (in, out) storage
-    assert ffn.w_2.weight.is_contiguous()  # out < in: the usual rows read faster
+def test_decoding_layout_is_chosen_per_dtype_shape_batch_and_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # one row, two threads: every matrix (in, out), sliced per thread
+        m = optimize_for_decoding(random_gpt())
+        assert all(mod.weight.stride(0) == 1 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+        torch.set_num_threads(1)  # one thread: only the widening matrices
+        optimize_for_decoding(m)
+        ffn = m.decoder.layers[0].ffn
+        assert ffn.w_1.weight.stride(0) == 1  # fp32, one row, out > in: (in, out) storage
+        assert ffn.w_2.weight.is_contiguous()  # out < in: the usual rows read faster
+    finally:
+        torch.set_num_threads(threads)
     optimize_for_decoding(m, batch_size=4)  # several rows: W xᵀ over the usual rows
     assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
     optimize_for_decoding(m, batch_size=1)

@@ -1,10 +1,11 @@
-"""glassformer.linear.Linear: nn.Linear's results, computed as W xᵀ for few rows."""
+"""glassformer.linear.Linear: nn.Linear's results, computed as W xᵀ for few rows and as per-thread
+slices of a column-major W for one row."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from glassformer.linear import FEW_ROWS, Linear, few_rows_linear
+from glassformer.linear import FEW_ROWS, Linear, few_rows_linear, inner_slices, split_inner_linear
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -50,3 +51,59 @@ def test_few_rows_path_is_taken_only_where_it_pays(monkeypatch):
     y = lin(x)  # with gradients: the usual product, and a backward pass through it
     y.sum().backward()
     assert len(calls) == 1 and lin.weight.grad is not None
+
+
+def column_major(lin: Linear) -> Linear:
+    lin.weight.data = lin.weight.data.t().contiguous().t()  # same (out, in) values, (in, out) storage
+    return lin
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(24,), (1, 24), (1, 1, 24)])
+@pytest.mark.parametrize("slices", [2, 3, 4])
+def test_one_row_as_summed_slices_equals_nn_linear(bias, shape, slices):
+    torch.manual_seed(0)
+    lin = column_major(Linear(24, 40, bias=bias))
+    x = torch.randn(*shape)
+    y = split_inner_linear(x, lin.weight, lin.bias, slices)
+    assert y.shape == (*shape[:-1], 40)
+    assert torch.allclose(y, F.linear(x, lin.weight, lin.bias), atol=1e-5)
+
+
+def test_inner_slices_follow_the_threads_and_divide_the_width():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert (inner_slices(768), inner_slices(3072), inner_slices(30), inner_slices(7)) == (4, 4, 3, 1)
+        torch.set_num_threads(1)
+        assert inner_slices(768) == 1  # one thread: nothing to share out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkeypatch):
+    calls = []
+    import glassformer.linear as linear
+
+    real = linear.split_inner_linear
+    monkeypatch.setattr(linear, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(linear, "inner_slices", lambda n_in: 2)  # as on a 2-thread machine
+    lin = Linear(8, 12)
+    x = torch.randn(1, 8)
+    with torch.no_grad():
+        lin(x)  # row-major weight: the usual product
+        assert calls == []
+        column_major(lin)
+        y = lin(x)
+        assert calls == [2] and torch.allclose(y, F.linear(x, lin.weight, lin.bias), atol=1e-6)
+        lin(torch.randn(3, 8))  # several rows: not sliced
+        lin.double()
+        lin(x.double())  # another dtype: the usual product
+    assert calls == [2]
+    lin = column_major(Linear(8, 12))
+    lin(x).sum().backward()  # with gradients: the usual product, and a backward pass through it
+    assert calls == [2] and lin.weight.grad is not None
+    monkeypatch.setattr(linear, "inner_slices", lambda n_in: 1)  # one thread
+    with torch.no_grad():
+        lin(x)
+    assert calls == [2]
