@@ -286,7 +286,10 @@ def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
 
 
-def test_decoding_layout_is_chosen_per_dtype_shape_batch_and_threads():
+def test_decoding_layout_is_chosen_per_dtype_shape_batch_and_threads(monkeypatch):
+    import glassformer.linear
+
+    monkeypatch.setattr(glassformer.linear, "SLICE_MIN_ELEMENTS", 0)  # slice even the tiny model's matrices
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # one row, two threads: every matrix (in, out), sliced per thread
@@ -307,6 +310,33 @@ def test_decoding_layout_is_chosen_per_dtype_shape_batch_and_threads():
     assert m.lm_head.weight is m.tok_emb.weight
     with pytest.raises(ValueError, match="batch_size"):
         optimize_for_decoding(m, batch_size=0)
+
+
+def test_one_row_decoding_sliced_per_thread_gives_the_same_tokens(monkeypatch):
+    import glassformer.linear
+
+    m = random_gpt()
+    p = random_prompt(5, 3)
+    plain = generate_lists(m, [p], max_new_tokens=16, eos_token_id=NO_EOS)
+    ids = torch.tensor([p])
+    with torch.no_grad():
+        logits = m(ids).logits
+    calls = []
+    real = glassformer.linear.split_inner_linear
+    monkeypatch.setattr(glassformer.linear, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(glassformer.linear, "SLICE_MIN_ELEMENTS", 0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        optimize_for_decoding(m, batch_size=1)
+        assert generate_lists(m, [p], max_new_tokens=16, eos_token_id=NO_EOS) == plain
+        assert calls and set(calls) == {2}  # the cached steps went through the sliced product
+        with torch.no_grad():
+            last = m(ids[:, :1]).logits  # one position: every projection sliced
+        assert torch.allclose(last, logits[:, :1], atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+        optimize_for_decoding(m, batch_size=4)
 
 
 def test_batched_decoding_with_either_layout_gives_the_same_tokens():

@@ -74,9 +74,11 @@ def test_inner_slices_follow_the_threads_and_divide_the_width():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        assert (inner_slices(768), inner_slices(3072), inner_slices(30), inner_slices(7)) == (4, 4, 3, 1)
+        assert (inner_slices(2304, 768), inner_slices(768, 3072), inner_slices(1 << 18, 30)) == (4, 4, 3)
+        assert inner_slices(1 << 19, 7) == 1  # 7 divides by no thread count
+        assert inner_slices(320, 1280) == 1  # under SLICE_MIN_ELEMENTS: not worth the extra ops
         torch.set_num_threads(1)
-        assert inner_slices(768) == 1  # one thread: nothing to share out
+        assert inner_slices(2304, 768) == 1  # one thread: nothing to share out
     finally:
         torch.set_num_threads(threads)
 
@@ -87,7 +89,7 @@ def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkey
 
     real = linear.split_inner_linear
     monkeypatch.setattr(linear, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
-    monkeypatch.setattr(linear, "inner_slices", lambda n_in: 2)  # as on a 2-thread machine
+    monkeypatch.setattr(linear, "inner_slices", lambda n_out, n_in: 2)  # as on a 2-thread machine
     lin = Linear(8, 12)
     x = torch.randn(1, 8)
     with torch.no_grad():
@@ -103,7 +105,7 @@ def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkey
     lin = column_major(Linear(8, 12))
     lin(x).sum().backward()  # with gradients: the usual product, and a backward pass through it
     assert calls == [2] and lin.weight.grad is not None
-    monkeypatch.setattr(linear, "inner_slices", lambda n_in: 1)  # one thread
+    monkeypatch.setattr(linear, "inner_slices", lambda n_out, n_in: 1)  # one thread
     with torch.no_grad():
         lin(x)
     assert calls == [2]

