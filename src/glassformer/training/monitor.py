@@ -57,8 +57,9 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
                 baseline: float | None = None) -> None:
     """Train loss per logged step and val loss per eval, written atomically as a PNG.
 
-    Drawn with matplotlib's object API and its Agg canvas, without ``pyplot``: no global figure
-    state, and the trainer's first plot skips pyplot's import (about half of the 1.6 s it cost).
+    Drawn with matplotlib's object API and its Agg canvas, without ``pyplot``'s global figure
+    state. The first call in a process costs about 1.1-1.3 s on a 2-core CPU (importing
+    matplotlib: 0.9 s), later ones about 0.3 s.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
