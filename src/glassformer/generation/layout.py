@@ -19,9 +19,9 @@ is the other one: yᵀ = W xᵀ with W in the usual (out, in) rows, which
 8 rows: 1.5 ms, against 3.3 ms for x Wᵀ and 4.6 ms with the (in, out) storage).
 
 :func:`optimize_for_decoding` therefore stores an fp32 weight as the transpose of an (in, out)
-contiguous matrix when decoding one sequence (``batch_size=1``): every matrix that is sliced
-per thread (several threads, at least 2 MiB), and otherwise the widening ones; and in the usual row-major order for
-batches and for every other dtype. Shapes, values, parameter objects and weight tying are
+contiguous matrix when decoding one sequence (``batch_size=1``) if the matrix will be sliced
+per thread (several threads, at least 2 MiB) or widens (out > in); otherwise, for batches and
+for every other dtype, in the usual row-major order. Shapes, values, parameter objects and weight tying are
 unchanged (``weight`` is still (out, in), only its strides differ), so outputs, saving and
 loading are unaffected; only the speed of the products changes. Training still works on such a
 model, but the usual layout is the better one for it (large matrix-matrix products).
@@ -38,12 +38,13 @@ from glassformer.linear import inner_slices, is_column_major
 @torch.no_grad()
 def optimize_for_decoding(model: nn.Module, batch_size: int = 1) -> nn.Module:
     """Give every ``nn.Linear`` weight of a CPU model the faster layout for decoding
-    ``batch_size`` sequences at once: column-major for fp32 and one sequence (for a matrix
-    :func:`~glassformer.linear.inner_slices` does not slice, only where out > in), row-major otherwise. Returns the model.
+    ``batch_size`` sequences at once: column-major for fp32 and one sequence where the matrix is
+    sliced per thread (:func:`~glassformer.linear.inner_slices`) or widens (out > in), row-major
+    otherwise. Returns the model.
 
     Idempotent and cheap when the layout is already right; call it again after changing the
-    dtype (``.to()`` keeps the strides), the batch size or the number of torch threads. Models on other devices are left as
-    they are: their matrix libraries read either layout at full speed.
+    dtype (``.to()`` keeps the strides), the batch size or the number of torch threads. Models on
+    other devices are left as they are: their matrix libraries read either layout at full speed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
