@@ -108,3 +108,12 @@ def test_profile_attributes_generic_ops_to_their_enclosing_op():
     assert got[("## forward", bench.OVERHEAD, "forward")] == 1
     assert got[("aten::randint", bench.ELEMENTWISE, "other")] == 6
     assert sum(rows_us for *_, rows_us in rows) == 39
+
+
+def test_row_product_quick_reports_every_product():
+    spec = importlib.util.spec_from_file_location("row_product", BENCH / "row_product.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--quick"])
+    (figures,) = results.values()
+    assert len(figures) == 4 and all(v > 0 for v in figures.values())

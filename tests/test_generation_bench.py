@@ -34,6 +34,9 @@ def test_quick_benchmark_compares_the_same_greedy_tokens(bench, tmp_path, capsys
     for r in rows:
         assert r["ours_tokens_per_s"] > 0 and r["peer_tokens_per_s"] > 0 and r["floor_ms"] > 0
         assert abs(r["ratio"] - r["ours_tokens_per_s"] / r["peer_tokens_per_s"]) < 1e-6
+        # every floor from the best bandwidth of the run, whichever row was measured first
+        assert r["floor_ms"] == pytest.approx(r["weight_bytes"] / result["bandwidth_bytes_per_s"] * 1e3)
+        assert r["ours_over_floor"] == pytest.approx(r["ours_ms_per_step"] / r["floor_ms"])
     assert all(r["same_tokens"] for r in rows if r["dtype"] == "fp32")  # the same weights, the same work
     assert "| tiny | fp32 | 1 |" in capsys.readouterr().out
 
