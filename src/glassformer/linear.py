@@ -24,8 +24,9 @@ dimension is cut into one contiguous slice per torch thread and the partial prod
     y = Σ_j x_j W_jᵀ + b    x_j: the j-th slice of x's in-features, W_j: the matching columns
 
 Each thread then streams its own contiguous block of W (a batched product, ``torch.bmm``). On
-the 2-core CPU above this reads GPT-2-124M's layer matrices at 12.6-14 GB/s against 8-10 GB/s
-for one ``F.linear`` call in either storage, and its LM head at 14.5-19 against 10 GB/s.
+the 2-core CPU above this reads GPT-2-124M's layer matrices at 12.6-15.5 GB/s against 7-10 GB/s
+for one ``F.linear`` call in either storage, and its LM head at 14.5-19 against 8-12 GB/s
+(``benchmarks/row_product.py``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ library reads W faster the other way round, as (in, out) rows accumulated into t
 layout GPT-2's ``Conv1D`` happens to use), and that storage can be cut into contiguous slices
 of the inner dimension, one per thread (:func:`glassformer.linear.split_inner_linear`).
 Measured on this project's 2-core CPU, two threads, GPT-2-124M's matrices read from memory: the
-sliced (in, out) product streams 12.6-14 GB/s, ``F.linear`` 8-10 GB/s in either storage; the LM
-head 14.5-19 GB/s against 10. With one thread there is no slicing, and only the widening
+sliced (in, out) product streams 12.6-15.5 GB/s, ``F.linear`` 7-10 GB/s in either storage; the
+LM head 14.5-19 GB/s against 8-12 (``benchmarks/row_product.py``). With one thread there is no slicing, and only the widening
 matrices (out > in: W_QKV, W_1, the LM head) read faster as (in, out); a narrowing W_2 reads
 faster in rows (8.3-9.1 against 6.5 GB/s). bf16 has no fast kernel for the (in, out) order
 (~10x slower), while the usual (out, in) rows are fast.
