@@ -6,12 +6,14 @@ matrix-vector product whose cost is reading the matrix from memory. ``nn.Linear`
 library reads W faster the other way round, as (in, out) rows accumulated into the output (the
 layout GPT-2's ``Conv1D`` happens to use), and that storage can be cut into contiguous slices
 of the inner dimension, one per thread (:func:`glassformer.linear.split_inner_linear`).
-Measured on this project's 2-core CPU, two threads, GPT-2-124M's matrices read from memory: the
-sliced (in, out) product streams 12.6-15.5 GB/s, ``F.linear`` 7-10 GB/s in either storage; the
-LM head 14.5-19 GB/s against 8-12 (``benchmarks/row_product.py``). With one thread there is no slicing, and only the widening
-matrices (out > in: W_QKV, W_1, the LM head) read faster as (in, out); a narrowing W_2 reads
-faster in rows (8.3-9.1 against 6.5 GB/s). bf16 has no fast kernel for the (in, out) order
-(~10x slower), while the usual (out, in) rows are fast.
+
+Measured on this project's 2-core CPU, two threads, GPT-2-124M's matrices read from memory
+(``benchmarks/row_product.py``): the sliced (in, out) product streams 12.6-15.5 GB/s,
+``F.linear`` 7-10 GB/s in either storage; the LM head 14.5-19 GB/s against 8-12. With one
+thread there is no slicing, and only the widening matrices (out > in: W_QKV, W_1, the LM head)
+read faster as (in, out); a narrowing W_2 reads faster in rows (8.3-9.1 against 6.5 GB/s).
+bf16 has no fast kernel for the (in, out) order (~10x slower), while the usual (out, in) rows
+are fast.
 
 That holds for one row. For a few rows (batched decoding, a short prompt) the fastest product
 is the other one: yᵀ = W xᵀ with W in the usual (out, in) rows, which
@@ -21,10 +23,11 @@ is the other one: yᵀ = W xᵀ with W in the usual (out, in) rows, which
 :func:`optimize_for_decoding` therefore stores an fp32 weight as the transpose of an (in, out)
 contiguous matrix when decoding one sequence (``batch_size=1``) if the matrix will be sliced
 per thread (several threads, at least 2 MiB) or widens (out > in); otherwise, for batches and
-for every other dtype, in the usual row-major order. Shapes, values, parameter objects and weight tying are
-unchanged (``weight`` is still (out, in), only its strides differ), so outputs, saving and
-loading are unaffected; only the speed of the products changes. Training still works on such a
-model, but the usual layout is the better one for it (large matrix-matrix products).
+for every other dtype, in the usual row-major order. Shapes, values, parameter objects and
+weight tying are unchanged (``weight`` is still (out, in), only its strides differ), so
+outputs, saving and loading are unaffected; only the speed of the products changes. Training
+still works on such a model, but the usual layout is the better one for it (large
+matrix-matrix products).
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def optimize_for_decoding(model: nn.Module, batch_size: int = 1) -> nn.Module:
             w = module.weight
             if w.device.type != "cpu" or w.shape[0] == 1 or w.shape[1] == 1:
                 continue
-            if w.dtype == torch.float32 and batch_size == 1 and (inner_slices(*w.shape) > 1 or w.shape[0] > w.shape[1]):
+            column_major = inner_slices(*w.shape) > 1 or w.shape[0] > w.shape[1]  # sliced, or widening
+            if w.dtype == torch.float32 and batch_size == 1 and column_major:
                 if not is_column_major(w):
                     w.data = w.data.t().contiguous().t()  # same (out, in) values, (in, out) storage
             elif not w.is_contiguous():
