@@ -7,8 +7,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import textwrap  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -191,3 +197,130 @@ def assert_refused(capsys, *argv, match):
     code, out, err = run_main(capsys, *argv)
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and "Traceback" not in err and match in err, err
+
+
+# ------------------------------------------------------------------ demo runs beside the rest of the suite
+#
+# The demo-quality tests each read a run of minutes; most other tests use one core (`one_thread`),
+# so the second core sits idle while they run. A test marked ``@pytest.mark.background("NAME")``
+# asks for the run registered as NAME with :func:`background_run`: when collection ends, the runs
+# of the selected tests start in child processes, one after another, and those tests move to the
+# end of the session. The rest of the suite runs beside the demos, and the demo tests find their
+# runs finished (or wait for them). Each run is a fresh process with 2 threads, as a user on 2
+# cores runs it, so its result depends on nothing the tests before it did.
+
+BACKGROUND_THREADS = "2"
+BACKGROUND_TIMEOUT = 1500  # seconds for one run (a quiet machine needs about a sixth of that)
+RUNS: dict[str, Callable[[Path], list[str]]] = {}  # name -> argv of the run, given its out directory
+
+
+def background_run(name: str):
+    """Register ``fn(out) -> argv`` (a ``glassformer`` command line writing into ``out``) as the
+    run ``name`` for ``@pytest.mark.background(name)`` tests."""
+    def register(fn: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+        RUNS[name] = fn
+        return fn
+    return register
+
+
+@dataclass
+class Finished:
+    """A background run's exit code, output and run directory."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    out: Path
+
+
+class BackgroundRuns:
+    """The runs of one session, started in order in a thread; :meth:`result` waits for one."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="glassformer-demos-"))
+        self.results: dict[str, Finished] = {}
+        self.done = {name: threading.Event() for name in names}
+        self.running: subprocess.Popen | None = None
+        self.closed = False
+        self.lock = threading.Lock()  # closing and starting a run never interleave
+        self.thread = threading.Thread(target=self._run_all, args=(names,), daemon=True)
+        self.thread.start()
+
+    def _run_all(self, names: list[str]) -> None:
+        for name in names:
+            out = self.root / name
+            env = {**os.environ, "GLASSFORMER_CACHE": str(self.root / "cache"), "OMP_NUM_THREADS": BACKGROUND_THREADS,
+                   "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            try:
+                with self.lock:
+                    if self.closed:
+                        raise RuntimeError("the test session ended first")
+                    self.running = subprocess.Popen(RUNS[name](out), env=env, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, text=True)
+                try:
+                    stdout, stderr = self.running.communicate(timeout=BACKGROUND_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.running.kill()
+                    stdout, stderr = self.running.communicate()
+                    stderr += f"\n(killed after {BACKGROUND_TIMEOUT} s)"
+                self.results[name] = Finished(self.running.returncode, stdout, stderr, out)
+            except Exception as e:  # noqa: BLE001 - reported by the test that reads this run
+                self.results[name] = Finished(-1, "", f"{type(e).__name__}: {e}", out)
+            finally:
+                self.done[name].set()
+
+    def result(self, name: str) -> Finished:
+        self.done[name].wait()
+        return self.results[name]
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.running is not None and self.running.poll() is None:
+                self.running.kill()
+        self.thread.join(timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_background: BackgroundRuns | None = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background(name): reads a demo run made beside the suite (conftest.py)")
+
+
+def _run_name(item) -> str | None:
+    marker = item.get_closest_marker("background")
+    return marker.args[0] if marker is not None else None
+
+
+def pytest_collection_modifyitems(config, items):
+    # the tests that read background runs go last (in their order), so the suite runs beside the runs
+    items[:] = [i for i in items if _run_name(i) is None] + [i for i in items if _run_name(i) is not None]
+
+
+def pytest_collection_finish(session):
+    global _background
+    if session.config.option.collectonly:
+        return
+    names = list(dict.fromkeys(n for n in map(_run_name, session.items) if n is not None))
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        raise pytest.UsageError(f"no background run registered as {unknown}")
+    if names:
+        _background = BackgroundRuns(names)
+
+
+def pytest_sessionfinish(session):
+    if _background is not None:
+        _background.close()
+
+
+@pytest.fixture
+def background(request) -> Finished:
+    """The finished run named by the test's ``background`` marker (it must have exited 0)."""
+    name = _run_name(request.node)
+    assert name is not None and _background is not None, "mark the test @pytest.mark.background(NAME)"
+    run = _background.result(name)
+    assert run.returncode == 0, f"{name}: exit {run.returncode}\n{run.stderr[-3000:]}"
+    return run

@@ -1,19 +1,24 @@
 """``glassformer demo NAME``: each demo trains, measures what it promises, and says so in
 ``summary.json``. The slow tests run each demo with a fixed step count and seed (the demo's
-own settings otherwise) and assert the quality thresholds of issue 12."""
+own settings otherwise) and assert the quality thresholds of issue 12. The longest demos run as
+a user runs them, in a fresh process on 2 threads, beside the rest of the suite (see
+``background_run`` in conftest.py); their tests come last and read the finished runs."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
+from pathlib import Path
 
 import pytest
 
+from conftest import BACKGROUND_TIMEOUT, background_run, glassformer_argv
 from glassformer import cli
 from glassformer.demos import DEMOS
 
 PNG = b"\x89PNG\r\n\x1a\n"
+# A test marked background waits for its demo run (conftest.py), which may queue behind the others.
+WAIT = 4 * BACKGROUND_TIMEOUT
 
 
 @pytest.fixture
@@ -76,12 +81,16 @@ def test_seq2seq_demo_shows_right_and_wrong_dates(tmp_path, capsys, demo_cli):
     assert (out / "attention.png").read_bytes().startswith(PNG)
 
 
+@background_run("gpt")
+def gpt_run(out: Path) -> list[str]:
+    return glassformer_argv("demo", "gpt", "--max-steps", "200", "--out", out, "--progress", "none")
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 200 steps, as the demo fits on 2 quiet cores (~2.5 min); a loaded machine takes longer
-def test_gpt_demo_writes_words_of_its_corpus(tmp_path, capsys, demo_cli):
-    out = tmp_path / "demo-gpt"
-    assert demo_cli("demo", "gpt", "--max-steps", "200", "--out", str(out), "--progress", "none") == 0
-    text = capsys.readouterr().out
+@pytest.mark.background("gpt")  # 200 steps, as the demo fits on 2 quiet cores (~2.5 min)
+@pytest.mark.timeout(WAIT)
+def test_gpt_demo_writes_words_of_its_corpus(background):
+    out, text = background.out, background.stdout
     data = summary(out)
     assert data["word_hit_rate"] >= 0.95, data["samples"]
     assert data["bigram_hit_rate"] >= 0.50, data["samples"]
@@ -92,12 +101,16 @@ def test_gpt_demo_writes_words_of_its_corpus(tmp_path, capsys, demo_cli):
         assert (out / name).is_file(), name
 
 
+@background_run("bert")
+def bert_run(out: Path) -> list[str]:
+    return glassformer_argv("demo", "bert", "--max-steps", "500", "--out", out, "--progress", "none")
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_bert_demo_uses_context_and_fine_tunes_into_a_classifier(tmp_path, capsys, demo_cli):
-    out = tmp_path / "demo-bert"
-    assert demo_cli("demo", "bert", "--max-steps", "500", "--out", str(out), "--progress", "none") == 0
-    text = capsys.readouterr().out
+@pytest.mark.background("bert")
+@pytest.mark.timeout(WAIT)
+def test_bert_demo_uses_context_and_fine_tunes_into_a_classifier(background, tmp_path, demo_cli):
+    out, text = background.out, background.stdout
     data = summary(out)
     assert data["masked_top1"] >= 2 * data["masked_top1_baseline"] > 0
     assert "fill-mask on held-out sentences" in text and "model:" in text
@@ -110,11 +123,16 @@ def test_bert_demo_uses_context_and_fine_tunes_into_a_classifier(tmp_path, capsy
     assert (cls / "model.safetensors").is_file()
 
 
+@background_run("classifier")
+def classifier_run(out: Path) -> list[str]:
+    return glassformer_argv("demo", "classifier", "--max-steps", "300", "--out", out, "--progress", "none")
+
+
 @pytest.mark.slow
-def test_classifier_demo_beats_length_and_bag_of_words_by_ten_points(tmp_path, capsys, demo_cli):
-    out = tmp_path / "demo-classifier"
-    assert demo_cli("demo", "classifier", "--max-steps", "300", "--out", str(out), "--progress", "none") == 0
-    text = capsys.readouterr().out
+@pytest.mark.background("classifier")
+@pytest.mark.timeout(WAIT)
+def test_classifier_demo_beats_length_and_bag_of_words_by_ten_points(background):
+    out, text = background.out, background.stdout
     data = summary(out)
     best = max(data["baseline_length"], data["baseline_bag_of_words"])
     assert best < 0.6  # order carries the label: neither baseline can read it
@@ -123,29 +141,18 @@ def test_classifier_demo_beats_length_and_bag_of_words_by_ten_points(tmp_path, c
     assert sum(map(sum, data["confusion"])) == data["held_out"]
 
 
-@pytest.fixture(scope="module")
-def induction_run(tmp_path_factory):
-    import subprocess
-
-    from conftest import SRC, glassformer_argv
-
-    tmp = tmp_path_factory.mktemp("demo")
-    out = tmp / "demo-induction"
-    # as a user runs it: a fresh process, 2 threads (2 cores), the demo's own seed and settings.
-    # Where the plateau ends depends on the floating-point sums, so on the thread count and on
-    # nothing else the tests before this one may leave behind in this process.
-    env = {**os.environ, "GLASSFORMER_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "2",
-           "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(glassformer_argv("demo", "induction", "--max-steps", "5000", "--out", out, "--progress", "none"),
-                          env=env, capture_output=True, text=True, timeout=850)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+@background_run("induction")
+def induction_run(out: Path) -> list[str]:
+    # Where the plateau ends depends on the floating-point sums, so on the thread count (2, fixed
+    # by the background runs) and on nothing else.
+    return glassformer_argv("demo", "induction", "--max-steps", "5000", "--out", out, "--progress", "none")
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about 2.2 minutes on 2 quiet cores
-def test_induction_demo_forms_a_sharp_induction_head_after_a_phase_change(induction_run, capsys):
-    out = induction_run
+@pytest.mark.background("induction")  # about 2.2 minutes on 2 quiet cores
+@pytest.mark.timeout(WAIT)
+def test_induction_demo_forms_a_sharp_induction_head_after_a_phase_change(background, capsys):
+    out = background.out
     data = summary(out)
     assert data["steps"] == 5000
     assert abs(data["repeated_loss_start"] - 3.466) < 0.1  # ln 32: a blind guess on the plateau

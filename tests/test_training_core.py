@@ -52,6 +52,15 @@ def test_loss_sum_over_targets_equals_model_mean_loss():
     assert torch.allclose(out.loss / out.count, mean_from_model, atol=1e-6)
 
 
+def test_correct_counts_argmax_hits_on_targets_only_and_is_skipped_when_not_asked():
+    logits = torch.tensor([[[0.0, 5.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 5.0, 0.0]]])  # (1, 4, 3)
+    labels = torch.tensor([[1, 2, 2, -100]])  # hit, miss, hit, and a hit that is not a target
+    out = token_loss_sum(logits, labels)
+    assert int(out.correct) == 2 and int(out.count) == 3
+    lean = token_loss_sum(logits, labels, count_correct=False)
+    assert lean.correct is None and torch.equal(lean.loss, out.loss) and torch.equal(lean.count, out.count)
+
+
 def test_label_smoothing_matches_its_definition():
     logits = torch.randn(2, 5, 7)
     labels = torch.randint(0, 7, (2, 5))

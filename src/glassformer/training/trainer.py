@@ -157,7 +157,7 @@ class Trainer:
             batch = evaluation.to_device(batch, self.device)
             with self.process.no_sync(self.train_model, last_micro_step=i == len(batches) - 1):
                 with autocast(self.device, self.amp_dtype):
-                    out = compute_loss(self.train_model, batch, self.config.smoothing)
+                    out = compute_loss(self.train_model, batch, self.config.smoothing, count_correct=False)
                 (out.loss / denom).backward()
             loss_sum += out.loss.detach()
         if self.process.world_size > 1 and read_loss:  # the loss of the global batch: Σ loss sums / Σ counts
