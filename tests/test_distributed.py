@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 
 from conftest import TRAIN_TEXT
 
+pytestmark = pytest.mark.slow  # torchrun: real processes (~25 s)
+
 FIELDS = dict(n_layers=2, n_heads=2, d_model=32, context=32, batch_size=4, grad_accum=2, eval_batches=2,
               sample_tokens=0, progress="none", log_every=1, dropout=0.0, lr=1e-2, warmup_steps=2, seed=7,
               eval_every=4)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
 from glassformer.explain.viewer import read_viewer_data
@@ -15,6 +16,7 @@ from glassformer.explain.viewer import read_viewer_data
 DOC = Path(__file__).resolve().parents[1] / "docs" / "walkthrough.py"
 
 
+@pytest.mark.slow  # the whole walk-through in a real process, ~20 s
 def test_walkthrough_runs_and_writes_its_pictures_and_pages(tmp_path):
     env = {**os.environ, "GLASSFORMER_WALKTHROUGH_OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     run = subprocess.run([sys.executable, str(DOC)], env=env, capture_output=True, text=True, timeout=280)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -118,6 +119,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a real process
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     script = tmp_path / "save.py"
     script.write_text(KILL_SCRIPT)

@@ -27,6 +27,7 @@ def resume_in_new_process(run: Path, tmp_path: Path, prelude: str = "") -> subpr
                           capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow  # real processes
 def test_resume_in_a_new_process_is_bitwise_identical_and_needs_the_rng_state(corpus, tmp_path):
     flags = tiny_flags(corpus)
     straight, halves = tmp_path / "straight", tmp_path / "halves"
@@ -52,6 +53,7 @@ def test_resume_in_a_new_process_is_bitwise_identical_and_needs_the_rng_state(co
     assert got[4:] != expected[4:] and all(a[1] != b[1] for a, b in zip(got[4:], expected[4:]))
 
 
+@pytest.mark.slow  # a real process
 def test_sigterm_finishes_the_step_saves_and_exits_cleanly(corpus, tmp_path):
     run = tmp_path / "run"
     argv = ["train", "gpt", "--out", str(run), *tiny_flags(corpus), "--max-steps", "100000", "--eval-every", "100000"]
