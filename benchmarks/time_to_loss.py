@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from glassformer.training.command import run_training
 from glassformer.training.config import TrainConfig
@@ -72,7 +73,8 @@ def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[flo
 
 
 def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
-    """The obvious loop: AdamW (PyTorch's defaults), the same data, model and evaluation."""
+    """The obvious loop: AdamW (PyTorch's defaults), ``F.cross_entropy`` (its mean over the targets,
+    -100 ignored), the same data, model and evaluation."""
     cfg = config(args, "unused")
     setup = prepare(cfg)
     model = setup.model
@@ -87,8 +89,9 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
         for group in optimizer.param_groups:
             group["lr"] = schedule(step)
         batch = setup.train_data.batch(cfg.batch_size, generator)
-        out = compute_loss(model, batch)
-        (out.loss / out.count).backward()
+        logits = model(batch["input_ids"]).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())  # the mean over targets
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad()
