@@ -212,13 +212,17 @@ def assert_refused(capsys, *argv, match):
 BACKGROUND_THREADS = "2"
 BACKGROUND_TIMEOUT = 1500  # seconds for one run (a quiet machine needs about a sixth of that)
 RUNS: dict[str, Callable[[Path], list[str]]] = {}  # name -> argv of the run, given its out directory
+FIRST: set[str] = set()  # runs that start before the others
 
 
-def background_run(name: str):
+def background_run(name: str, first: bool = False):
     """Register ``fn(out) -> argv`` (a ``glassformer`` command line writing into ``out``) as the
-    run ``name`` for ``@pytest.mark.background(name)`` tests."""
+    run ``name`` for ``@pytest.mark.background(name)`` tests. Runs start in the order of their
+    tests, those registered with ``first=True`` before the rest."""
     def register(fn: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
         RUNS[name] = fn
+        if first:
+            FIRST.add(name)
         return fn
     return register
 
@@ -308,7 +312,7 @@ def pytest_collection_finish(session):
     if unknown:
         raise pytest.UsageError(f"no background run registered as {unknown}")
     if names:
-        _background = BackgroundRuns(names)
+        _background = BackgroundRuns(sorted(names, key=lambda n: n not in FIRST))  # stable: test order otherwise
 
 
 def pytest_sessionfinish(session):
