@@ -94,8 +94,11 @@ def test_gpt_demo_writes_words_of_its_corpus(background):
     data = summary(out)
     assert data["word_hit_rate"] >= 0.95, data["samples"]
     assert data["bigram_hit_rate"] >= 0.50, data["samples"]
+    # against the baselines the demo prints, with a margin (measured: 65.2% vs 47.6% of word pairs,
+    # 1.91 vs 2.47 bits per character): frequent tokens alone write corpus words, but not in order
+    assert data["bigram_hit_rate"] >= data["unigram_bigram_hit_rate"] + 0.10, data
+    assert data["val_bits_per_char"] <= 0.85 * data["unigram_bits_per_char"], data
     assert data["degenerate_runs"] == 0
-    assert data["val_bits_per_char"] < data["unigram_bits_per_char"]
     assert "bits per character" in text and "samples (temperature 0.8" in text
     for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "loss.png", "attention.png"):
         assert (out / name).is_file(), name
