@@ -2,14 +2,17 @@
 
 Sources are dates as people write them ("Fri, 27 Nov 2026", "27.11.2026", "November 27th,
 2026"); targets are "2026-11-27". After training, the demo translates 200 dates it never saw
-(greedy decoding), counts the exact matches, and shows right and wrong ones side by side. The
-cross-attention alignment (which source characters each output character looks at) is saved
-as ``attention.png``.
+(greedy decoding), counts the exact matches and the characters in the right place, and shows
+right and wrong ones side by side. The baseline reads no source at all: each position's most
+common character among training-style targets (it gets the dashes and the "20" of most years).
+The cross-attention alignment (which source characters each output character looks at) is
+saved as ``attention.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 import torch
 
@@ -54,6 +57,19 @@ def translate(model, tokenizer, sources: list[str]) -> list[str]:
     return [tokenizer.decode(r, skip_special_tokens=True) for r in out]
 
 
+def char_accuracy(preds: list[str], targets: list[str]) -> float:
+    """The share of target characters that the prediction has at the same position."""
+    hits = sum(a == b for p, t in zip(preds, targets) for a, b in zip(p, t))
+    return hits / max(sum(len(t) for t in targets), 1)
+
+
+def positional_majority(targets: list[str]) -> str:
+    """Each position's most common character among ``targets``: a guess that ignores the source."""
+    length = max(len(t) for t in targets)
+    columns = [Counter(t[i] for t in targets if len(t) > i) for i in range(length)]
+    return "".join(c.most_common(1)[0][0] for c in columns)
+
+
 def run(args: argparse.Namespace) -> int:
     from glassformer.data import builtin_pairs
 
@@ -72,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
     preds = translate(model, tokenizer, [s for s, _ in fresh])
     right = [(s, t, p) for (s, t), p in zip(fresh, preds) if p == t]
     wrong = [(s, t, p) for (s, t), p in zip(fresh, preds) if p != t]
+    targets = [t for _, t in fresh]
+    chars = char_accuracy(preds, targets)
+    guess = positional_majority([t for _, t in builtin_pairs("dates", 2000, seed=demo.seed)])
+    base_exact = sum(t == guess for t in targets) / len(targets)
+    base_chars = char_accuracy([guess] * len(targets), targets)
     say("")
-    say(f"translations of dates it never saw (greedy): {len(right)} of {len(fresh)} exactly right")
+    say(f"translations of dates it never saw (greedy): {len(right)} of {len(fresh)} exactly right, "
+        f"{chars:.1%} of characters in place")
+    say(f"  baseline, the same answer {guess!r} for every date (each position's most common character): "
+        f"{base_exact:.1%} exactly right, {base_chars:.1%} of characters")
     for src, _tgt, pred in right[:4]:
         say(f"  ok  {src!r:34} -> {pred!r}")
     if wrong:
@@ -85,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     common.show_attention(model, tokenizer, SENTENCE, "cross", demo.out, target=target)
     return demo.finish({
         "steps": result.step, "val_loss": result.best_val_loss, "exact_match": round(len(right) / len(fresh), 4),
-        "exact_right": len(right), "exact_total": len(fresh), "label_smoothing": cfg.smoothing,
+        "exact_right": len(right), "exact_total": len(fresh), "char_accuracy": round(chars, 4),
+        "baseline_answer": guess, "baseline_exact_match": round(base_exact, 4),
+        "baseline_char_accuracy": round(base_chars, 4), "label_smoothing": cfg.smoothing,
         "wrong_examples": [{"source": s, "want": t, "got": p} for s, t, p in wrong[:10]],
     }, "the model, metrics.jsonl, loss.png, attention.png (the alignment), {summary}", [
         f'glassformer translate {demo.out} --prompt "November 27th, 2026"',
