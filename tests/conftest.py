@@ -52,11 +52,16 @@ def losses(run: Path) -> list[tuple]:
     return [(r["step"], r["train_loss"], r.get("val_loss"), r["lr"]) for r in rows]
 
 
-def subprocess_env(tmp_path: Path) -> dict:
-    """The environment for a ``python -m glassformer`` child: this tree's sources, this test's cache."""
-    import torch  # the child uses the test process's thread count, so reductions (and losses) match bit for bit
+def subprocess_env(tmp_path: Path, threads: int | None = None) -> dict:
+    """The environment for a ``python -m glassformer`` child: this tree's sources, this test's cache.
 
-    return {**os.environ, "GLASSFORMER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    ``threads`` defaults to the test process's thread count, so reductions (and losses) match bit
+    for bit."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return {**os.environ, "GLASSFORMER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": str(threads),
             "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
@@ -209,7 +214,7 @@ def assert_refused(capsys, *argv, match):
 # runs finished (or wait for them). Each run is a fresh process with 2 threads, as a user on 2
 # cores runs it, so its result depends on nothing the tests before it did.
 
-BACKGROUND_THREADS = "2"
+BACKGROUND_THREADS = 2
 BACKGROUND_TIMEOUT = 1500  # seconds for one run (a quiet machine needs about a sixth of that)
 RUNS: dict[str, Callable[[Path], list[str]]] = {}  # name -> argv of the run, given its out directory
 FIRST: set[str] = set()  # runs that start before the others
@@ -253,8 +258,7 @@ class BackgroundRuns:
     def _run_all(self, names: list[str]) -> None:
         for name in names:
             out = self.root / name
-            env = {**os.environ, "GLASSFORMER_CACHE": str(self.root / "cache"), "OMP_NUM_THREADS": BACKGROUND_THREADS,
-                   "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            env = subprocess_env(self.root, threads=BACKGROUND_THREADS)
             try:
                 with self.lock:
                     if self.closed:
