@@ -11,7 +11,9 @@ one model (fp32, CPU, dropout 0) and then:
 
 - **train**: ``--steps`` full training steps on random tokens: forward with labels, backward,
   gradient clipping to 1.0, ``torch.optim.AdamW(foreach=True)``, ``zero_grad(set_to_none=True)``;
-  both sides the same code, the same optimiser, the same batch shapes;
+  both sides the same code, the same optimiser, the same batch shapes; ours as the trainer runs
+  it: the loss from ``return_logits=False`` (no logits kept) and malloc keeping freed blocks
+  (:func:`glassformer.training.runtime.keep_freed_memory`);
 - **decode**: greedy decoding of ``--new-tokens`` tokens from a ``--prompt-len``-token random
   prompt, batch 1, KV cache: ours through :func:`glassformer.generation.generate` after
   :func:`~glassformer.generation.optimize_for_decoding` (what the CLI runs; ``--plain-layout``
@@ -135,7 +137,8 @@ def train_steps(model, side: str, shape: dict, steps: int) -> list[int]:
     for _ in range(steps):
         x = torch.randint(0, shape["vocab"], (shape["batch"], shape["seq"] + 1), generator=generator)
         if side == "ours":  # our labels are already shifted: labels[:, t] follows input_ids[:, :t+1]
-            loss = model(x[:, :-1], labels=x[:, 1:]).loss
+            # as the trainer computes it: the LM head and its loss in one step, no logits kept
+            loss = model(x[:, :-1], labels=x[:, 1:], return_logits=False).loss
         else:  # GPT2LMHeadModel shifts the labels inside
             loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss
         loss.backward()
@@ -174,6 +177,10 @@ def worker(spec: dict) -> dict:
     shape = SHAPES[spec["shape"]]
     if spec["side"] == "ours":
         import glassformer.models  # noqa: F401  (the imports are part of the baseline)
+        from glassformer.training.runtime import keep_freed_memory
+
+        if spec["mode"] == "train":  # the allocator setting the trainer makes
+            keep_freed_memory()
 
         if spec["mode"] == "decode":
             from glassformer.generation import generate, optimize_for_decoding  # noqa: F401

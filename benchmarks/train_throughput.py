@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py            # the issue's shape, fp32 and bf16 (~10 min on 2 cores)
     python benchmarks/train_throughput.py --shape gpt2 --precision fp32 --curve-steps 0 --steps 1   # GPT-2-124M
     python benchmarks/train_throughput.py --quick    # a tiny model, seconds (run by the tests)
+    python benchmarks/train_throughput.py --separate --precision fp32 --curve-steps 0   # each side in its own process
 
 Shape (default): 6 layers, 6 heads, d_model 384, d_ff 1536, context 256, vocab 65, batch 8,
 dropout 0, on the CPU. Both models hold the same weights (ours exported through
@@ -14,10 +15,13 @@ forward, loss, backward, gradient clipping to 1.0, AdamW (foreach) with the same
 
 Each repeat times ``--steps`` steps of each side, alternating which goes first, for fp32 and for
 bf16 autocast (on a CPU without native bf16 units, where a bf16 step is ~20x slower, bf16 gets at
-most 3 repeats of 1 step). The ratio (ours / peer tokens per second) is taken per repeat and the median is
-reported. GFLOP/s uses the usual training estimate, 6·N + 12·L·d·T FLOPs per token (N = weights
-that multiply: everything but the position table), and is compared with a 2048² matmul timed in
-the same run, in the same precision (the best of one timing per round).
+most 3 repeats of 1 step). The ratio (ours / peer tokens per second) is taken per repeat and the
+median is reported. In one process both sides share the process's allocator settings, including
+the one our trainer makes (:func:`glassformer.training.runtime.keep_freed_memory`); ``--separate``
+runs each side in a fresh process of its own instead, as each user's run would be. GFLOP/s uses
+the usual training estimate, 6·N + 12·L·d·T FLOPs per token (N = weights that multiply:
+everything but the position table), and is compared with a 2048² matmul timed in the same run,
+in the same precision (the best of one timing per round).
 
 ``--curve-steps`` also trains our GPT twice from the same initial weights on the same
 ``python-docs`` batches (demo shape), in fp32 and under bf16 autocast, and reports how far apart
@@ -208,6 +212,43 @@ def throughput(shape: str, precisions: list[str], repeats: int, steps: int, peak
     return rows, info
 
 
+def worker(side: str, shape: str, steps: int, warmup: int) -> None:
+    """One side alone in this process (``--separate``): warm up, time ``steps`` steps, print JSON.
+
+    The peer's process never builds our ``Trainer``, so it runs with the process defaults a
+    ``transformers`` user has; ours runs with what ``glassformer train`` sets up (the trainer's
+    allocator setting, :func:`glassformer.training.runtime.keep_freed_memory`)."""
+    ours_model, peer_model, _ = build_pair(shape)
+    runner = make_ours(ours_model, shape, "fp32") if side == "ours" else Peer(peer_model, shape, "fp32")
+    for i in range(warmup):
+        runner.train_step(i + 1)
+    times = [time_steps(runner, 1, warmup + 1 + i) for i in range(steps)]
+    print(json.dumps({"side": side, "s_per_step": statistics.median(times), "times": times}), flush=True)
+
+
+def separate(shape: str, repeats: int, steps: int, warmup: int, threads: int | None) -> dict:
+    """Each side in its own fresh process, alternating which goes first; median of per-repeat ratios."""
+    import subprocess
+
+    tokens = SHAPES[shape][3] * SHAPES[shape][5]
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for r in range(repeats):
+        for side in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
+            argv = [sys.executable, __file__, "--worker", side, "--shape", shape, "--steps", str(steps),
+                    "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            times[side].append(json.loads(out.strip().splitlines()[-1])["s_per_step"])
+        print(f"repeat {r + 1}: ours {tokens / times['ours'][-1]:,.0f} tok/s, peer {tokens / times['peer'][-1]:,.0f} "
+              f"tok/s, ratio {times['peer'][-1] / times['ours'][-1]:.2f}x", flush=True)
+    ratios = [p / o for o, p in zip(times["ours"], times["peer"])]
+    row = {"shape": shape, "separate_processes": True, "ratio": statistics.median(ratios), "ratios": ratios,
+           "ours_tokens_per_s": tokens / statistics.median(times["ours"]),
+           "peer_tokens_per_s": tokens / statistics.median(times["peer"])}
+    print(f"separate processes, {shape}, median of {repeats}: ours {row['ours_tokens_per_s']:,.0f} tok/s, peer "
+          f"{row['peer_tokens_per_s']:,.0f} tok/s, ratio {row['ratio']:.2f}x")
+    return row
+
+
 def loss_curves(steps: int, context: int = 64, batch: int = 32) -> dict:
     """Our GPT (demo shape) trained in fp32 and in bf16 autocast from the same start, same batches."""
     from glassformer.data import CausalLMDataset, encode_corpus, load_corpus, split_tokens
@@ -257,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-steps", type=int, default=150, help="steps of the fp32-vs-bf16 loss curves (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--separate", action="store_true",
+                        help="fp32, each side in its own fresh process (what each user's own run gets)")
+    parser.add_argument("--warmup", type=int, default=2, help="--separate: untimed steps in each process")
+    parser.add_argument("--worker", choices=["ours", "peer"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import transformers
 
@@ -265,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     global COMPILE
     COMPILE = args.compile
     shape = "tiny" if args.quick else args.shape
+    if args.worker:
+        worker(args.worker, shape, args.steps, args.warmup)
+        return 0
     repeats, steps, curve = (2, 1, 3) if args.quick else (args.repeats, args.steps, args.curve_steps)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in PRECISIONS]
@@ -275,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     n_layers, n_heads, d_model, context, vocab, batch = SHAPES[shape]
     print(f"shape {shape}: {n_layers} layers, {n_heads} heads, d_model {d_model}, context {context}, vocab {vocab}, "
           f"batch {batch}; {repeats} repeats x {steps} steps; ours compiled: {COMPILE}\n")
+    if args.separate:
+        row = separate(shape, repeats, steps, 1 if args.quick else args.warmup, args.threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=1))
+        return 0
     print(HEADER, flush=True)
     rows, info = throughput(shape, precisions, repeats, steps, peak_n=256 if args.quick else 2048)
     result = {"rows": rows, **info}

@@ -109,3 +109,73 @@ def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkey
     with torch.no_grad():
         lin(x)
     assert calls == [2]
+
+
+# ------------------------------------------------------------------- the LM head and its loss fused
+
+def usual_head_loss(h, w, b, labels):
+    return F.cross_entropy(F.linear(h, w, b).float().flatten(0, -2), labels.flatten(), reduction="sum")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ignored", [False, True])
+@pytest.mark.parametrize("chunk_rows", [None, 7])  # one chunk, or chunks of 7 rows (the last one shorter)
+def test_linear_cross_entropy_gives_the_usual_loss_and_gradients(monkeypatch, bias, ignored, chunk_rows):
+    import glassformer.linear as lin
+
+    v = 97
+    monkeypatch.setattr(lin, "FUSED_MIN_VOCAB", 1)  # the fused path at a small vocabulary
+    if chunk_rows:
+        monkeypatch.setattr(lin, "LOGITS_CHUNK_BYTES", 4 * v * chunk_rows)
+    torch.manual_seed(0)
+    h = torch.randn(3, 17, 24, requires_grad=True)  # (B, T, C): 51 rows
+    w = torch.randn(v, 24, requires_grad=True)
+    b = torch.randn(v, requires_grad=True) if bias else None
+    labels = torch.randint(0, v, (3, 17))
+    if ignored:
+        labels[:, ::3] = -100
+    params = [t for t in (h, w, b) if t is not None]
+
+    want = usual_head_loss(h, w, b, labels)
+    want_grads = torch.autograd.grad(want * 0.37, params)  # a scale, as the trainer's 1 / targets
+    got = lin.linear_cross_entropy(h, w, b, labels)
+    got_grads = torch.autograd.grad(got * 0.37, params)
+    assert torch.allclose(got, want, rtol=1e-5)
+    for g, r in zip(got_grads, want_grads):
+        assert torch.allclose(g, r, atol=1e-5), (g - r).abs().max()
+    with torch.no_grad():
+        assert torch.allclose(lin.linear_cross_entropy(h, w, b, labels), want, rtol=1e-5)
+    # not vacuous: the ignored labels are really left out
+    if ignored:
+        assert not torch.allclose(got, usual_head_loss(h, w, b, labels.clamp(min=0)), rtol=1e-3)
+
+
+def test_linear_cross_entropy_backpropagates_once(monkeypatch):
+    import glassformer.linear as lin
+
+    monkeypatch.setattr(lin, "FUSED_MIN_VOCAB", 1)
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    loss = lin.linear_cross_entropy(h, w, None, torch.randint(0, 11, (4,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        loss.backward()
+
+
+def test_gpt_loss_without_logits_equals_the_loss_from_logits(monkeypatch):
+    import glassformer.linear as lin
+    from glassformer.models import GPT, GPTConfig
+
+    monkeypatch.setattr(lin, "FUSED_MIN_VOCAB", 1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt-tiny"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    labels = torch.randint(0, model.config.vocab_size, (2, 12))
+    labels[0, :5] = -100
+    usual = model(ids, labels=labels)
+    usual_grads = torch.autograd.grad(usual.loss, list(model.parameters()))
+    fused = model(ids, labels=labels, return_logits=False)
+    assert fused.logits is None and torch.allclose(fused.loss, usual.loss, rtol=1e-5)
+    for g, r in zip(torch.autograd.grad(fused.loss, list(model.parameters())), usual_grads):
+        assert torch.allclose(g, r, atol=1e-6)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(ids, return_logits=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -224,3 +225,62 @@ def test_saved_model_holds_the_generation_config_as_the_loaders_read_it(tmp_path
         Trainer(tiny_gpt(), cfg, FixedBatches([lm_batch(2, 8, seed=0)]), generation_config=given).save_model(out)
         assert (out / "generation_config.json").read_text() == reference
         assert load_generation_config(out) == wanted
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_loss_computed_in_the_model_gives_the_same_sum_and_gradients(monkeypatch, fused):
+    import glassformer.linear as lin
+
+    if fused:  # the LM head and loss fused (glassformer.linear), as for a large vocabulary
+        monkeypatch.setattr(lin, "FUSED_MIN_VOCAB", 1)
+    batch = lm_batch(3, 10, seed=5, ignore=3)
+    outside, inside = tiny_gpt(), tiny_gpt()
+    want = compute_loss(outside, batch, count_correct=False)
+    got = compute_loss(inside, batch, count_correct=False, loss_in_model=True)
+    assert torch.equal(got.count, want.count) and got.correct is None
+    assert torch.allclose(got.loss, want.loss, rtol=1e-5)
+    want.loss.backward()
+    got.loss.backward()
+    for name, ref in grads(outside).items():
+        assert torch.allclose(grads(inside)[name], ref, atol=1e-6), name
+    with pytest.raises(ValueError, match="smoothing"):
+        compute_loss(inside, batch, 0.1, count_correct=False, loss_in_model=True)
+
+
+def test_trainer_computes_a_gpt_loss_in_the_model_unless_smoothing():
+    cfg = TrainConfig(batch_size=2, max_steps=1, device="cpu", dtype="float32")
+    assert Trainer(tiny_gpt(), cfg, FixedBatches([lm_batch(2, 8, seed=0)])).loss_in_model
+    smooth = TrainConfig(batch_size=2, max_steps=1, device="cpu", dtype="float32", label_smoothing=0.1)
+    assert not Trainer(tiny_gpt(), smooth, FixedBatches([lm_batch(2, 8, seed=0)])).loss_in_model
+
+
+def test_keep_freed_memory_stops_big_blocks_from_faulting_in_again(tmp_path):
+    """glibc maps every block over its threshold afresh; after keep_freed_memory() freed 64 MiB
+    tensors are reused from the heap (once it has settled, a few allocations in), so allocating
+    them again faults no page in."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, resource, torch\n"
+        "from glassformer.training.runtime import keep_freed_memory\n"
+        "def faults():\n"
+        "    for _ in range(8):  # the heap settles into reusing its freed blocks\n"
+        "        torch.ones(1 << 24)  # 64 MiB, written then freed\n"
+        "    counts = []\n"
+        "    for _ in range(4):\n"
+        "        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "        torch.ones(1 << 24)\n"
+        "        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "    return counts\n"
+        "default = faults()\n"
+        "on = keep_freed_memory()\n"
+        "kept = faults()\n"
+        "print(json.dumps([default, on, kept]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    default, on, kept = json.loads(out)
+    if not on:
+        pytest.skip("not glibc: malloc cannot be tuned here")
+    assert min(default) > 16_000  # each 64 MiB block's 16,384 pages of 4 KiB faulted in again
+    assert kept[-1] < 100 and sum(kept) < 16_384 + 400  # reused (the heap may settle one block late)

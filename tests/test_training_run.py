@@ -115,10 +115,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpu
         if module.training:
             calls["train"] += 1
             if calls["train"] >= 5:  # the 5th training step
-                output.logits = output.logits * float("nan")
+                return output * float("nan")
         return output
 
-    trainer.model.register_forward_hook(poison)
+    trainer.model.tok_emb.register_forward_hook(poison)
     with pytest.raises(TrainingDiverged, match=r"nan at step 5.*step_000004"):
         trainer.fit()
     latest = ckpt.latest_checkpoint(trainer.run_dir)

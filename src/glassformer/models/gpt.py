@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.attention import padding_mask, scope, tap
+from glassformer.io import IGNORE_INDEX
 from glassformer.layers import LayerCache, TokenEmbedding, positional_encoding
-from glassformer.linear import Linear
+from glassformer.linear import Linear, linear_cross_entropy
 from glassformer.models.base import (
     PretrainedModel,
     check_attention_mask,
@@ -42,6 +43,9 @@ class GPT(PretrainedModel):
 
     ``last_only=True`` computes logits for the last position only ((B, 1, V)): decoding needs
     nothing else, and the vocabulary projection is the largest matmul of a small model.
+    ``return_logits=False`` (with ``labels``) returns the loss and no logits: the LM head and its
+    cross-entropy then run as one step that never keeps the (B, T, V) logits
+    (:func:`glassformer.linear.linear_cross_entropy`; fp32 only, under autocast the usual path).
     ``hooks`` reads or replaces named activations (use :meth:`run_with_cache` / :meth:`run_with_hooks`).
     """
 
@@ -78,6 +82,7 @@ class GPT(PretrainedModel):
         cache: list[LayerCache] | None = None,
         last_only: bool = False,
         hooks: Hooks | None = None,
+        return_logits: bool = True,
     ) -> ModelOutput:
         check_input_ids(input_ids, self.config.vocab_size)
         b, t = input_ids.shape
@@ -92,11 +97,15 @@ class GPT(PretrainedModel):
         h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions, hooks=hooks)
         if last_only and labels is not None:
             raise ValueError("labels need logits at every position; last_only=True gives the last one only")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)}")
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False needs labels: the loss is all that is returned")
+        if not return_logits and not torch.is_autocast_enabled(h.device.type):
+            loss_sum = linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX)
+            loss = loss_sum / (labels != IGNORE_INDEX).sum().clamp_min(1)  # the mean over targets (0 if none)
+            return ModelOutput(logits=None, loss=loss, last_hidden_state=h)
         logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V), or (B, 1, V) with last_only
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)}")
-            loss = lm_loss(logits, labels)
+        loss = lm_loss(logits, labels) if labels is not None else None
         attentions = [AttentionMap("decoder-self", i, w) for i, w in enumerate(self_ws)] if return_attentions else None
         return ModelOutput(logits=logits, loss=loss, attentions=attentions, last_hidden_state=h)

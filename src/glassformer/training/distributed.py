@@ -74,7 +74,7 @@ def _sum_gradients_hook(group, bucket):  # no annotations: DDP compares them wit
 
 
 class _LogitsOnly(nn.Module):
-    """The model, returning only its logits (what every training loss reads) to DDP.
+    """The model, returning only its logits and loss (what every training loss reads) to DDP.
 
     With ``find_unused_parameters``, DDP expects a gradient for every parameter it can reach
     from the outputs it sees; BERT's ``pooler_output`` would make it wait for the pooler's.
@@ -85,7 +85,8 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
-        return ModelOutput(logits=self.model(*args, **kwargs).logits)
+        out = self.model(*args, **kwargs)
+        return ModelOutput(logits=out.logits, loss=out.loss)
 
 
 class DistributedContext(ProcessContext):

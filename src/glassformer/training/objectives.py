@@ -74,13 +74,22 @@ def token_loss_sum(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0,
 
 
 def compute_loss(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
-                 count_correct: bool = True) -> LossSum:
+                 count_correct: bool = True, loss_in_model: bool = False) -> LossSum:
     """Run ``model`` on a batch (its keys are the forward kwargs plus ``labels``) and sum the loss.
 
     The labels are not passed to the model: the loss is computed here, as a sum, for every family.
     ``count_correct``: also count the argmax hits (see :func:`token_loss_sum`).
+    ``loss_in_model``: a GPT given the labels and ``return_logits=False`` computes the loss itself,
+    without keeping the logits (its LM head and cross-entropy in one step; no label smoothing, no
+    argmax count).
     """
     inputs, labels = split_batch(batch)
+    if loss_in_model:
+        if label_smoothing or count_correct:
+            raise ValueError("loss_in_model takes neither label smoothing nor an argmax count")
+        mean = model(**inputs, labels=labels, return_logits=False).loss  # Σ loss / max(count, 1)
+        count = (labels != IGNORE_INDEX).sum()
+        return LossSum(mean * count.clamp_min(1), count, None)
     logits = model(**inputs).logits
     if logits is None:
         raise ValueError("the model returned no logits; it has no head for this objective")

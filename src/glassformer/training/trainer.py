@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from glassformer.errors import GlassformerError
 from glassformer.generation.config import GenerationConfig
 from glassformer.io import make_dirs, unwrap_model
+from glassformer.models import GPT
 from glassformer.training import checkpoint as ckpt
 from glassformer.training import evaluation, saving
 from glassformer.training.config import TrainConfig
@@ -46,6 +47,7 @@ from glassformer.training.optim import Schedule, build_optimizer
 from glassformer.training.runtime import (
     ProcessContext,
     autocast,
+    keep_freed_memory,
     resolve_device,
     resolve_dtype,
     should_compile,
@@ -102,6 +104,8 @@ class Trainer:
         self.process = process or ProcessContext()
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":  # big activations re-used from the heap, not re-faulted each step
+            keep_freed_memory()
         if self.device.type == "cuda":  # TF32 tensor cores for the fp32 matmuls left outside autocast
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -119,6 +123,8 @@ class Trainer:
         self.generation_config = generation_config
         self.baseline = baseline
         self.optimizer = build_optimizer(self.model, config, self.device)
+        # a GPT computes its own loss without keeping the (B, T, V) logits (glassformer.linear)
+        self.loss_in_model = isinstance(self.model, GPT) and not config.smoothing
         self.schedule = Schedule.from_config(config)
         self.generator = torch.Generator().manual_seed(self.process.data_seed(config.seed))
         self.step = 0
@@ -157,7 +163,8 @@ class Trainer:
             batch = evaluation.to_device(batch, self.device)
             with self.process.no_sync(self.train_model, last_micro_step=i == len(batches) - 1):
                 with autocast(self.device, self.amp_dtype):
-                    out = compute_loss(self.train_model, batch, self.config.smoothing, count_correct=False)
+                    out = compute_loss(self.train_model, batch, self.config.smoothing, count_correct=False,
+                                       loss_in_model=self.loss_in_model)
                 (out.loss / denom).backward()
             loss_sum += out.loss.detach()
         if self.process.world_size > 1 and read_loss:  # the loss of the global batch: Σ loss sums / Σ counts
