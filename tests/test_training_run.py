@@ -200,3 +200,19 @@ def test_seq2seq_bert_and_classifier_train_and_save_loadable_models(corpus, tmp_
     unseen = load_tokenizer(bert).encode("qkwxjvzyg")
     assert torch.allclose(model.tok_emb.weight[unseen], start.tok_emb.weight[unseen], rtol=1e-3, atol=1e-6)
     assert losses(cls)[-1][2] is not None
+
+
+@pytest.mark.parametrize("every_s, draws", [(60.0, 1), (0.0, 3)])
+def test_loss_plot_is_drawn_at_most_once_a_minute_and_at_the_end(corpus, tmp_path, monkeypatch, every_s, draws):
+    import glassformer.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PLOT_EVERY_S", every_s)
+    drawn = []
+    real = trainer_module.plot_losses
+    monkeypatch.setattr(trainer_module, "plot_losses",
+                        lambda records, *a, **k: (drawn.append(len(records)), real(records, *a, **k)))
+    trainer = _trainer(corpus, tmp_path, max_steps=6, eval_every=2)
+    trainer.fit()
+    assert len(drawn) == draws  # evaluations at steps 2, 4 and 6: a quick run draws once, at its end
+    assert drawn[-1] == 6  # the last drawing holds every logged step
+    assert (trainer.run_dir / "loss.png").stat().st_size > 1000

@@ -41,7 +41,14 @@ from glassformer.training import checkpoint as ckpt
 from glassformer.training import evaluation, saving
 from glassformer.training.config import TrainConfig
 from glassformer.training.evaluation import Batch, Dataset, EvalCallback, EvalView
-from glassformer.training.monitor import METRICS_NAME, PLOT_NAME, MetricsLog, Reporter, plot_losses
+from glassformer.training.monitor import (
+    METRICS_NAME,
+    PLOT_EVERY_S,
+    PLOT_NAME,
+    MetricsLog,
+    Reporter,
+    plot_losses,
+)
 from glassformer.training.objectives import compute_loss, count_input_tokens, count_targets
 from glassformer.training.optim import Schedule, build_optimizer
 from glassformer.training.runtime import (
@@ -296,6 +303,7 @@ class Trainer:
         win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
         step_time_ema = None
         evaluated_at = None
+        plotted_at, plot_due = self._t0, False  # the loss plot: last drawn, and evaluations since
         try:
             with catch_stop_signals(self._signal_caught):
                 while self.step < cfg.max_steps:
@@ -333,9 +341,10 @@ class Trainer:
                         evaluated_at = step
                     if main and self.metrics is not None:
                         self.metrics.append(record)
-                        if eval_now:
-                            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, baseline=self.baseline,
-                                        title=f"{cfg.task}: cross-entropy")
+                        plot_due = plot_due or eval_now
+                        if plot_due and time.perf_counter() - plotted_at >= PLOT_EVERY_S:
+                            self._plot()
+                            plotted_at, plot_due = time.perf_counter(), False
                     if eval_now:
                         self.save_checkpoint()
                     win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
@@ -350,9 +359,16 @@ class Trainer:
                     path = self.save_checkpoint()
                     reporter.message(f"{self._stop_signal}: stopped after step {self.step}; saved {path}; "
                                      f"continue with --resume --out {self.run_dir}")
+                if plot_due:  # the run's last evaluations, drawn once
+                    self._plot()
         finally:
             reporter.close()
         return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir)
+
+    def _plot(self) -> None:
+        """Redraw the run's loss plot from metrics.jsonl (rank 0)."""
+        plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, baseline=self.baseline,
+                    title=f"{self.config.task}: cross-entropy")
 
     def _eval_step(self, step: int, reporter: Reporter) -> dict[str, Any]:
         """Evaluate, report, run callbacks, keep the best model. Returns fields for metrics.jsonl.
