@@ -218,12 +218,18 @@ def worker(side: str, shape: str, steps: int, warmup: int) -> None:
     The peer's process never builds our ``Trainer``, so it runs with the process defaults a
     ``transformers`` user has; ours runs with what ``glassformer train`` sets up (the trainer's
     allocator setting, :func:`glassformer.training.runtime.keep_freed_memory`)."""
+    import resource
+
     ours_model, peer_model, _ = build_pair(shape)
     runner = make_ours(ours_model, shape, "fp32") if side == "ours" else Peer(peer_model, shape, "fp32")
     for i in range(warmup):
         runner.train_step(i + 1)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     times = [time_steps(runner, 1, warmup + 1 + i) for i in range(steps)]
-    print(json.dumps({"side": side, "s_per_step": statistics.median(times), "times": times}), flush=True)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"side": side, "s_per_step": statistics.median(times), "times": times,
+                      "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+                      "system_s_per_step": (after.ru_stime - before.ru_stime) / steps}), flush=True)
 
 
 def separate(shape: str, repeats: int, steps: int, warmup: int, threads: int | None) -> dict:
@@ -233,13 +239,16 @@ def separate(shape: str, repeats: int, steps: int, warmup: int, threads: int | N
     tokens = SHAPES[shape][3] * SHAPES[shape][5]
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     for r in range(repeats):
+        faults = {}
         for side in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
             argv = [sys.executable, __file__, "--worker", side, "--shape", shape, "--steps", str(steps),
                     "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
-            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-            times[side].append(json.loads(out.strip().splitlines()[-1])["s_per_step"])
-        print(f"repeat {r + 1}: ours {tokens / times['ours'][-1]:,.0f} tok/s, peer {tokens / times['peer'][-1]:,.0f} "
-              f"tok/s, ratio {times['peer'][-1] / times['ours'][-1]:.2f}x", flush=True)
+            out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            times[side].append(out["s_per_step"])
+            faults[side] = f"{out['page_faults_per_step']:,.0f} page faults, {out['system_s_per_step']:.2f} s system"
+        print(f"repeat {r + 1}: ours {tokens / times['ours'][-1]:,.0f} tok/s ({faults['ours']}), peer "
+              f"{tokens / times['peer'][-1]:,.0f} tok/s ({faults['peer']}) a step; ratio "
+              f"{times['peer'][-1] / times['ours'][-1]:.2f}x", flush=True)
     ratios = [p / o for o, p in zip(times["ours"], times["peer"])]
     row = {"shape": shape, "separate_processes": True, "ratio": statistics.median(ratios), "ratios": ratios,
            "ours_tokens_per_s": tokens / statistics.median(times["ours"]),

@@ -43,3 +43,16 @@ def test_quick_benchmark_times_the_same_model_on_both_sides(bench, tmp_path, mon
     assert len(curve["fp32"]) == len(curve["bf16"]) == 3
     assert curve["max_gap"] == max(abs(a - b) for a, b in zip(curve["fp32"], curve["bf16"]))
     assert "| tiny | fp32 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # four real processes
+def test_separate_processes_time_each_side_alone(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "separate.json"
+    assert bench.main(["--quick", "--separate", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["separate_processes"] and len(row["ratios"]) == 2
+    assert min(row["ratios"]) <= row["ratio"] <= max(row["ratios"])
+    assert row["ours_tokens_per_s"] > 0 and row["peer_tokens_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert printed.count("page faults") == 4  # each side's own process reports its faults

@@ -119,8 +119,16 @@ def schedule(steps: int, evals: int = 5) -> dict[str, int]:
 def step_timer(model: torch.nn.Module, make_batch: Callable[[], dict[str, torch.Tensor]], lr: float = 1e-3
                ) -> Callable[[], float]:
     """A function that runs one training step of ``model`` as the trainer does (draw a batch,
-    forward, backward, clip, AdamW, read the loss) and returns its seconds."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    forward, backward, clip, AdamW, read the loss) and returns its seconds.
+
+    With the trainer's settings: fused AdamW, and (on the CPU) malloc keeping freed blocks, without
+    which a step re-faults its biggest tensors and the demo would plan too few steps."""
+    from glassformer.training.runtime import keep_freed_memory
+
+    cpu = next(model.parameters()).device.type == "cpu"
+    if cpu:
+        keep_freed_memory()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=cpu or None)
 
     def one() -> float:
         start = time.perf_counter()

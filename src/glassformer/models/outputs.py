@@ -21,13 +21,13 @@ class AttentionMap:
 
 @dataclass
 class ModelOutput:
-    """``logits`` always; ``loss`` when labels were given; ``attentions`` when asked for.
+    """``logits`` (but see below); ``loss`` when labels were given; ``attentions`` when asked for.
 
     ``attentions`` lists one :class:`AttentionMap` per attention layer, in the order the model
     ran them (encoder self, then for each decoder layer its masked self and its cross attention).
     """
 
-    logits: Tensor | None  # None only for a headless BERT
+    logits: Tensor | None  # None only for a headless BERT, or a GPT asked for its loss alone (return_logits=False)
     loss: Tensor | None = None
     attentions: list[AttentionMap] | None = None
     last_hidden_state: Tensor | None = None  # (B, T, C), the final hidden states
