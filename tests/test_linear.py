@@ -179,3 +179,8 @@ def test_gpt_loss_without_logits_equals_the_loss_from_logits(monkeypatch):
         assert torch.allclose(g, r, atol=1e-6)
     with pytest.raises(ValueError, match="needs labels"):
         model(ids, return_logits=False)
+    seen = model(ids, labels=labels, return_logits=False, return_attentions=True)
+    assert len(seen.attentions) == model.config.n_layers and torch.allclose(seen.loss, usual.loss, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps the usual path, logits included
+        mixed = model(ids, labels=labels, return_logits=False)
+    assert mixed.logits is not None and torch.isfinite(mixed.loss)

@@ -101,11 +101,11 @@ class GPT(PretrainedModel):
             raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)}")
         if not return_logits and labels is None:
             raise ValueError("return_logits=False needs labels: the loss is all that is returned")
+        attentions = [AttentionMap("decoder-self", i, w) for i, w in enumerate(self_ws)] if return_attentions else None
         if not return_logits and not torch.is_autocast_enabled(h.device.type):
             loss_sum = linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX)
             loss = loss_sum / (labels != IGNORE_INDEX).sum().clamp_min(1)  # the mean over targets (0 if none)
-            return ModelOutput(logits=None, loss=loss, last_hidden_state=h)
+            return ModelOutput(logits=None, loss=loss, attentions=attentions, last_hidden_state=h)
         logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V), or (B, 1, V) with last_only
         loss = lm_loss(logits, labels) if labels is not None else None
-        attentions = [AttentionMap("decoder-self", i, w) for i, w in enumerate(self_ws)] if return_attentions else None
         return ModelOutput(logits=logits, loss=loss, attentions=attentions, last_hidden_state=h)
