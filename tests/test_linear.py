@@ -150,6 +150,18 @@ def test_linear_cross_entropy_gives_the_usual_loss_and_gradients(monkeypatch, bi
         assert not torch.allclose(got, usual_head_loss(h, w, b, labels.clamp(min=0)), rtol=1e-3)
 
 
+def test_linear_cross_entropy_with_a_frozen_head_gives_the_input_gradient(monkeypatch):
+    import glassformer.linear as lin
+
+    monkeypatch.setattr(lin, "FUSED_MIN_VOCAB", 1)
+    torch.manual_seed(0)
+    h, w, b = torch.randn(9, 8, requires_grad=True), torch.randn(13, 8), torch.randn(13)  # W, b frozen
+    labels = torch.randint(0, 13, (9,))
+    (want,) = torch.autograd.grad(usual_head_loss(h, w, b, labels), [h])
+    (got,) = torch.autograd.grad(lin.linear_cross_entropy(h, w, b, labels), [h])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_linear_cross_entropy_backpropagates_once(monkeypatch):
     import glassformer.linear as lin
 

@@ -171,8 +171,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,  # type: ignore[override]
                 ignore_index: int) -> Tensor:
-        grad_h, grad_w = torch.empty_like(h), torch.empty_like(weight)  # (N, C), (V, C)
-        grad_b = torch.empty_like(bias) if bias is not None else None  # (V,)
+        # only the gradients autograd will ask for (a frozen head skips its V × N × C product)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(h) if need_h else None  # (N, C)
+        grad_w = torch.empty_like(weight) if need_w else None  # (V, C)
+        grad_b = torch.empty_like(bias) if need_b else None  # (V,)
         total = h.new_zeros((), dtype=torch.float32)
         for s, z, keep, safe in logit_chunks(h, weight, bias, labels, ignore_index):
             loss, lse = cross_entropy_sum(z, keep, safe)
@@ -183,14 +186,18 @@ class LinearCrossEntropy(torch.autograd.Function):
                 g.masked_fill_(~keep.unsqueeze(1), 0.0)  # ignored rows add nothing
             g = g.to(h.dtype)
             rows = slice(s, s + g.shape[0])
-            torch.mm(g, weight, out=grad_h[rows])  # (n, C) = G W
-            if s == 0:  # the first chunk writes the weight's gradients, later ones add to them
-                torch.mm(g.t(), h[rows], out=grad_w)  # (V, C) = Gᵀ h
-                if grad_b is not None:
+            if grad_h is not None:
+                torch.mm(g, weight, out=grad_h[rows])  # (n, C) = G W
+            # the first chunk writes the weight's gradients, later ones add to them
+            if grad_w is not None:
+                if s == 0:
+                    torch.mm(g.t(), h[rows], out=grad_w)  # (V, C) = Gᵀ h
+                else:
+                    grad_w.addmm_(g.t(), h[rows])
+            if grad_b is not None:
+                if s == 0:
                     torch.sum(g, 0, out=grad_b)
-            else:
-                grad_w.addmm_(g.t(), h[rows])
-                if grad_b is not None:
+                else:
                     grad_b += g.sum(0)
         ctx.grads = (grad_h, grad_w, grad_b)
         return total

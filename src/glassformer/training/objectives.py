@@ -77,11 +77,11 @@ def compute_loss(model: nn.Module, batch: dict[str, Tensor], label_smoothing: fl
                  count_correct: bool = True, loss_in_model: bool = False) -> LossSum:
     """Run ``model`` on a batch (its keys are the forward kwargs plus ``labels``) and sum the loss.
 
-    The labels are not passed to the model: the loss is computed here, as a sum, for every family.
+    The loss is computed here from the logits, as a sum, for every family.
     ``count_correct``: also count the argmax hits (see :func:`token_loss_sum`).
-    ``loss_in_model``: a GPT given the labels and ``return_logits=False`` computes the loss itself,
-    without keeping the logits (its LM head and cross-entropy in one step; no label smoothing, no
-    argmax count).
+    ``loss_in_model``: instead, a GPT is given the labels and ``return_logits=False`` and computes
+    the loss itself, without keeping the logits (its LM head and cross-entropy in one step; no
+    label smoothing, no argmax count); its mean is turned back into the sum.
     """
     inputs, labels = split_batch(batch)
     if loss_in_model:
