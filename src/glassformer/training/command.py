@@ -236,6 +236,7 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
         if not existed:
             lock.acquire()  # creates --out
             check_run_dir(config)  # another run may have created and filled it while this one was checking
+            process.barrier()  # every rank has re-checked before rank 0 writes (else rank 1 may see rank 0's files)
         replaced = guard.start_writing(config, process, setup, fingerprint, trainer)
         n_params = trainer.model.num_parameters()
         echo(f"{config.task}: {n_params / 1e6:.2f}M parameters on {trainer.device.type}"
