@@ -46,9 +46,11 @@ def config(args: argparse.Namespace, out: str) -> TrainConfig:
                        dtype="float32", seed=0, out=out, log_every=10, compile=args.compile)
 
 
-def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[float]]:
-    """(seconds to the target or None, total wall seconds, share outside train_step, val losses)."""
+def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[float], float]:
+    """(seconds to the target or None, total wall seconds, share outside train_step, val losses,
+    median seconds of a step)."""
     spent = {"step": 0.0, "fit": 0.0}  # seconds inside train_step, and inside fit (the training loop)
+    steps: list[float] = []
     real_step, real_fit = Trainer.train_step, Trainer.fit
 
     def timed(real, key):
@@ -58,6 +60,8 @@ def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[flo
                 return real(self, *args)
             finally:
                 spent[key] += time.perf_counter() - t
+                if key == "step":
+                    steps.append(time.perf_counter() - t)
         return wrapper
 
     Trainer.train_step, Trainer.fit = timed(real_step, "step"), timed(real_fit, "fit")
@@ -71,11 +75,13 @@ def ours(args: argparse.Namespace) -> tuple[float | None, float, float, list[flo
         Trainer.train_step, Trainer.fit = real_step, real_fit
     hit = next((r["elapsed_s"] for r in rows if r.get("val_loss") is not None and r["val_loss"] <= args.target), None)
     vals = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
-    return hit, wall, 1.0 - spent["step"] / spent["fit"], vals
+    return hit, wall, 1.0 - spent["step"] / spent["fit"], vals, statistics.median(steps)
 
 
-def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
-    """The obvious loop: AdamW (PyTorch's defaults), ``F.cross_entropy`` (its mean over the targets,
+def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float], float]:
+    """(seconds to the target or None, total wall seconds, val losses, median seconds of a step).
+
+    The obvious loop: AdamW (PyTorch's defaults), ``F.cross_entropy`` (its mean over the targets,
     -100 ignored), the same data, model and evaluation."""
     cfg = config(args, "unused")
     setup = prepare(cfg)
@@ -86,8 +92,9 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
     generator = torch.Generator().manual_seed(cfg.seed)
     val_batches = list(setup.val_data.eval_batches(cfg.batch_size, cfg.eval_batches)) \
         if hasattr(setup.val_data, "eval_batches") else None
-    t0, hit, vals = time.perf_counter(), None, []
+    t0, hit, vals, steps = time.perf_counter(), None, [], []
     for step in range(1, cfg.max_steps + 1):
+        t = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = schedule(step)
         batch = setup.train_data.batch(cfg.batch_size, generator)
@@ -97,6 +104,7 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad()
+        steps.append(time.perf_counter() - t)
         if step % cfg.eval_every == 0 and val_batches is not None:
             at = time.perf_counter() - t0  # as our metrics row's elapsed_s: the time before evaluating
             model.eval()
@@ -107,7 +115,7 @@ def plain(args: argparse.Namespace) -> tuple[float | None, float, list[float]]:
             vals.append(val)
             if hit is None and val <= args.target:
                 hit = at
-    return hit, time.perf_counter() - t0, vals
+    return hit, time.perf_counter() - t0, vals, statistics.median(steps)
 
 
 def main() -> None:
@@ -133,6 +141,7 @@ def main() -> None:
             p, o = plain(args), ours(args)
         runs.append((*o[:3], *p[:2]))
         print(f"repeat {r + 1}: ours {fmt(o[0])} to the target ({o[2]:.1%} outside steps), plain {fmt(p[0])}; "
+              f"median step: ours {1e3 * o[4]:.1f} ms, plain {1e3 * p[3]:.1f} ms; "
               f"val losses every {args.eval_every} steps: ours {' '.join(f'{v:.3f}' for v in o[3])}, "
               f"plain {' '.join(f'{v:.3f}' for v in p[2])}", flush=True)
     ours_hit, ours_wall, overhead, plain_hit, plain_wall = (median([run[i] for run in runs]) for i in range(5))
