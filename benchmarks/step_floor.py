@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `glassformer` runs (se
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+import train_throughput  # noqa: E402
 from train_throughput import SHAPES, Peer, RandomTokens, build_pair, make_ours, matmul_peak, time_steps  # noqa: E402, F401
 
 aten = torch.ops.aten
@@ -136,12 +137,20 @@ def linear_flops(model, tokens: int) -> int:
     return 6 * tokens * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def measure(shape: str, repeats: int, steps: int, warmup: int, peak_n: int = 2048) -> dict:
+def measure(shape: str, repeats: int, steps: int, warmup: int, peak_n: int = 2048, compiled: bool = False) -> dict:
     ours_model, peer_model, _ = build_pair(shape)
-    ours, peer = make_ours(ours_model, shape, "fp32"), Peer(peer_model, shape, "fp32")
+    eager, peer = make_ours(ours_model, shape, "fp32"), Peer(peer_model, shape, "fp32")
+    ours = eager
+    if compiled:  # timed compiled; the kernels are recorded from an eager copy (same weights, same products)
+        train_throughput.COMPILE = True
+        copy = type(ours_model)(ours_model.config)
+        copy.load_state_dict(ours_model.state_dict())
+        ours = make_ours(copy, shape, "fp32")
+        train_throughput.COMPILE = False
+        eager.train_step(1)
     for i in range(warmup):
         ours.train_step(i + 1), peer.train_step(i + 1)
-    replay = Replay(record(ours, warmup + 1))
+    replay = Replay(record(eager, warmup + 1))
     replay.train_step(0)  # warm-up of the replay
     tokens = SHAPES[shape][3] * SHAPES[shape][5]
     runners = [("ours", ours), ("peer", peer), ("floor", replay)]
@@ -154,7 +163,7 @@ def measure(shape: str, repeats: int, steps: int, warmup: int, peak_n: int = 204
     med = {name: statistics.median(t) for name, t in times.items()}
     kernels = {kind: statistics.median(t[1:]) for kind, t in replay.spent.items()}  # without the warm-up replay
     return {
-        "shape": shape, "repeats": repeats, "steps": steps, "tokens_per_step": tokens,
+        "shape": shape, "compiled": compiled, "repeats": repeats, "steps": steps, "tokens_per_step": tokens,
         "products": replay.products, "attention_calls": replay.attention,
         "product_flops": replay.flops, "linear_flops": linear_flops(ours.model, tokens),
         "square_gflops": statistics.median(peaks), "square_gflops_best": max(peaks), "s_per_step": med, "times": times,
@@ -174,7 +183,7 @@ def report(r: dict) -> str:
         "",
         "| | ms/step (median) |",
         "| --- | ---: |",
-        f"| ours (`Trainer.train_step`) | {1e3 * s['ours']:,.0f} |",
+        f"| ours (`Trainer.train_step`{', compiled' if r['compiled'] else ''}) | {1e3 * s['ours']:,.0f} |",
         f"| peer (`GPT2LMHeadModel`) | {1e3 * s['peer']:,.0f} |",
         f"| floor: our step's products and attention kernels alone | {1e3 * s['floor']:,.0f} |",
         f"| of which products | {1e3 * r['floor_s_per_step']['products']:,.0f} |",
@@ -194,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=6, help="timed rounds (median); a multiple of 3 rotates evenly")
     parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side first")
+    parser.add_argument("--compile", action="store_true",
+                        help="time our step torch.compile'd (as long `glassformer train` runs are); the warm-up absorbs the compile")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -204,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     shape, repeats, steps, warmup = ("tiny", 2, 1, 1) if args.quick else (args.shape, args.repeats, args.steps, args.warmup)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}", flush=True)
-    result = measure(shape, repeats, steps, warmup, peak_n=256 if args.quick else 2048)
+    result = measure(shape, repeats, steps, warmup, peak_n=256 if args.quick else 2048, compiled=args.compile)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
