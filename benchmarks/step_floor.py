@@ -23,6 +23,10 @@ weights) and the replay. It reports:
   this peer, in this process, on this machine;
 - ``ours / floor``: what our step spends beyond the kernels.
 
+With ``--compile`` our step runs ``torch.compile``'d (the warm-up absorbs the compile) and the eager
+step, with the same weights, is timed in the same rounds as a fourth runner: ``eager / compiled``
+says what compiling buys at this shape.
+
 The replay's operands are random (normal) except the attention backward's, which are the
 recorded tensors (its saved log-sum-exp must belong to its inputs). Kernel time does not depend
 on the values, as long as there are no denormals, and normal values have none.
@@ -153,12 +157,13 @@ def measure(shape: str, repeats: int, steps: int, warmup: int, peak_n: int = 204
     replay = Replay(record(eager, warmup + 1))
     replay.train_step(0)  # warm-up of the replay
     tokens = SHAPES[shape][3] * SHAPES[shape][5]
-    runners = [("ours", ours), ("peer", peer), ("floor", replay)]
+    runners = [("ours", ours), ("peer", peer), ("floor", replay)] + ([("eager", eager)] if compiled else [])
     times: dict[str, list[float]] = {name: [] for name, _ in runners}
     peaks = []  # GFLOP/s of a square product, once a round (the best of 3 timings each)
     for r in range(repeats):
         peaks.append(matmul_peak(torch.float32, peak_n)[0])
-        for name, runner in runners[r % 3:] + runners[:r % 3]:  # rotate who goes first
+        k = r % len(runners)
+        for name, runner in runners[k:] + runners[:k]:  # rotate who goes first
             times[name].append(time_steps(runner, steps, warmup + 2 + r * steps))
     med = {name: statistics.median(t) for name, t in times.items()}
     kernels = {kind: statistics.median(t[1:]) for kind, t in replay.spent.items()}  # without the warm-up replay
@@ -170,6 +175,8 @@ def measure(shape: str, repeats: int, steps: int, warmup: int, peak_n: int = 204
         "peer_over_ours": statistics.median(p / o for p, o in zip(times["peer"], times["ours"])),
         "peer_over_floor": statistics.median(p / f for p, f in zip(times["peer"], times["floor"])),
         "ours_over_floor": statistics.median(o / f for o, f in zip(times["ours"], times["floor"])),
+        "eager_over_compiled": (statistics.median(e / o for e, o in zip(times["eager"], times["ours"]))
+                                if compiled else None),
         "floor_s_per_step": kernels, "floor_product_gflops": replay.flops / 1e9 / kernels["products"],
     }
 
@@ -185,6 +192,7 @@ def report(r: dict) -> str:
         "| --- | ---: |",
         f"| ours (`Trainer.train_step`{', compiled' if r['compiled'] else ''}) | {1e3 * s['ours']:,.0f} |",
         f"| peer (`GPT2LMHeadModel`) | {1e3 * s['peer']:,.0f} |",
+        *([f"| ours, eager (the same weights) | {1e3 * s['eager']:,.0f} |"] if r["compiled"] else []),
         f"| floor: our step's products and attention kernels alone | {1e3 * s['floor']:,.0f} |",
         f"| of which products | {1e3 * r['floor_s_per_step']['products']:,.0f} |",
         f"| of which attention | {1e3 * r['floor_s_per_step']['attention']:,.0f} |",
@@ -192,7 +200,8 @@ def report(r: dict) -> str:
         f"peer / ours {r['peer_over_ours']:.2f}x (throughput ratio); peer / floor {r['peer_over_floor']:.2f}x "
         f"(the best ratio on these kernels); ours / floor {r['ours_over_floor']:.2f}x; the replayed products "
         f"run at {r['floor_product_gflops']:.0f} GFLOP/s ({r['floor_product_gflops'] / r['square_gflops']:.0%} of the "
-        f"square product's median rate)",
+        f"square product's median rate)"
+        + (f"; eager / compiled {r['eager_over_compiled']:.2f}x" if r["compiled"] else ""),
     ])
 
 
@@ -200,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny shape, 2 repeats of 1 step (seconds)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="issue", help="issue: 10.8M, gpt2: 124M")
-    parser.add_argument("--repeats", type=int, default=6, help="timed rounds (median); a multiple of 3 rotates evenly")
+    parser.add_argument("--repeats", type=int, default=6,
+                        help="timed rounds (median); a multiple of 3 (4 with --compile) rotates evenly")
     parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side first")
     parser.add_argument("--compile", action="store_true",
