@@ -6,6 +6,7 @@ import os
 # passive waiting costs little on an idle machine (see glassformer/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -28,6 +29,35 @@ TRAIN_TEXT = textwrap.dedent("""\
 """) * 40
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str):
+    """``benchmarks/NAME.py`` imported as module ``NAME``, for a test to call its ``main``.
+
+    Its folder is on ``sys.path`` meanwhile (scripts import their siblings), the module is in
+    ``sys.modules`` (dataclasses look their module up there), and afterwards every module the
+    import added and torch's thread count (``--threads``) are put back."""
+    import importlib.util
+
+    import torch
+
+    threads, before = torch.get_num_threads(), set(sys.modules)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(BENCHMARKS))
+        for added in set(sys.modules) - before:
+            file = getattr(sys.modules[added], "__file__", None)
+            if file and Path(file).parent == BENCHMARKS:
+                del sys.modules[added]
 
 
 @pytest.fixture

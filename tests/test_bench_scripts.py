@@ -5,7 +5,6 @@ No timed assertions: only the shape of the output and invariants that hold on an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from conftest import benchmark_module
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -24,17 +25,6 @@ def run_script(name: str, *args: str, timeout: float = 600) -> str:
                           env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
-
-
-def load_profile_module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("profile_train", BENCH / "profile_train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.mark.slow
@@ -85,36 +75,34 @@ def test_profile_quick_accounts_for_all_the_time(tmp_path):
 
 
 def test_profile_attributes_generic_ops_to_their_enclosing_op():
-    bench = load_profile_module()
+    with benchmark_module("profile_train") as bench:
 
-    def event(name, us, children=()):
-        e = SimpleNamespace(name=name, self_cpu_time_total=us, cpu_children=list(children), cpu_parent=None)
-        for c in children:
-            c.cpu_parent = e
-        return e
+        def event(name, us, children=()):
+            e = SimpleNamespace(name=name, self_cpu_time_total=us, cpu_children=list(children), cpu_parent=None)
+            for c in children:
+                c.cpu_parent = e
+            return e
 
-    copy = event("aten::copy_", 3)
-    forward = event("## forward", 1, [event("aten::linear", 2, [event("aten::t", 4), event("aten::addmm", 10)]),
-                                      event("aten::add", 5, [copy])])
-    optimizer = event("## optimizer", 1, [event("aten::mul_", 7)])
-    loose = event("aten::randint", 6)
-    rows = bench.attribute([forward, optimizer, loose, *forward.cpu_children])  # only roots are walked
-    got = {(name, cat, phase): us for name, cat, phase, us in rows}
-    assert len(rows) == 9
-    assert got[("aten::t", "matmul/linear", "forward")] == 4  # a transpose inside linear is the linear's time
-    assert got[("aten::add", bench.ELEMENTWISE, "forward")] == 5
-    assert got[("aten::copy_", bench.ELEMENTWISE, "forward")] == 3
-    assert got[("aten::mul_", bench.OPTIMIZER, "optimizer")] == 7
-    assert got[("## forward", bench.OVERHEAD, "forward")] == 1
-    assert got[("aten::randint", bench.ELEMENTWISE, "other")] == 6
-    assert sum(rows_us for *_, rows_us in rows) == 39
+        copy = event("aten::copy_", 3)
+        forward = event("## forward", 1, [event("aten::linear", 2, [event("aten::t", 4), event("aten::addmm", 10)]),
+                                          event("aten::add", 5, [copy])])
+        optimizer = event("## optimizer", 1, [event("aten::mul_", 7)])
+        loose = event("aten::randint", 6)
+        rows = bench.attribute([forward, optimizer, loose, *forward.cpu_children])  # only roots are walked
+        got = {(name, cat, phase): us for name, cat, phase, us in rows}
+        assert len(rows) == 9
+        assert got[("aten::t", "matmul/linear", "forward")] == 4  # a transpose inside linear is the linear's time
+        assert got[("aten::add", bench.ELEMENTWISE, "forward")] == 5
+        assert got[("aten::copy_", bench.ELEMENTWISE, "forward")] == 3
+        assert got[("aten::mul_", bench.OPTIMIZER, "optimizer")] == 7
+        assert got[("## forward", bench.OVERHEAD, "forward")] == 1
+        assert got[("aten::randint", bench.ELEMENTWISE, "other")] == 6
+        assert sum(rows_us for *_, rows_us in rows) == 39
 
 
 def test_row_product_quick_reports_every_product():
-    spec = importlib.util.spec_from_file_location("row_product", BENCH / "row_product.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    results = module.main(["--quick"])
+    with benchmark_module("row_product") as module:
+        results = module.main(["--quick"])
     (figures,) = results.values()
     assert len(figures) == 4 and all(v > 0 for v in figures.values())
 

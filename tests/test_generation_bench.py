@@ -1,28 +1,19 @@
 """``benchmarks/generate_throughput.py --quick`` runs, and both peers generate the same tokens."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from conftest import benchmark_module
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_throughput.py"
+pytest.importorskip("transformers")
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("generate_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    n = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(n)
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("generate_throughput") as module:
+        yield module
 
 
 def test_quick_benchmark_compares_the_same_greedy_tokens(bench, tmp_path, capsys):

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
+import pytest
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import benchmark_module
 
 
-def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config(tmp_path, monkeypatch):
+@pytest.fixture
+def script():
+    with benchmark_module("gpu_train") as module:
+        yield module
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config(script, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    script = load_script()
     out = tmp_path / "result.json"
     assert script.main(["--tiny", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -39,12 +37,10 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config(tmp_path, monkeypa
     assert check["fsdp_resumed"] == check["ddp_losses"][2:]
 
 
-def test_without_a_gpu_the_full_benchmark_refuses_with_a_hint(capsys, monkeypatch):
-    import pytest
+def test_without_a_gpu_the_full_benchmark_refuses_with_a_hint(script, capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    script = load_script()
     with pytest.raises(SystemExit) as exit_info:
         script.main([])
     assert exit_info.value.code == 2 and "--tiny" in capsys.readouterr().err

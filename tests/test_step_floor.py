@@ -1,31 +1,19 @@
 """``benchmarks/step_floor.py`` records every product and attention kernel of our training step."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from conftest import benchmark_module
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytest.importorskip("transformers")
 
 
 @pytest.fixture
 def floor():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("step_floor", BENCH / "step_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    n = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(n)
-    for name in ("step_floor", "train_throughput", "memory"):
-        sys.modules.pop(name, None)
-    sys.path.remove(str(BENCH))
+    with benchmark_module("step_floor") as module:
+        yield module
 
 
 def test_quick_run_replays_all_of_the_steps_products(floor, tmp_path, monkeypatch, capsys):

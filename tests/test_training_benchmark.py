@@ -1,29 +1,19 @@
 """``benchmarks/train_throughput.py --quick`` runs both sides on the same weights and reports consistent figures."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
-import torch
+
+from conftest import benchmark_module
 
 pytest.importorskip("transformers")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    n = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(n)
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("train_throughput") as module:
+        yield module
 
 
 def test_quick_benchmark_times_the_same_model_on_both_sides(bench, tmp_path, monkeypatch, capsys):
