@@ -81,6 +81,8 @@ class PretrainedModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # parameter name -> the parameter it is tied to; saved once, under the second name
     tied_weights: ClassVar[dict[str, str]] = {}
+    # forward(..., labels=..., return_logits=False) returns the loss without keeping the logits
+    loss_without_logits: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ class GPT(PretrainedModel):
 
     config_class = GPTConfig
     tied_weights = {"lm_head.weight": "tok_emb.weight"}
+    loss_without_logits = True  # return_logits=False: the LM head and its loss in one step
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)

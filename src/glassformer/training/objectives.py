@@ -79,7 +79,7 @@ def compute_loss(model: nn.Module, batch: dict[str, Tensor], label_smoothing: fl
 
     The loss is computed here from the logits, as a sum, for every family.
     ``count_correct``: also count the argmax hits (see :func:`token_loss_sum`).
-    ``loss_in_model``: instead, a GPT is given the labels and ``return_logits=False`` and computes
+    ``loss_in_model``: instead, a model with ``loss_without_logits`` (a GPT) is given the labels and ``return_logits=False`` and computes
     the loss itself, without keeping the logits (its LM head and cross-entropy in one step; no
     label smoothing, no argmax count); its mean is turned back into the sum.
     """

@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from glassformer.errors import GlassformerError
 from glassformer.generation.config import GenerationConfig
 from glassformer.io import make_dirs, unwrap_model
-from glassformer.models import GPT
 from glassformer.training import checkpoint as ckpt
 from glassformer.training import evaluation, saving
 from glassformer.training.config import TrainConfig
@@ -130,8 +129,8 @@ class Trainer:
         self.generation_config = generation_config
         self.baseline = baseline
         self.optimizer = build_optimizer(self.model, config, self.device)
-        # a GPT computes its own loss without keeping the (B, T, V) logits (glassformer.linear)
-        self.loss_in_model = isinstance(self.model, GPT) and not config.smoothing
+        # a model that can compute its loss without keeping the (B, T, V) logits does (a GPT: glassformer.linear)
+        self.loss_in_model = getattr(self.model, "loss_without_logits", False) and not config.smoothing
         self.schedule = Schedule.from_config(config)
         self.generator = torch.Generator().manual_seed(self.process.data_seed(config.seed))
         self.step = 0
