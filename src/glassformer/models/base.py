@@ -21,7 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from glassformer.io import IGNORE_INDEX, atomic_write, make_dirs
+from glassformer.models.activations import ActivationCache
 from glassformer.models.config import ModelConfig
+from glassformer.models.family import FamilyProtocol
 from glassformer.models.hooks import HookFn, Hooks, activation_names, check_names
 from glassformer.models.outputs import ModelOutput
 
@@ -75,8 +77,9 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
-class PretrainedModel(nn.Module):
-    """Base class: ``save_pretrained`` / ``from_pretrained`` and initialisation helpers."""
+class PretrainedModel(FamilyProtocol, nn.Module):
+    """Base class: ``save_pretrained`` / ``from_pretrained``, initialisation helpers, named activations,
+    and the family protocol (:mod:`glassformer.models.family`) every tool asks instead of comparing names."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # parameter name -> the parameter it is tied to; saved once, under the second name
@@ -154,16 +157,17 @@ class PretrainedModel(nn.Module):
 
     def run_with_cache(
         self, *args: Any, names: Iterable[str] | None = None, **kwargs: Any
-    ) -> tuple[ModelOutput, dict[str, Tensor]]:
+    ) -> tuple[ModelOutput, ActivationCache]:
         """``out, cache = model.run_with_cache(input_ids, attention_mask=None, names=None)``.
 
-        The ordinary forward pass (same arguments as calling the model) plus a dict of named
-        activations, ``"{stack}.{layer}.{site}"`` (see :mod:`glassformer.models.hooks`).
+        The ordinary forward pass (same arguments as calling the model) plus an
+        :class:`~glassformer.models.activations.ActivationCache` (a dict) of named activations,
+        ``"{stack}.{layer}.{site}"`` (see :mod:`glassformer.models.hooks`).
         ``names`` limits what is kept (default: everything). Tensors keep their graph: wrap the
         call in ``torch.no_grad()`` when no gradient is wanted.
         """
         keep = None if names is None else check_names(self, names)
-        cache: dict[str, Tensor] = {}
+        cache = ActivationCache(self)
         return self(*args, hooks=Hooks(cache=cache, keep=keep), **kwargs), cache
 
     def run_with_hooks(self, *args: Any, hooks: Mapping[str, HookFn], **kwargs: Any) -> ModelOutput:

@@ -54,6 +54,11 @@ class BERT(PretrainedModel):
     """
 
     config_class = BERTConfig
+    # the family protocol (glassformer.models.family): the MLM head predicts the token at each position
+    attention_kinds = ("encoder-self",)
+    readout_stack = "encoder"
+    head_module = "mlm_head"
+    next_token = False
     tied_weights = {"mlm_head.decoder.weight": "tok_emb.weight"}
 
     def __init__(self, config: BERTConfig) -> None:

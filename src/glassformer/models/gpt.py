@@ -52,6 +52,10 @@ class GPT(PretrainedModel):
     config_class = GPTConfig
     tied_weights = {"lm_head.weight": "tok_emb.weight"}
     loss_without_logits = True  # return_logits=False: the LM head and its loss in one step
+    # the family protocol (glassformer.models.family)
+    attention_kinds = ("decoder-self",)
+    readout_stack = "decoder"
+    head_module = "lm_head"
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)

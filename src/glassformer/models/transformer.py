@@ -9,6 +9,8 @@ cross-attention at every layer, and masks its own future positions.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +43,12 @@ class Transformer(PretrainedModel):
     """
 
     config_class = TransformerConfig
+    # the family protocol (glassformer.models.family)
+    attention_kinds = ("encoder-self", "decoder-self", "cross")
+    main_kind = "decoder-self"
+    readout_stack = "decoder"
+    head_module = "generator"
+    needs_target = True
     tied_weights = {"tgt_emb.weight": "src_emb.weight", "generator.weight": "src_emb.weight"}
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -65,6 +73,14 @@ class Transformer(PretrainedModel):
                 nn.init.ones_(m.weight)
         if c.tie_embeddings:
             self.generator.weight = self.src_emb.weight
+
+    def forward_inputs(
+        self, input_ids: Tensor, tgt_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(src_ids, tgt_ids), {"src_mask": attention_mask}``: the encoder-decoder reads two streams."""
+        if tgt_ids is None:
+            raise ValueError("the encoder-decoder needs tgt_ids (the decoder input, starting with the start token)")
+        return (input_ids, tgt_ids), ({} if attention_mask is None else {"src_mask": attention_mask})
 
     @property
     def decoder_start_token_id(self) -> int | None:
