@@ -13,14 +13,13 @@ neither torch nor the models, so ``glassformer --help`` answers at once.
 
 from __future__ import annotations
 
-import os
-
 from glassformer.lazy import lazy_exports
+from glassformer.threads import configure as configure_threads
 
-# OpenMP threads that spin while waiting at barriers make every op 5-10x slower when other
-# processes share the cores (measured on a 2-core CI box); sleeping waiters cost little when
-# idle. Takes effect only if torch is not imported yet; set OMP_WAIT_POLICY to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP waiters spin briefly when the cores are ours and sleep when other processes want them
+# (glassformer/threads.py). Takes effect only if torch is not imported yet; OMP_WAIT_POLICY in
+# the environment always wins.
+THREADS = configure_threads()
 
 __version__ = "0.1.0"
 
