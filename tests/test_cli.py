@@ -15,8 +15,8 @@ import torch
 
 from conftest import assert_refused, randomize, run_main
 from glassformer.cli import main
+from glassformer.cli.flags import config_from_args, unescape
 from glassformer.generation import generate_lists
-from glassformer.generation.flags import config_from_args, unescape
 from glassformer.models import GPT, GPTConfig
 from glassformer.tokenizers import build_tokenizer
 
@@ -153,7 +153,7 @@ def test_suggested_commands_are_shell_quoted(dirs, capsys, tmp_path):
 
 def test_the_prompt_suggested_after_training_gpt_has_no_trailing_space(tmp_path):
     """``"The "`` would end a BPE prompt with a lone-space token, which training text rarely holds."""
-    from glassformer.training.command import next_commands
+    from glassformer.training.run import next_commands
 
     text = next_commands("gpt", tmp_path / "run")
     assert '--prompt "The" ' in text and '"The "' not in text
@@ -190,7 +190,7 @@ def test_command_parsers_read_options_between_positionals():
 def test_commands_suggested_after_training_paste_into_a_shell_for_any_run_directory(tmp_path):
     import shlex
 
-    from glassformer.training.command import next_commands
+    from glassformer.training.run import next_commands
 
     out = tmp_path / "my runs" / "it's"
     for task in ("gpt", "bert", "seq2seq", "classifier"):

@@ -178,9 +178,9 @@ def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_conf
     import dataclasses
     import typing
 
+    from glassformer.cli.train import add_config_flags
     from glassformer.models.config import GPTConfig, ModelConfig
     from glassformer.training import config as config_module
-    from glassformer.training.command import add_config_flags
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, "gpt")
