@@ -159,7 +159,7 @@ def decode(model, side: str, shape: dict, prompt_len: int, new_tokens: int, plai
         from glassformer.generation import generate, optimize_for_decoding
 
         if not plain_layout:
-            optimize_for_decoding(model)
+            model = optimize_for_decoding(model)  # a prepared copy sharing the tensors it keeps
         out = generate(model, ids, max_new_tokens=new_tokens, eos_token_id=[], use_cache=True)
     else:
         with torch.no_grad():

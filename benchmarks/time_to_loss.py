@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from glassformer.training.command import run_training
 from glassformer.training.config import TrainConfig
 from glassformer.training.objectives import compute_loss
 from glassformer.training.optim import Schedule
+from glassformer.training.run import run_training
 from glassformer.training.tasks import prepare
 from glassformer.training.trainer import Trainer
 

@@ -77,15 +77,35 @@ def test_a_method_of_another_family_says_which_fit(dirs):
         glassformer.load(dirs["gpt"]).generate("hi", beams=2)
 
 
-def test_generate_lays_the_weights_out_for_the_rows_it_decodes(dirs):
-    """One prompt decodes one row: W_1 (out > in) column-major; a batch of prompts or beams: rows."""
+def test_generate_decodes_on_a_prepared_copy_laid_out_for_its_rows(dirs):
+    """One prompt decodes one row: W_1 (out > in) column-major; a batch of prompts or beams: rows.
+    The layout is the decoding copy's; the pipeline's own model keeps its weights as they were."""
     gpt = glassformer.load(dirs["gpt"])
     w_1 = gpt.model.decoder.layers[0].ffn.w_1.weight
+    before = (w_1.stride(), w_1.data_ptr())
+
+    def decoding_w_1(rows):
+        return gpt.decoder(rows).decoder.layers[0].ffn.w_1.weight
+
     one = gpt.generate("the cat", max_new_tokens=4)
-    assert w_1.stride(0) == 1
+    assert decoding_w_1(1).stride(0) == 1
     batch = gpt.generate(["the cat", "a dog"], max_new_tokens=4)
-    assert w_1.is_contiguous() and batch[0] == one  # the layout changes the speed, not the text
-    gpt.generate("the cat", max_new_tokens=4)
-    assert w_1.stride(0) == 1
+    assert decoding_w_1(2).is_contiguous() and batch[0] == one  # the layout changes the speed, not the text
+    assert gpt.generate("the cat", max_new_tokens=4) == one
     gpt.generate("the cat", max_new_tokens=4, num_beams=2)
-    assert w_1.is_contiguous()
+    assert decoding_w_1(2).is_contiguous()
+    assert (w_1.stride(), w_1.data_ptr()) == before and w_1.is_contiguous()
+
+
+def test_the_text_functions_never_change_the_callers_weights(dirs):
+    """generate_texts / translate_texts decode on the model they are given, as it is: no re-layout
+    behind the caller's back (strides and storage of every weight unchanged, one prompt or many)."""
+    from glassformer.generation.text import generate_texts, translate_texts
+    from glassformer.loading import load_model_and_tokenizer
+
+    for family, run in (("gpt", generate_texts), ("seq2seq", translate_texts)):
+        model, tok = load_model_and_tokenizer(dirs[family])
+        before = {k: (v.stride(), v.data_ptr()) for k, v in model.state_dict().items()}
+        for texts in (["the cat"], ["the cat", "a dog"]):
+            run(model, tok, texts, GenerationConfig(max_new_tokens=3))
+        assert {k: (v.stride(), v.data_ptr()) for k, v in model.state_dict().items()} == before, family

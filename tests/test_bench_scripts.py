@@ -16,6 +16,8 @@ import pytest
 
 from conftest import benchmark_module
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke run belongs to the slow lane
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

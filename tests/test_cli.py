@@ -15,8 +15,8 @@ import torch
 
 from conftest import assert_refused, randomize, run_main
 from glassformer.cli import main
+from glassformer.cli.flags import config_from_args, unescape
 from glassformer.generation import generate_lists
-from glassformer.generation.flags import config_from_args, unescape
 from glassformer.models import GPT, GPTConfig
 from glassformer.tokenizers import build_tokenizer
 
@@ -153,7 +153,7 @@ def test_suggested_commands_are_shell_quoted(dirs, capsys, tmp_path):
 
 def test_the_prompt_suggested_after_training_gpt_has_no_trailing_space(tmp_path):
     """``"The "`` would end a BPE prompt with a lone-space token, which training text rarely holds."""
-    from glassformer.training.command import next_commands
+    from glassformer.training.run import next_commands
 
     text = next_commands("gpt", tmp_path / "run")
     assert '--prompt "The" ' in text and '"The "' not in text
@@ -190,7 +190,7 @@ def test_command_parsers_read_options_between_positionals():
 def test_commands_suggested_after_training_paste_into_a_shell_for_any_run_directory(tmp_path):
     import shlex
 
-    from glassformer.training.command import next_commands
+    from glassformer.training.run import next_commands
 
     out = tmp_path / "my runs" / "it's"
     for task in ("gpt", "bert", "seq2seq", "classifier"):
@@ -198,3 +198,48 @@ def test_commands_suggested_after_training_paste_into_a_shell_for_any_run_direct
             words = shlex.split(line)
             assert str(out) in words, line  # the directory comes back whole
             assert all(w in (str(out), f"{out}-classifier") for w in words if "my runs" in w), line
+
+
+def test_every_commands_output_ends_with_a_newline(capsys, monkeypatch):
+    """main() ends a command's output with a newline when the command did not (issue 30), and adds
+    none when it did or printed nothing."""
+    import types
+
+    import glassformer.cli as cli
+
+    printed = {"bare": "no newline", "done": "a line\n", "silent": ""}
+    fake = types.ModuleType("fake_commands")
+
+    def register(sub):
+        for name, text in printed.items():
+            sub.add_parser(name).set_defaults(func=lambda args, text=text: sys.stdout.write(text) and 0)
+
+    fake.register = register
+    monkeypatch.setitem(sys.modules, "fake_commands", fake)
+    for name in printed:
+        monkeypatch.setitem(cli.COMMANDS, name, ("fake_commands", "a test command"))
+    for name, text in printed.items():
+        assert main([name]) == 0
+        out = capsys.readouterr().out
+        assert out == (text + "\n" if text and not text.endswith("\n") else text), name
+    assert not isinstance(sys.stdout, cli.LineEndingOut)  # the real stream is back
+
+
+def test_argparse_lives_in_the_command_line_only():
+    """No library module imports argparse: only glassformer/cli and the demos (and, until they
+    move to cli/, the two explain command modules)."""
+    import re
+    from pathlib import Path
+
+    src = Path(cli_module_file()).parents[1]
+    allowed = {src / "explain" / "command.py", src / "explain" / "insight.py"}
+    offenders = [str(p.relative_to(src)) for p in src.rglob("*.py")
+                 if p.parts[len(src.parts)] not in ("cli", "demos") and p not in allowed
+                 and re.search(r"^\s*(import argparse|from argparse import)", p.read_text(), re.M)]
+    assert offenders == []
+
+
+def cli_module_file() -> str:
+    import glassformer.cli
+
+    return glassformer.cli.__file__

@@ -11,14 +11,7 @@ from glassformer.explain import heatmaps
 from glassformer.explain.capture import attention_set
 from glassformer.models import GPT, GPTConfig, Transformer, TransformerConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,14 +9,7 @@ from glassformer.explain.masks import build_mask_demo, check_on_model, format_ma
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 from glassformer.tokenizers import CharTokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 TOK = CharTokenizer.train("the cat sat on a mat")

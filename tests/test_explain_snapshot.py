@@ -19,14 +19,7 @@ from glassformer.explain.viewer import read_viewer_data
 from glassformer.models import GPT, GPTConfig, Transformer, TransformerConfig
 from glassformer.tokenizers import CharTokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TEXT = "abcdefgh" * 8
 PROBE = "abcdefabcd"

@@ -9,14 +9,7 @@ from glassformer.explain.trace import trace_generation
 from glassformer.generation import generate_lists, generate_seq2seq_lists
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def gpt():

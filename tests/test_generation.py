@@ -15,6 +15,7 @@ from glassformer.generation import (
 )
 from glassformer.generation.cache import PreallocatedKVCache
 from glassformer.generation.gpt import window_keep
+from glassformer.generation.layout import DecodingLinear
 from glassformer.generation.streaming import cut_at_stop
 from glassformer.models import GPT, GPTConfig
 
@@ -269,51 +270,59 @@ def test_streamer_never_prints_a_stop_string():
 # ------------------------------------------------------------------------------- layout
 
 
+def linears(m):
+    return [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+
+
 def test_decoding_layout_changes_neither_values_nor_outputs(tmp_path):
     m = random_gpt()
     p = [random_prompt(n, n) for n in (3, 9)]
     before = generate_lists(m, p, max_new_tokens=20, eos_token_id=NO_EOS)
     logits = m(torch.tensor([p[1]])).logits
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    optimize_for_decoding(m)
-    assert m.lm_head.weight is m.tok_emb.weight  # tying survives
-    assert m.lm_head.weight.stride(0) == 1  # (in, out) storage
-    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
-    assert torch.allclose(m(torch.tensor([p[1]])).logits, logits, atol=1e-5)
-    assert generate_lists(m, p, max_new_tokens=20, eos_token_id=NO_EOS) == before
-    m.save_pretrained(tmp_path)  # saved in the usual layout, loads back with the same values
+    strides = {k: (v.stride(), v.data_ptr()) for k, v in m.state_dict().items()}
+    prepared = optimize_for_decoding(m)
+    assert {k: (v.stride(), v.data_ptr()) for k, v in m.state_dict().items()} == strides  # the caller's model is untouched
+    assert not any(isinstance(mod, DecodingLinear) for mod in m.modules())
+    assert prepared.lm_head.weight is prepared.tok_emb.weight  # tying survives in the copy
+    assert prepared.lm_head.weight.stride(0) == 1  # (in, out) storage
+    assert prepared.decoder.layers[0].ffn.w_2.weight is m.decoder.layers[0].ffn.w_2.weight  # kept layout: shared
+    assert all(torch.equal(state[k], v) for k, v in prepared.state_dict().items())
+    assert torch.allclose(prepared(torch.tensor([p[1]])).logits, logits, atol=1e-5)
+    assert generate_lists(prepared, p, max_new_tokens=20, eos_token_id=NO_EOS) == before
+    prepared.save_pretrained(tmp_path)  # saved in the usual layout, loads back with the same values
     loaded = GPT.from_pretrained(tmp_path)
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in prepared.state_dict().items())
 
 
 def test_decoding_layout_is_chosen_per_dtype_shape_batch_and_threads(monkeypatch):
-    import glassformer.linear
+    import glassformer.generation.layout as layout
 
-    monkeypatch.setattr(glassformer.linear, "SLICE_MIN_ELEMENTS", 0)  # slice even the tiny model's matrices
+    monkeypatch.setattr(layout, "SLICE_MIN_ELEMENTS", 0)  # slice even the tiny model's matrices
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # one row, two threads: every matrix (in, out), sliced per thread
         m = optimize_for_decoding(random_gpt())
-        assert all(mod.weight.stride(0) == 1 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+        assert all(mod.weight.stride(0) == 1 for mod in linears(m))
         torch.set_num_threads(1)  # one thread: only the widening matrices
-        optimize_for_decoding(m)
+        m = optimize_for_decoding(m)
         ffn = m.decoder.layers[0].ffn
         assert ffn.w_1.weight.stride(0) == 1  # fp32, one row, out > in: (in, out) storage
         assert ffn.w_2.weight.is_contiguous()  # out < in: the usual rows read faster
     finally:
         torch.set_num_threads(threads)
-    optimize_for_decoding(m, batch_size=4)  # several rows: W xᵀ over the usual rows
-    assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
-    optimize_for_decoding(m, batch_size=1)
+    m = optimize_for_decoding(m, batch_size=4)  # several rows: W xᵀ over the usual rows
+    assert all(mod.weight.is_contiguous() for mod in linears(m))
+    m = optimize_for_decoding(m, batch_size=1)
     m = optimize_for_decoding(m.to(torch.bfloat16))  # .to() keeps the strides; bf16 wants rows
-    assert all(mod.weight.is_contiguous() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    assert all(mod.weight.is_contiguous() for mod in linears(m))
     assert m.lm_head.weight is m.tok_emb.weight
     with pytest.raises(ValueError, match="batch_size"):
         optimize_for_decoding(m, batch_size=0)
 
 
 def test_one_row_decoding_sliced_per_thread_gives_the_same_tokens(monkeypatch):
-    import glassformer.linear
+    import glassformer.generation.layout as layout
 
     m = random_gpt()
     p = random_prompt(5, 3)
@@ -322,21 +331,20 @@ def test_one_row_decoding_sliced_per_thread_gives_the_same_tokens(monkeypatch):
     with torch.no_grad():
         logits = m(ids).logits
     calls = []
-    real = glassformer.linear.split_inner_linear
-    monkeypatch.setattr(glassformer.linear, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
-    monkeypatch.setattr(glassformer.linear, "SLICE_MIN_ELEMENTS", 0)
+    real = layout.split_inner_linear
+    monkeypatch.setattr(layout, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(layout, "SLICE_MIN_ELEMENTS", 0)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        optimize_for_decoding(m, batch_size=1)
-        assert generate_lists(m, [p], max_new_tokens=16, eos_token_id=NO_EOS) == plain
+        prepared = optimize_for_decoding(m, batch_size=1)
+        assert generate_lists(prepared, [p], max_new_tokens=16, eos_token_id=NO_EOS) == plain
         assert calls and set(calls) == {2}  # the cached steps went through the sliced product
         with torch.no_grad():
-            last = m(ids[:, :1]).logits  # one position: every projection sliced
+            last = prepared(ids[:, :1]).logits  # one position: every projection sliced
         assert torch.allclose(last, logits[:, :1], atol=1e-5)
     finally:
         torch.set_num_threads(threads)
-        optimize_for_decoding(m, batch_size=4)
 
 
 def test_batched_decoding_with_either_layout_gives_the_same_tokens():
@@ -344,8 +352,8 @@ def test_batched_decoding_with_either_layout_gives_the_same_tokens():
     p = [random_prompt(n, n) for n in (3, 9, 5)]
     alone = [generate_lists(m, [q], max_new_tokens=12, eos_token_id=NO_EOS)[0] for q in p]
     for batch_size in (1, 3):
-        optimize_for_decoding(m, batch_size=batch_size)
-        assert generate_lists(m, p, max_new_tokens=12, eos_token_id=NO_EOS) == alone
+        prepared = optimize_for_decoding(m, batch_size=batch_size)
+        assert generate_lists(prepared, p, max_new_tokens=12, eos_token_id=NO_EOS) == alone
 
 
 def test_cached_steps_reuse_one_mask_buffer_and_one_position_buffer():

@@ -199,7 +199,7 @@ def test_generation_config_reads_hugging_face_spellings(tmp_path):
 
 def test_fill_mask_candidates_are_shown_as_text_with_whitespace_spelt_out():
     """A byte-level BPE newline is 'Ċ' inside the vocabulary; a reader should see \\n."""
-    from glassformer.generation.command_bert import visible_token
+    from glassformer.generation.text import visible_token
 
     assert visible_token("\n") == "\\n" and visible_token("\t") == "\\t" and visible_token(" ") == "␣"
     assert visible_token(" cat") == "cat" and visible_token("") == ""

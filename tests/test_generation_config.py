@@ -10,9 +10,9 @@ import os
 
 import pytest
 
+from glassformer.cli.flags import add_generation_flags, config_from_args, flag_fields
 from glassformer.errors import CheckpointError
 from glassformer.generation.config import GenerationConfig, load_generation_config
-from glassformer.generation.flags import add_generation_flags, config_from_args, flag_fields
 
 
 @pytest.mark.parametrize("name,value", [

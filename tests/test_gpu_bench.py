@@ -8,6 +8,8 @@ import pytest
 
 from conftest import benchmark_module
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke run belongs to the slow lane
+
 
 @pytest.fixture
 def script():

@@ -1,18 +1,34 @@
-"""glassformer.linear.Linear: nn.Linear's results, computed as W xᵀ for few rows and as per-thread
-slices of a column-major W for one row."""
+"""glassformer.linear: Linear is plain nn.Linear; the decoding products of a prepared model
+(glassformer.generation.layout.DecodingLinear) give nn.Linear's results, computed as W xᵀ for few
+rows and as per-thread slices of a column-major W for one row; the LM head's fused loss."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from glassformer.linear import FEW_ROWS, Linear, few_rows_linear, inner_slices, split_inner_linear
+from glassformer.generation.layout import (
+    FEW_ROWS,
+    DecodingLinear,
+    few_rows_linear,
+    inner_slices,
+    split_inner_linear,
+)
+from glassformer.linear import Linear
+
+
+def test_the_models_projection_is_plain_nn_linear():
+    """No branching on grad mode, device, dtype or strides in the core: nn.Linear's own forward."""
+    assert Linear.forward is torch.nn.Linear.forward
+    lin = DecodingLinear(8, 12)
+    x = torch.randn(3, 8)
+    assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(2, 16), (3, 5, 16), (FEW_ROWS, 16), (FEW_ROWS + 1, 16), (1, 16), (16,)])
 def test_linear_equals_nn_linear_for_every_row_count(bias, shape):
     torch.manual_seed(0)
-    lin = Linear(16, 24, bias=bias)
+    lin = DecodingLinear(16, 24, bias=bias)
     x = torch.randn(*shape)
     with torch.no_grad():
         y = lin(x)
@@ -30,11 +46,11 @@ def test_few_rows_path_is_the_transposed_product():
 
 def test_few_rows_path_is_taken_only_where_it_pays(monkeypatch):
     calls = []
-    import glassformer.linear as linear
+    import glassformer.generation.layout as linear
 
     real = linear.few_rows_linear
     monkeypatch.setattr(linear, "few_rows_linear", lambda *a: calls.append(1) or real(*a))
-    lin = Linear(8, 8)
+    lin = DecodingLinear(8, 8)
     x = torch.randn(4, 8)
     with torch.no_grad():
         lin(x)
@@ -47,13 +63,13 @@ def test_few_rows_path_is_taken_only_where_it_pays(monkeypatch):
         lin.bias.data = lin.bias.data.double()
         lin(x.double())
     assert len(calls) == 1
-    lin = Linear(8, 8)
+    lin = DecodingLinear(8, 8)
     y = lin(x)  # with gradients: the usual product, and a backward pass through it
     y.sum().backward()
     assert len(calls) == 1 and lin.weight.grad is not None
 
 
-def column_major(lin: Linear) -> Linear:
+def column_major(lin: DecodingLinear) -> DecodingLinear:
     lin.weight.data = lin.weight.data.t().contiguous().t()  # same (out, in) values, (in, out) storage
     return lin
 
@@ -63,7 +79,7 @@ def column_major(lin: Linear) -> Linear:
 @pytest.mark.parametrize("slices", [2, 3, 4])
 def test_one_row_as_summed_slices_equals_nn_linear(bias, shape, slices):
     torch.manual_seed(0)
-    lin = column_major(Linear(24, 40, bias=bias))
+    lin = column_major(DecodingLinear(24, 40, bias=bias))
     x = torch.randn(*shape)
     y = split_inner_linear(x, lin.weight, lin.bias, slices)
     assert y.shape == (*shape[:-1], 40)
@@ -85,12 +101,12 @@ def test_inner_slices_follow_the_threads_and_divide_the_width():
 
 def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkeypatch):
     calls = []
-    import glassformer.linear as linear
+    import glassformer.generation.layout as linear
 
     real = linear.split_inner_linear
     monkeypatch.setattr(linear, "split_inner_linear", lambda *a: calls.append(a[3]) or real(*a))
     monkeypatch.setattr(linear, "inner_slices", lambda n_out, n_in: 2)  # as on a 2-thread machine
-    lin = Linear(8, 12)
+    lin = DecodingLinear(8, 12)
     x = torch.randn(1, 8)
     with torch.no_grad():
         lin(x)  # row-major weight: the usual product
@@ -102,7 +118,7 @@ def test_one_row_slices_only_a_column_major_fp32_weight_without_gradients(monkey
         lin.double()
         lin(x.double())  # another dtype: the usual product
     assert calls == [2]
-    lin = column_major(Linear(8, 12))
+    lin = column_major(DecodingLinear(8, 12))
     lin(x).sum().backward()  # with gradients: the usual product, and a backward pass through it
     assert calls == [2] and lin.weight.grad is not None
     monkeypatch.setattr(linear, "inner_slices", lambda n_out, n_in: 1)  # one thread

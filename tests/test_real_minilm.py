@@ -122,7 +122,5 @@ def test_cli_embeddings_equal_sentence_transformers(tmp_path, st_vectors):
 def test_python_facade_embed_equals_sentence_transformers(st_vectors):
     import glassformer
 
-    if not hasattr(glassformer, "load"):
-        pytest.skip("glassformer.load (api.py) is not there yet")
     vectors = glassformer.load(MODEL_DIR).embed(EMBED_TEXTS)
     assert cosines(vectors, st_vectors).min() >= 0.99999

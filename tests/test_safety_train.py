@@ -367,8 +367,8 @@ def test_compile_flag_is_honoured_and_the_default_follows_the_rule(corpus, tmp_p
     assert not runtime.should_compile(None, cpu, COMPILE_MIN_STEPS)
     assert runtime.should_compile(None, torch.device("cuda"), COMPILE_MIN_STEPS)
 
-    from glassformer.training.command import run_training
     from glassformer.training.config import TrainConfig
+    from glassformer.training.run import run_training
 
     base = dict(task="gpt", data=str(corpus), n_layers=1, n_heads=2, d_model=32, context=32, batch_size=4,
                 eval_batches=1, sample_tokens=0, progress="none", max_steps=1, eval_every=1)
@@ -384,8 +384,8 @@ def test_compile_flag_is_honoured_and_the_default_follows_the_rule(corpus, tmp_p
 
 @pytest.mark.slow
 def test_a_compiled_step_gives_the_eager_loss(corpus, tmp_path):
-    from glassformer.training.command import run_training
     from glassformer.training.config import TrainConfig
+    from glassformer.training.run import run_training
     from glassformer.training.runtime import has_cxx_compiler
 
     if not has_cxx_compiler():

@@ -15,14 +15,7 @@ from glassformer.generation.sampling import (
     validate_sampling,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors gain nothing from threads; on a shared 2-core machine they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def logits(b=3, v=11, seed=0):

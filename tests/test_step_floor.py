@@ -7,6 +7,8 @@ import torch
 
 from conftest import benchmark_module
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke run belongs to the slow lane
+
 pytest.importorskip("transformers")
 
 

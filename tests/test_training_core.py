@@ -178,9 +178,9 @@ def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_conf
     import dataclasses
     import typing
 
+    from glassformer.cli.train import add_config_flags
     from glassformer.models.config import GPTConfig, ModelConfig
     from glassformer.training import config as config_module
-    from glassformer.training.command import add_config_flags
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, "gpt")
@@ -206,7 +206,7 @@ def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_conf
     cfg = TrainConfig(d_model=64, n_layers=3, context=48)
     gpt = GPTConfig(vocab_size=50, **cfg.model_kwargs())
     assert (gpt.d_model, gpt.n_layers, gpt.d_ff, gpt.max_len) == (64, 3, 256, 48)
-    from glassformer.training import command
+    from glassformer.cli import train as command
 
     assert not hasattr(command, "_field_comments") and config_module.field_help("lr") == "peak learning rate"
 

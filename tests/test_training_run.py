@@ -81,8 +81,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(corpus, tmp_path):
 
 
 def _trainer(corpus, tmp_path, **overrides):
-    from glassformer.training.command import run_training  # noqa: F401  (the same path the CLI takes)
     from glassformer.training.config import TrainConfig
+    from glassformer.training.run import run_training  # noqa: F401  (the same path the CLI takes)
     from glassformer.training.tasks import prepare
     from glassformer.training.trainer import Trainer
 

@@ -27,14 +27,7 @@ from glassformer.explain.viewer import decode_weights, read_viewer_data, save_at
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 from glassformer.tokenizers.char import CharTokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

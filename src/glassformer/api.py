@@ -12,9 +12,11 @@
     bert.fill_mask("the cat sat on the [MASK]."); bert.classify(["great", "awful"]); bert.embed(["a", "b"])
 
 Each method runs what the matching command runs (``glassformer generate``, ``translate``,
-``fill-mask``, ``classify``, ``embed``): the same :class:`GenerationConfig` read from the
-directory's ``generation_config.json`` (keywords override it, as flags do), the same batching,
-the same seeds, so the same text comes out.
+``fill-mask``, ``classify``, ``embed``): the same functions of :mod:`glassformer.generation.text`,
+the same :class:`GenerationConfig` read from the directory's ``generation_config.json`` (keywords
+override it, as flags do), the same batching, the same seeds, so the same text comes out.
+Decoding runs on a copy laid out for the number of rows
+(:func:`~glassformer.generation.layout.optimize_for_decoding`), never changing ``.model``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from glassformer.generation.command_bert import classify_texts, embed_texts, fill_mask_texts
+import torch
+
 from glassformer.generation.config import GenerationConfig, load_generation_config
-from glassformer.generation.text import generate_texts, translate_texts
-from glassformer.loading import is_glassformer_dir, load_model_and_tokenizer
+from glassformer.generation.layout import optimize_for_decoding
+from glassformer.generation.text import (
+    classify_texts,
+    embed_texts,
+    fill_mask_texts,
+    generate_texts,
+    translate_texts,
+)
+from glassformer.loading import load_model_and_tokenizer
 
 _METHODS = {"gpt": ".generate()", "transformer": ".translate()", "bert": ".fill_mask(), .classify() or .embed()"}
 
@@ -37,13 +47,25 @@ class Pipeline:
     text-in, text-out methods that fit its family."""
 
     def __init__(self, model, tokenizer, generation_config: GenerationConfig | None = None, *,
-                 path: str | os.PathLike | None = None, is_hf: bool = False, batch_size: int = 32) -> None:
+                 path: str | os.PathLike | None = None, batch_size: int = 32) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config or GenerationConfig()
         self.path = Path(path) if path is not None else None
-        self.is_hf = is_hf
         self.batch_size = batch_size
+        self._prepared: dict[tuple, Any] = {}  # decoding copies of .model, by layout
+
+    def decoder(self, rows: int):
+        """:attr:`model` laid out for decoding ``rows`` sequences at once (one row, or several):
+        a prepared copy, made once per layout, dtype, device and thread count."""
+        p = next(self.model.parameters())
+        key = (id(self.model), rows == 1, p.dtype, p.device, torch.get_num_threads())
+        if key not in self._prepared:
+            self._prepared = {key: optimize_for_decoding(self.model, batch_size=rows)}
+        return self._prepared[key]
+
+    def _rows(self, n: int, config: GenerationConfig) -> int:
+        return config.num_beams * min(n, self.batch_size)
 
     @property
     def family(self) -> str:
@@ -67,7 +89,9 @@ class Pipeline:
         ``num_beams=4``, ``temperature=0.8``, ``seed=0``, ``stop=["\\n"]``, ...)."""
         self._need("gpt", "generate")
         texts = [text] if isinstance(text, str) else list(text)
-        out = generate_texts(self.model, self.tokenizer, texts, self._config(overrides), batch_size=self.batch_size)
+        config = self._config(overrides)
+        out = generate_texts(self.decoder(self._rows(len(texts), config)), self.tokenizer, texts, config,
+                             batch_size=self.batch_size)
         texts_out = [c.text for c in out]
         return texts_out[0] if isinstance(text, str) else texts_out
 
@@ -75,8 +99,9 @@ class Pipeline:
         """The translation of a text (a str), or of each text of a list."""
         self._need("transformer", "translate")
         texts = [text] if isinstance(text, str) else list(text)
-        out = translate_texts(self.model, self.tokenizer, texts, self._config(overrides), batch_size=self.batch_size,
-                              is_hf=self.is_hf)
+        config = self._config(overrides)
+        out = translate_texts(self.decoder(self._rows(len(texts), config)), self.tokenizer, texts, config,
+                              batch_size=self.batch_size)
         return out[0] if isinstance(text, str) else out
 
     # BERT: the functions the fill-mask / classify / embed commands print, on the loaded model
@@ -85,15 +110,14 @@ class Pipeline:
         (a list per mask; for a list of texts, one such list per text)."""
         self._need("bert", "fill_mask")
         texts = [text] if isinstance(text, str) else list(text)
-        rows = fill_mask_texts(self.model, self.tokenizer, texts, top_k=top_k, is_hf=self.is_hf,
-                               batch_size=self.batch_size)
+        rows = fill_mask_texts(self.model, self.tokenizer, texts, top_k=top_k, batch_size=self.batch_size)
         return rows[0] if isinstance(text, str) else rows
 
     def classify(self, texts: str | Sequence[str]) -> dict[str, Any] | list[dict[str, Any]]:
         """``{"label", "probabilities"}`` for a text, or a list of them for a list of texts."""
         self._need("bert", "classify")
         items = [texts] if isinstance(texts, str) else list(texts)
-        rows = classify_texts(self.model, self.tokenizer, items, is_hf=self.is_hf, batch_size=self.batch_size)
+        rows = classify_texts(self.model, self.tokenizer, items, batch_size=self.batch_size)
         return rows[0] if isinstance(texts, str) else rows
 
     def embed(self, texts: str | Sequence[str]):
@@ -101,8 +125,7 @@ class Pipeline:
         directory's sentence-transformers pooling when it has a ``modules.json``)."""
         self._need("bert", "embed")
         items = [texts] if isinstance(texts, str) else list(texts)
-        matrix = embed_texts(self.model, self.tokenizer, items, is_hf=self.is_hf, batch_size=self.batch_size,
-                             model_dir=self.path)
+        matrix = embed_texts(self.model, self.tokenizer, items, batch_size=self.batch_size, model_dir=self.path)
         return matrix[0] if isinstance(texts, str) else matrix
 
 
@@ -110,4 +133,4 @@ def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
     """Open any model directory (a glassformer save or run directory, or a Hugging Face
     checkpoint) with its tokenizer and ``generation_config.json``."""
     model, tokenizer = load_model_and_tokenizer(path, map_location=device)
-    return Pipeline(model, tokenizer, load_generation_config(path), path=path, is_hf=not is_glassformer_dir(path))
+    return Pipeline(model, tokenizer, load_generation_config(path), path=path)

@@ -1,4 +1,5 @@
-"""``glassformer convert SRC DST [--to hf]``: Hugging Face directory <-> glassformer directory.
+"""Hugging Face directory <-> glassformer directory (``glassformer convert SRC DST [--to hf]``,
+whose parser is :mod:`glassformer.cli.convert`).
 
 Without ``--to``, SRC is a Hugging Face checkpoint (GPT-2, BERT or Marian) and DST becomes a
 glassformer model directory (config.json + model.safetensors + the tokenizer files). With
@@ -13,7 +14,6 @@ is ever removed: a sibling such as ``.DST.old/`` is never touched.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -28,27 +28,6 @@ log = logging.getLogger(__name__)
 # tokenizer files carried over verbatim, whichever the direction
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MARIAN_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json")
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a Hugging Face checkpoint to a glassformer model directory, or back",
-        description="Convert a Hugging Face directory (GPT-2, BERT, Marian) into a glassformer model "
-        "directory, or with --to hf a glassformer model into a directory transformers loads.",
-    )
-    p.add_argument("src", metavar="SRC", help="the directory to read")
-    p.add_argument("dst", metavar="DST", help="the directory to write (must not exist, unless --overwrite)")
-    p.add_argument("--to", choices=("glassformer", "hf"), default="glassformer",
-                   help="output format (default: glassformer)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it already exists")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    model, dst = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
-    print(f"wrote {dst} ({type(model).__name__}, {model.num_parameters():,} parameters, format: {args.to})")
-    return 0
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassformer", overwrite: bool = False):

@@ -51,11 +51,6 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def dir_mode() -> int:
-    """Permissions for a new directory: what ``mkdir`` would give (0o755 under umask 022)."""
-    return 0o777 & ~current_umask()
-
-
 def make_dirs(path: str | os.PathLike) -> Path:
     """``mkdir -p`` that honours the umask; returns the path."""
     path = Path(path)

@@ -62,6 +62,8 @@ def load_model_and_tokenizer(directory: str | os.PathLike, map_location: str = "
         from glassformer.interop import load_hf_tokenizer  # only for these directories (see load_model)
 
         tokenizer = load_hf_tokenizer(directory)
+        if tokenizer is not None:
+            tokenizer.own_template = True  # the checkpoint's model was trained on its template
     if tokenizer is None and require_tokenizer:
         raise CheckpointError(f"{directory}: no tokenizer (tokenizer.json) in the model directory")
     model.eval()

@@ -100,11 +100,11 @@ def _model_classes():
 
 
 def _meta_count(config: Any) -> int:
-    from unittest import mock
+    from glassformer.models.base import skip_init
 
     model_classes, _ = _model_classes()
     # shapes only: skip the random init, whose first call on the meta device costs ~2 s of imports
-    with torch.device("meta"), mock.patch.object(torch.nn.init, "normal_", lambda tensor, *a, **k: tensor):
+    with torch.device("meta"), skip_init():
         model = model_classes[config.model_type](config)
     return sum(p.numel() for p in model.parameters())
 
@@ -129,11 +129,6 @@ def parameter_count(config: Any) -> int:
         per_dec = _meta_count(dataclasses.replace(one, n_decoder_layers=2)) - base
         total += (dec - 1) * per_dec
     return total
-
-
-def model_bytes(config: Any, bytes_per_param: int = FP32) -> int:
-    """Bytes of the weights alone."""
-    return parameter_count(config) * bytes_per_param
 
 
 def check_model_fits(config: Any, device: torch.device | str = "cpu", source: str = "config.json",
@@ -303,11 +298,3 @@ def generation_bytes(n_params: int, *, sequences: int, total_len: int, d_model: 
     source positions), and a row of logits per sequence (twice, for sampling or beam scores)."""
     kv = 2 * n_layers * sequences * (total_len + cross_len) * d_model * FP32
     return n_params * FP32 + kv + 2 * sequences * vocab_size * FP32 + sequences * total_len * 8
-
-
-def max_fitting(per_unit: int, fixed: int, device: torch.device | str) -> int | None:
-    """How many units of ``per_unit`` bytes fit beside ``fixed`` bytes (None when memory is unknown)."""
-    free = available_bytes(device)
-    if free is None:
-        return None
-    return max(0, (free - fixed) // max(per_unit, 1))

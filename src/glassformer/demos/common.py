@@ -145,7 +145,7 @@ def step_timer(model: torch.nn.Module, make_batch: Callable[[], dict[str, torch.
 
 def train(run: DemoRun, config):
     """Train through the same path as ``glassformer train``; returns ``(result, setup, trainer)``."""
-    from glassformer.training.command import run_training
+    from glassformer.training.run import run_training
 
     if run.overwrite and (run.out / "train_config.json").is_file():
         say(f"replacing the previous run in {run.out}")

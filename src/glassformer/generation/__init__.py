@@ -7,14 +7,13 @@
 * :mod:`.gpt` — :func:`generate` for decoder-only models (KV cache, left-padded batches,
   sliding window, eos / stop strings);
 * :mod:`.seq2seq` — :func:`generate_seq2seq` for the encoder-decoder;
-* :mod:`.text` — text in, text out: what the CLI and :func:`glassformer.load` run;
-* :mod:`.cache`, :mod:`.layout`, :mod:`.streaming` — the preallocated KV cache, a faster CPU
-  weight layout, :class:`TextStreamer`;
-* :mod:`.flags`, :mod:`.cli_common`, :mod:`.command` — the ``generate`` and ``translate``
-  commands and the helpers every inference command shares.
+* :mod:`.text` — text in, text out (generate, translate, fill-mask, classify, embed): what the
+  CLI and :func:`glassformer.load` run;
+* :mod:`.cache`, :mod:`.layout`, :mod:`.streaming` — the preallocated KV cache, the opt-in CPU
+  decoding layout (:func:`optimize_for_decoding` returns a prepared copy), :class:`TextStreamer`.
 
-Names are imported on first use (PEP 562), so ``import glassformer.generation.flags`` for
-``--help`` does not import torch.
+The commands themselves are in :mod:`glassformer.cli`. Names are imported on first use (PEP 562),
+so ``import glassformer.generation.config`` for ``--help`` does not import torch.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ _EXPORTS = {
     "generate": "gpt", "generate_lists": "gpt",
     "generate_seq2seq": "seq2seq", "generate_seq2seq_lists": "seq2seq",
     "Step": "loop",
-    "generate_texts": "text", "translate_texts": "text",
+    "generate_texts": "text", "translate_texts": "text", "fill_mask_texts": "text", "classify_texts": "text",
+    "embed_texts": "text",
     "TextStreamer": "streaming", "optimize_for_decoding": "layout",
     "apply_repetition_penalty": "sampling", "apply_temperature": "sampling", "make_generators": "sampling",
     "sample_next": "sampling", "top_k_filter": "sampling", "top_p_filter": "sampling",

@@ -43,10 +43,10 @@ from glassformer.generation.loop import (
     Streamer,
     decode_model,
     first_not_none,
-    pad_token_id,
     resolve,
     right_pad,
 )
+from glassformer.tokenizers.base import pad_id
 
 
 def window_keep(max_len: int) -> int:
@@ -203,7 +203,7 @@ def generate_lists(
             raise ValueError(f"prompt {i} holds token id {bad[0]}, outside the vocabulary [0, {c.vocab_size})")
         live.append(Hyp(i, tokens))
     longest = max(len(h.tokens) for h in live)
-    family = DecoderOnly(model, config.use_cache, pad_token_id(config, c), longest + config.max_new_tokens,
+    family = DecoderOnly(model, config.use_cache, pad_id(c, generation_config=config), longest + config.max_new_tokens,
                          return_attentions)
     return decode_model(model, family, live, config, tokenizer=tokenizer, streamer=streamer, on_step=on_step,
                         beam_search=beam_search)
@@ -251,5 +251,5 @@ def generate(
     new = generate_lists(model, prompts, config, tokenizer=tokenizer, streamer=streamer, on_step=on_step)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    new_ids = right_pad(new, pad_token_id(config, model.config))  # (B, N)
+    new_ids = right_pad(new, pad_id(model.config, generation_config=config))  # (B, N)
     return torch.cat([input_ids.long(), new_ids.to(input_ids.device)], dim=1)  # (B, T + N)

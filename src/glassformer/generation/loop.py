@@ -109,12 +109,6 @@ def right_pad(rows: list[list[int]], pad: int, width: int | None = None) -> Tens
     return out
 
 
-def pad_token_id(config: GenerationConfig, model_config) -> int:
-    """The id that fills rows out: the config's ``pad_token_id``, else the model's, else the
-    model's ``eos_token_id``, else 0."""
-    return first_not_none(config.pad_token_id, model_config.pad_token_id, model_config.eos_token_id, 0)
-
-
 def eos_set(eos_token_id: int | Sequence[int] | None, default: int | None) -> set[int]:
     """The ids that end a sequence: the given one(s), else the model's (an empty list: none)."""
     if eos_token_id is None:

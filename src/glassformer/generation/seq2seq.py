@@ -28,11 +28,11 @@ from glassformer.generation.loop import (
     Streamer,
     decode_model,
     first_not_none,
-    pad_token_id,
     resolve,
     right_pad,
 )
 from glassformer.io import eval_mode
+from glassformer.tokenizers.base import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -141,4 +141,4 @@ def generate_seq2seq(
     """
     config = resolve(config, overrides)
     rows = generate_seq2seq_lists(model, src_ids, config, src_mask=src_mask, tokenizer=tokenizer, on_step=on_step)
-    return right_pad(rows, pad_token_id(config, model.config), max(1, max(len(r) for r in rows)))  # (B, N)
+    return right_pad(rows, pad_id(model.config, generation_config=config), max(1, max(len(r) for r in rows)))  # (B, N)

@@ -1,29 +1,60 @@
-"""Text in, text out: what ``glassformer generate | translate`` and :func:`glassformer.load` run.
+"""Text in, text out: what the inference commands and :func:`glassformer.load` run.
 
-Both faces call these functions with the same :class:`GenerationConfig` and the same batching, so
-a prompt gives the same output from the command line and from Python. Inputs are encoded,
-batched (``batch_size`` at a time; with a seed, input i always draws with ``seed + i``),
-decoded without end-of-sequence ids and cut at the first stop string. The weights get the layout
-that decodes that many rows fastest (:func:`~glassformer.generation.optimize_for_decoding`).
+``generate_texts`` (GPT), ``translate_texts`` (encoder-decoder), ``fill_mask_texts``,
+``classify_texts`` and ``embed_texts`` (BERT). The command line (:mod:`glassformer.cli`) and
+:class:`glassformer.api.Pipeline` call these functions with the same :class:`GenerationConfig`
+and the same batching, so an input gives the same output from either face. Inputs are encoded
+and wrapped as the model was trained (the tokenizer knows how:
+:meth:`~glassformer.tokenizers.base.Tokenizer.encode_input`), batched (``batch_size`` at a time;
+with a seed, input i always draws with ``seed + i``), decoded without end-of-sequence ids and cut
+at the first stop string.
+
+These functions never change the caller's model: the faster CPU decoding layout is an explicit
+step, :func:`~glassformer.generation.layout.optimize_for_decoding`, which returns a prepared copy
+(the command line and ``glassformer.load`` apply it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from glassformer.data.batching import pad
-from glassformer.generation.cli_common import batches, device_of, encode_all
+from glassformer.errors import DataError
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.gpt import generate_lists
-from glassformer.generation.layout import optimize_for_decoding
 from glassformer.generation.loop import first_not_none
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.streaming import TextStreamer, cut_at_stop
+from glassformer.tokenizers.base import pad_id
 
 log = logging.getLogger(__name__)
+
+
+def encode_all(texts: Sequence[str], what: str, encode: Callable[[str], list[int]]) -> list[list[int]]:
+    """``encode(text)`` of each text; an error names the input that could not be encoded."""
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(encode(text))
+        except DataError as e:
+            raise DataError(f"{what} {i + 1}: {e}") from None
+    return out
+
+
+def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
+    """(offset, chunk) pairs of at most ``size`` items."""
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    for i in range(0, len(items), size):
+        yield i, items[i : i + size]
+
+
+def device_of(model):
+    """The device the model's parameters live on."""
+    return next(model.parameters()).device
 
 
 @dataclass
@@ -70,9 +101,8 @@ def generate_texts(
     as its tokens arrive (``before(i, prompt)`` is called first); otherwise ``batch_size``
     prompts run together. ``on_result(i, completion)`` is called as each result is ready.
     """
-    ids = encode_all(tokenizer, list(prompts), "prompt")
+    ids = encode_all(prompts, "prompt", lambda t: tokenizer.encode(t, add_special_tokens=False))
     config, eos_ids = with_special_ids(model, tokenizer, config)
-    optimize_for_decoding(model, batch_size=config.num_beams * (1 if stream is not None else min(len(ids), batch_size)))
     results: list[Completion] = []
 
     def done(i: int, new: list[int]) -> None:
@@ -102,12 +132,11 @@ def translate_texts(
     config: GenerationConfig,
     *,
     batch_size: int = 32,
-    is_hf: bool = False,
     on_result: Callable[[int, str], None] | None = None,
 ) -> list[str]:
-    """Translate each text with an encoder-decoder. Our seq2seq data encodes sources without
-    special tokens; Hugging Face tokenizers add their own (``is_hf``: Marian's ``</s>``)."""
-    rows = encode_all(tokenizer, list(texts), "source", add_special_tokens=is_hf)
+    """Translate each text with an encoder-decoder; sources are encoded as the model was trained
+    (:meth:`~glassformer.tokenizers.base.Tokenizer.encode_source`)."""
+    rows = encode_all(texts, "source", tokenizer.encode_source)
     max_len = model.config.max_len
     for i, r in enumerate(rows):
         if not r:
@@ -115,13 +144,12 @@ def translate_texts(
         if len(r) > max_len:
             log.warning("source %d has %d tokens; keeping the first %d (max_len)", i + 1, len(r), max_len)
             rows[i] = r[:max_len]
-    pad_id = first_not_none(getattr(tokenizer, "pad_id", None), model.config.pad_token_id, 0)
+    fill = pad_id(model.config, tokenizer)
     config, eos_ids = with_special_ids(model, tokenizer, config)
     device = device_of(model)
-    optimize_for_decoding(model, batch_size=config.num_beams * min(len(rows), batch_size))
     out: list[str] = []
     for start, chunk in batches(rows, batch_size):
-        src, mask = pad(chunk, pad_id)
+        src, mask = pad(chunk, fill)
         new = generate_seq2seq_lists(model, src.to(device), _seeded(config, start), src_mask=mask.to(device),
                                      tokenizer=tokenizer)
         for j, ids in enumerate(new):
@@ -129,3 +157,129 @@ def translate_texts(
             if on_result is not None:
                 on_result(start + j, out[-1])
     return out
+
+
+# ------------------------------------------------------------------------ BERT: fill-mask, classify, embed
+#
+# Texts are wrapped the way the model was trained (``[CLS] ... [SEP]``: the tokenizer's
+# :meth:`encode_input`); a text longer than the model reads (its ``max_len``, or the checkpoint's
+# declared maximum) is cut, with one warning line. ``embed_texts`` on a sentence-transformers
+# directory follows its ``modules.json`` (see :mod:`glassformer.interop.sentence_transformers`).
+
+
+def _encode_inputs(tokenizer, texts: Sequence[str], max_len: int | None) -> list[list[int]]:
+    """Wrapped, cut ids of each text (:meth:`~glassformer.tokenizers.base.Tokenizer.encode_input`)."""
+    rows = []
+    for i, text in enumerate(texts):
+        try:
+            rows.append(tokenizer.encode_input(text, max_len, what=f"text {i + 1}"))
+        except DataError as e:
+            raise DataError(f"text {i + 1}: {e}") from None
+        if not rows[-1]:
+            raise ValueError(f"text {i + 1} is empty")
+    return rows
+
+
+def _padded_batches(model, tokenizer, rows: list[list[int]], batch_size: int):
+    """(offset, ids, mask) for each padded batch of ``batch_size`` rows, on the model's device."""
+    device = device_of(model)
+    for start, chunk in batches(rows, batch_size):
+        ids, mask = pad(chunk, pad_id(model.config, tokenizer))
+        yield start, ids.to(device), mask.to(device)
+
+
+def mask_id_of(model, tokenizer) -> int | None:
+    """The mask token's id: the tokenizer's, else the model config's (None: neither has one)."""
+    return tokenizer.mask_id if tokenizer.mask_id is not None else model.config.mask_token_id
+
+
+def visible_token(text: str) -> str:
+    """A candidate as a reader should see it: its text without surrounding spaces, or, when it is
+    only whitespace, that whitespace spelt out (``\\n``, ``\\t``, ``␣`` for a space)."""
+    if text.strip():
+        return text.strip()
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "␣")
+
+
+def _mask_row(tokenizer, text: str, mask_text: str, mask_id: int) -> list[int]:
+    """Wrapped ids of a text holding mask tokens."""
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    except DataError:
+        ids = []  # e.g. a char tokenizer that never saw "<" or "[": encode around the mask
+    if mask_id not in ids:  # a tokenizer that reads the mask token as plain characters (char-level)
+        pieces = [tokenizer.encode(piece, add_special_tokens=False) for piece in text.split(mask_text)]
+        ids = [t for k, piece in enumerate(pieces) for t in ([mask_id] if k else []) + piece]
+    return tokenizer.wrap(ids)
+
+
+def fill_mask_texts(model, tokenizer, texts: Sequence[str], *, top_k: int = 5, batch_size: int = 32,
+                    on_result=None) -> list[list[list[dict]]]:
+    """For each text, for each of its mask tokens, the ``top_k`` candidates as ``{"token", "id", "p"}``.
+    ``on_result(i, masks)`` is called as each text's result is ready."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    mask_id = mask_id_of(model, tokenizer)
+    if mask_id is None:
+        raise DataError("the tokenizer has no mask token; fill-mask needs one")
+    mask_text = tokenizer.id_to_token(mask_id)
+    rows = []
+    for i, text in enumerate(texts):
+        if mask_text not in text:
+            raise ValueError(f"text {i + 1} has no {mask_text} to fill: {text!r}")
+        try:
+            row = _mask_row(tokenizer, text, mask_text, mask_id)
+        except DataError as e:
+            raise DataError(f"text {i + 1}: {e}") from None
+        if len(row) > model.config.max_len:
+            raise ValueError(f"text {i + 1} has {len(row)} tokens, more than max_len={model.config.max_len}")
+        rows.append(row)
+    results: list[list[list[dict]]] = []
+    for start, ids, mask in _padded_batches(model, tokenizer, rows, batch_size):
+        for j, per_mask in enumerate(model.fill_mask(ids, mask, mask_token_id=mask_id, top_k=top_k)):
+            results.append([[{"token": visible_token(tokenizer.decode([t])) or tokenizer.id_to_token(t), "id": t,
+                              "p": round(p, 6)} for t, p in zip(cand, probs)] for cand, probs in per_mask])
+            if on_result is not None:
+                on_result(start + j, results[-1])
+    return results
+
+
+def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, on_result=None) -> list[dict]:
+    """For each text, ``{"label", "probabilities"}`` (every label's probability, rounded to 6 places).
+    ``on_result(i, result)`` is called as each text's result is ready."""
+    if model.config.num_labels <= 0:
+        raise ValueError("this BERT has no classification head (num_labels=0); "
+                         "train one with `glassformer train classifier`")
+    rows = _encode_inputs(tokenizer, texts, model.config.max_len)
+    results: list[dict] = []
+    for start, ids, mask in _padded_batches(model, tokenizer, rows, batch_size):
+        probs, names = model.classify(ids, mask)
+        for j, p in enumerate(probs.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": names[best], "probabilities": dict(zip(names, (round(x, 6) for x in p)))})
+            if on_result is not None:
+                on_result(start + j, results[-1])
+    return results
+
+
+def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, model_dir=None):
+    """Sentence vectors, a float32 numpy array (N, C): what ``model_dir``'s sentence-transformers
+    ``modules.json`` declares, else mean-pooled over the real tokens and L2-normalised."""
+    from glassformer.interop.sentence_transformers import (
+        SentenceConfig,
+        apply_lower_case,
+        embed_ids,
+        read_sentence_config,
+    )
+    from glassformer.tokenizers.base import length_limit
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sentence = read_sentence_config(model_dir) if model_dir is not None else None  # None without modules.json
+    if sentence is not None:
+        lower_text = sentence.do_lower_case and not apply_lower_case(tokenizer)
+        inputs = [t.lower() for t in texts] if lower_text else list(texts)
+        rows = _encode_inputs(tokenizer, inputs, length_limit(model.config.max_len, sentence.max_seq_length))
+    else:
+        rows = _encode_inputs(tokenizer, texts, model.config.max_len)
+    return embed_ids(model, rows, pad_id(model.config, tokenizer), sentence or SentenceConfig(), batch_size)  # (N, C)

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from glassformer.io import IGNORE_INDEX, atomic_write, make_dirs
 from glassformer.models.activations import ActivationCache
@@ -75,6 +76,31 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
+
+
+INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                  "kaiming_normal_", "zeros_", "ones_", "constant_")
+
+
+class SkipInit(TorchFunctionMode):
+    """Inside, ``torch.nn.init``'s functions (and the in-place fills they call) leave their tensor
+    as it is: see :func:`skip_init`."""
+
+    skipped = frozenset({*(getattr(nn.init, n) for n in INIT_FUNCTIONS), torch.Tensor.normal_, torch.Tensor.uniform_,
+                         torch.Tensor.fill_, torch.Tensor.zero_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.skipped:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def skip_init() -> SkipInit:
+    """``with skip_init(): model = GPT(config)`` builds a model without its random initialisation
+    (for shapes on the meta device, or weights about to be loaded). Scoped to the block and to
+    this thread, unlike patching ``torch.nn.init``."""
+    return SkipInit()
 
 
 class PretrainedModel(FamilyProtocol, nn.Module):

@@ -75,7 +75,7 @@ class ModelConfig:
     def _check_types(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_value(f.name, getattr(self, f.name), hints[f.name])
+            check_value(f.name, getattr(self, f.name), hints[f.name])
 
     # ------------------------------------------------------------------------ presets & JSON
 
@@ -110,7 +110,7 @@ class ModelConfig:
         return cls.from_dict(read_json(path, error=CheckpointError))
 
 
-def _check_value(name: str, value: Any, hint: Any) -> None:
+def check_value(name: str, value: Any, hint: Any) -> None:
     """Refuse a value whose type does not match the field's annotation (configs are data)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -122,7 +122,7 @@ def _check_value(name: str, value: Any, hint: Any) -> None:
         errors = []
         for arg in args:
             try:
-                _check_value(name, value, arg)
+                check_value(name, value, arg)
                 return
             except (TypeError, ValueError) as e:
                 errors.append(e)
@@ -135,7 +135,7 @@ def _check_value(name: str, value: Any, hint: Any) -> None:
         if not isinstance(value, list):
             raise TypeError(f"{name} must be a list, got {type(value).__name__}")
         for v in value:
-            _check_value(name, v, args[0])
+            check_value(name, v, args[0])
         return
     if hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)

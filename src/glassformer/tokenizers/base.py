@@ -14,6 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from glassformer.errors import DataError
 from glassformer.io import atomic_write_text, make_dirs
@@ -64,6 +65,17 @@ def warn_truncated(what: str, n_tokens: int, limit: int) -> None:
                 what, n_tokens, limit, n_tokens - limit)
 
 
+def pad_id(model_config: Any, tokenizer: Tokenizer | None = None, generation_config: Any = None) -> int:
+    """The one rule for the id that fills a batch out: the generation config's ``pad_token_id``,
+    else the tokenizer's pad token, else the model config's pad, else its eos, else 0. Padding is
+    masked, so the choice never changes a result; only the printed ids show it."""
+    for value in (getattr(generation_config, "pad_token_id", None), getattr(tokenizer, "pad_id", None),
+                  model_config.pad_token_id, getattr(model_config, "eos_token_id", None)):
+        if value is not None:
+            return value
+    return 0
+
+
 class Tokenizer(ABC):
     """Base class: ``encode``/``decode``, the vocabulary, special ids by role, ``save``.
 
@@ -75,6 +87,10 @@ class Tokenizer(ABC):
     special_tokens: dict[str, str]
     # the longest sequence (in tokens, special tokens included) the checkpoint declares; None: not declared
     model_max_length: int | None = None
+    # True when the model was trained on this tokenizer's own template (a Hugging Face checkpoint's
+    # post-processor: BERT's [CLS] ... [SEP], Marian's ... </s>); set by the loader. Models trained
+    # here read encoder input wrapped by role (bos ... eos) and seq2seq sources as plain ids.
+    own_template: bool = False
 
     # ------------------------------------------------------------------ text <-> ids
 
@@ -100,6 +116,41 @@ class Tokenizer(ABC):
             warn_truncated(what, len(ids), limit)
             ids = ids[:limit]
         return ids
+
+    # ------------------------------------------------------------------ model input
+
+    def wrap(self, ids: Sequence[int], pair: Sequence[int] | None = None) -> list[int]:
+        """Ids encoded without special tokens, wrapped as an encoder (BERT) reads them: the
+        tokenizer's own template when the model was trained on it (found by encoding ``""``), else
+        ``bos ids eos`` (``bos a eos b eos`` for a pair) when both tokens exist, else unchanged."""
+        if self.own_template:
+            around = self.encode("", add_special_tokens=True)
+            if len(around) != 2:
+                return [*around, *ids, *(pair or ())]
+            start, end = around
+        elif self.bos_id is not None and self.eos_id is not None:
+            start, end = self.bos_id, self.eos_id
+        else:
+            return [*ids, *(pair or ())]
+        return [start, *ids, end, *((*pair, end) if pair is not None else ())]
+
+    def encode_input(self, text: str, max_length: int | None = None, *, what: str = "the text") -> list[int]:
+        """The wrapped ids (:meth:`wrap`) an encoder reads for ``text``, cut to the smaller of
+        ``max_length`` and :attr:`model_max_length` keeping the closing token, with one warning line."""
+        if self.own_template:
+            ids = self.encode_for_model(text, max_length, what=what)
+        else:
+            ids = self.wrap(self.encode(text, add_special_tokens=False))
+        limit = length_limit(max_length, self.model_max_length)
+        if limit is not None and len(ids) > limit:
+            warn_truncated(what, len(ids), limit)
+            ids = ids[: limit - 1] + ids[-1:]
+        return ids
+
+    def encode_source(self, text: str) -> list[int]:
+        """The ids an encoder-decoder reads for a source text: the tokenizer's own template when
+        the model was trained on it (Marian's ``... </s>``), else plain ids, as our seq2seq data has."""
+        return self.encode(text, add_special_tokens=self.own_template)
 
     @abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

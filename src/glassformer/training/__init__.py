@@ -4,9 +4,10 @@
     trainer = Trainer(model, TrainConfig(task="gpt", max_steps=500), train_data, val_data, run_dir="runs/x")
     trainer.fit()
 
-or from the command line: ``glassformer train gpt --data notes.txt --out runs/notes``.
+or from the command line (:mod:`glassformer.cli.train`): ``glassformer train gpt --data notes.txt --out runs/notes``;
+what that runs is :func:`glassformer.training.run.run_training`.
 
-Names are imported on first use (PEP 562), so ``import glassformer.training.command`` for
+Names are imported on first use (PEP 562), so ``import glassformer.training.config`` for
 ``glassformer train --help`` does not import torch.
 """
 

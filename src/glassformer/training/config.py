@@ -21,12 +21,7 @@ from typing import Any, Literal
 
 from glassformer.errors import GlassformerError
 from glassformer.io import read_json
-from glassformer.models.config import ModelConfig
-
-try:  # the models' field type check (public once models/config.py exports it)
-    from glassformer.models.config import check_value
-except ImportError:  # pragma: no cover - until then
-    from glassformer.models.config import _check_value as check_value
+from glassformer.models.config import ModelConfig, check_value
 
 Task = Literal["gpt", "bert", "seq2seq", "classifier"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
@@ -46,7 +41,9 @@ def opt(default: Any, help: str) -> Any:
 
 
 def model_field(default: Any, help: str) -> Any:
-    """A field passed on unchanged to the model's config (same name and type as in ModelConfig)."""
+    """A field of the model's config, settable for a run: same name and type as in ModelConfig
+    (checked below), passed on by :meth:`TrainConfig.model_kwargs`, the one place a model config
+    is made from a run's settings."""
     return field(default=default, metadata={"help": help, "model": True})
 
 

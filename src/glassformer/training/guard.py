@@ -1,6 +1,6 @@
 """The checks ``glassformer train`` makes before it touches ``--out``, and the first writes after.
 
-:func:`glassformer.training.command.run_training` calls these in order:
+:func:`glassformer.training.run.run_training` calls these in order:
 
 1. :class:`RunGuard` ``.acquire()`` on an existing ``--out`` (one writer; recovers an
    interrupted ``--overwrite``; removes temporary files a killed run left);

@@ -134,14 +134,6 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-def clean_key(key: str) -> str:
-    """Strip wrapper prefixes from a state-dict key (for dicts taken from a wrapped model)."""
-    for prefix in ("_orig_mod.", "module."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-        key = key.replace("." + prefix, ".")
-    return key
-
 
 @contextlib.contextmanager
 def preserve_rng(device: torch.device) -> Iterator[None]:

@@ -230,8 +230,7 @@ def _build_model(config: TrainConfig, setup: TrainingSetup, init_model: Pretrain
     if init_model is not None:
         log.info("model from --init %s; the model-shape flags are ignored", config.init)
         return init_model
-    common = dict(vocab_size=tok.vocab_size, d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers,
-                  d_ff=config.ffn_width, max_len=config.max_len or config.context, dropout=config.dropout,
+    common = dict(vocab_size=tok.vocab_size, **config.model_kwargs(),
                   pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     if config.task == "gpt":
         return GPT(GPTConfig(**common))
@@ -244,10 +243,8 @@ def _classifier_model(config: TrainConfig, setup: TrainingSetup, init_model: Pre
     names = setup.label_names or []
     tok = setup.tokenizer
     if init_model is None:
-        return BERT(BERTConfig(
-            vocab_size=tok.vocab_size, d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers,
-            d_ff=config.ffn_width, max_len=config.max_len or config.context, dropout=config.dropout,
-            pad_token_id=tok.pad_id, mask_token_id=tok.mask_id, mlm_head=False, num_labels=len(names), label_names=names))
+        return BERT(BERTConfig(vocab_size=tok.vocab_size, **config.model_kwargs(), pad_token_id=tok.pad_id,
+                               mask_token_id=tok.mask_id, mlm_head=False, num_labels=len(names), label_names=names))
     base = init_model.config.to_dict()
     base.update(num_labels=len(names), label_names=list(names), mlm_head=False, pooler=True)
     model = BERT(BERTConfig.from_dict(base))
@@ -370,8 +367,3 @@ def _attention_snapshot(probe: str) -> Callable:
         return f"attention snapshot: {path}" if path else None
 
     return snapshot
-
-
-def bits_per_character(loss_nats: float, tokens: int, characters: int) -> float:
-    """Loss per token (nats) -> bits per character of text: loss · tokens / (characters · ln 2)."""
-    return loss_nats * tokens / (characters * math.log(2))

@@ -1,35 +1,26 @@
-"""``glassformer train gpt|bert|seq2seq|classifier``: flags are the :class:`TrainConfig` fields.
+"""One training run from its settings: what ``glassformer train`` (:mod:`glassformer.cli.train`)
+and the demos call.
 
-    glassformer train gpt --data notes.txt --n-layers 4 --d-model 128 --max-steps 2000 --out runs/notes
-    glassformer train gpt --config run.yaml --lr 3e-4          # flags win over the file
-    glassformer train gpt --out runs/notes --resume --max-steps 4000
-
-Everything that can be wrong with the input is checked before the run directory is touched: a
-bad flag, file or ``--init`` leaves ``--out`` exactly as it was.
+:func:`resolve_run_config` merges defaults, task defaults, a config file and the given values (on
+``--resume`` the run's saved config is the base); :func:`run_training` checks, prepares and
+trains. Everything that can be wrong with the input is checked before the run directory is
+touched: a bad value, file or ``init`` leaves ``out`` exactly as it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
-import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from glassformer.errors import DataError, GlassformerError
+from glassformer.errors import DataError
 from glassformer.training.config import (
     LOCKED_ON_RESUME,
-    TASK_DEFAULTS,
-    TASKS,
     ConfigError,
     TrainConfig,
-    field_help,
-    field_types,
     load_run_config,
-    parse_value,
     read_config_file,
     resolve_config,
 )
@@ -37,84 +28,25 @@ from glassformer.training.rundir import RUN_FILES, absolute_spec, check_out_outs
 
 log = logging.getLogger("glassformer.training")
 
-TASK_HELP = {
-    "gpt": "a decoder-only language model (next-token prediction)",
-    "bert": "a bidirectional encoder (masked-language modelling)",
-    "seq2seq": "the paper's encoder-decoder on (source, target) pairs, label smoothing 0.1",
-    "classifier": "BERT with a classification head; start from a trained model with --init DIR",
-}
-
 # config fields that name files: stored absolute, so a run resumes from any working directory
 PATH_FIELDS = ("data", "tokenizer", "init")
 # flags that belong to one invocation and are never taken from a saved run
 PER_INVOCATION = ("resume", "overwrite", "task", "allow_data_change")
 
 
-# -------------------------------------------------------------------------------- the parser
-
-
-def _flag_type(name: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse_value(name, text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
-
-    convert.__name__ = name
-    return convert
-
-
-def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: tuple[str, ...] = ("task",)) -> None:
-    """One flag per TrainConfig field (``--d-model``), its help from the field's metadata; unset flags
-    stay absent from the namespace."""
-    import dataclasses
-
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        hint = field_types()[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        default = TASK_DEFAULTS[task].get(f.name, f.default)
-        help_text = field_help(f.name) + ("" if default is None and hint == bool | None else f" (default: {default})")
-        if hint is bool or hint == bool | None:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        elif typing.get_origin(hint) is Literal:
-            parser.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=_flag_type(f.name), default=argparse.SUPPRESS, help=help_text,
-                                metavar=f.name.upper())
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a model (gpt, bert, seq2seq, classifier)",
-                                   description="Train a model. Flags are the config field names with dashes.")
-    tasks = parser.add_subparsers(dest="task", metavar="TASK", parser_class=type(parser))
-    for task in TASKS:
-        p = tasks.add_parser(task, help=TASK_HELP[task], description=f"Train {TASK_HELP[task]}.")
-        p.add_argument("--config", dest="config_file", default=None, metavar="FILE",
-                       help="a YAML or TOML file with config fields; flags given here win over it")
-        add_config_flags(p, task)
-        p.set_defaults(func=run_command)
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-
-
 # ------------------------------------------------------------------------ config & run dir
 
 
-def flag_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in field_types() and k != "task"}
-
-
-def config_from_args(task: str, args: argparse.Namespace) -> TrainConfig:
-    """defaults < task defaults < --config file < flags; on --resume the run's saved config is the base.
+def resolve_run_config(task: str, flags: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """defaults < task defaults < ``config_file`` < ``flags`` (field name -> value, the values typed
+    on the command line); on ``resume`` the run's saved config is the base.
 
     Nothing is written here. A ``--resume`` of a run that stopped before its first checkpoint
     starts it again from step 0 (with a warning), replacing its partial files.
     """
-    flags = flag_values(args)
-    file_values = read_config_file(args.config_file) if getattr(args, "config_file", None) else {}
-    source = args.config_file or ""
+    flags = {k: v for k, v in flags.items() if k != "task"}
+    file_values = read_config_file(config_file) if config_file else {}
+    source = config_file or ""
     given = {**file_values, **flags}
     # an --overwrite killed before its first checkpoint left the previous run aside: put it back
     # before the run directory is read (under its lock; rank 0 only)
@@ -255,28 +187,6 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
         lock.release()
 
 
-def run_command(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args.task, args)
-    except ValueError as e:
-        if isinstance(e, GlassformerError):
-            raise
-        raise ConfigError(str(e)) from None
-    result, setup, trainer = run_training(config, echo=lambda s: print(s, flush=True))
-    if not trainer.process.is_main:  # under torchrun, rank 0 reports
-        return 0
-    out = config.run_dir
-    if result.stopped_by:
-        print(f"stopped by {result.stopped_by} at step {result.step}; continue with: "
-              f"glassformer train {config.task} --out {shlex.quote(str(out))} --resume", flush=True)
-        return 0
-    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    print(f"done: {result.step} steps, best val loss {best}; model in {out}/, metrics in {out}/metrics.jsonl, "
-          f"curve in {out}/loss.png", flush=True)
-    print(next_commands(config.task, out), flush=True)
-    return 0
-
-
 def next_commands(task: str, out: Path) -> str:
     """What to try with a trained model (the run directory shell-quoted, ready to paste)."""
     out = shlex.quote(str(out))
@@ -294,7 +204,3 @@ def next_commands(task: str, out: Path) -> str:
         "classifier": [f'glassformer classify {out} --prompt "20 July 2019, then 4 July 1996"'],
     }[task]
     return "next, try:\n" + "\n".join(f"  {c}" for c in lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: glassformer train ...")

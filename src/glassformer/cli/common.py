@@ -1,9 +1,10 @@
 """What every inference command shares (``generate``, ``translate``, ``fill-mask``, ``classify``,
 ``embed``): the MODEL_DIR / ``--prompt`` / ``--batch-size`` arguments, reading inputs, loading a
-model of the right family, encoding, batching and printing.
+model of the right family and printing.
 
 This module is light to import (no torch at the top), so building the parsers for ``--help``
-stays fast; the loaders are imported inside the functions that load.
+stays fast; the loaders are imported inside the functions that load. The work itself (encoding,
+batching, decoding) is the library's: :mod:`glassformer.generation.text`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-
-from glassformer.errors import DataError
 
 # the command(s) that use a model of each family, for "wrong family" errors
 FAMILY_COMMANDS = {"gpt": ("generate",), "transformer": ("translate",), "bert": ("fill-mask", "classify", "embed")}
@@ -55,31 +53,15 @@ def check_family(found: str, family: str, command: str, model_dir: str | os.Path
 
 
 def load(args: argparse.Namespace, family: str, command: str):
-    """(model, tokenizer, is_hf) from MODEL_DIR, refusing a model of the wrong family."""
-    from glassformer.loading import is_glassformer_dir, load_model_and_tokenizer  # torch: only when running
+    """(model, tokenizer) from MODEL_DIR, refusing a model of the wrong family. The tokenizer
+    knows how to wrap the model's input (:meth:`~glassformer.tokenizers.base.Tokenizer.wrap`)."""
+    from glassformer.loading import load_model_and_tokenizer  # torch: only when running
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
     check_family(model.config.model_type, family, command, args.model_dir)
-    return model, tokenizer, not is_glassformer_dir(args.model_dir)
-
-
-def encode_all(tokenizer, texts: list[str], what: str, add_special_tokens: bool = False) -> list[list[int]]:
-    """Token ids of each text; an error names the input that could not be encoded."""
-    out = []
-    for i, text in enumerate(texts):
-        try:
-            out.append(tokenizer.encode(text, add_special_tokens=add_special_tokens))
-        except DataError as e:
-            raise DataError(f"{what} {i + 1}: {e}") from None
-    return out
-
-
-def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
-    """(offset, chunk) pairs of at most ``size`` items."""
-    for i in range(0, len(items), size):
-        yield i, items[i : i + size]
+    return model, tokenizer
 
 
 def emit(text: str) -> None:
@@ -91,8 +73,3 @@ def emit(text: str) -> None:
 def header(i: int, n: int, text: str) -> str:
     """The line that opens output ``i`` of ``n`` when several are printed."""
     return f"=== {i + 1}/{n}: {text if len(text) <= 60 else text[:57] + '...'}\n"
-
-
-def device_of(model):
-    """The device the model's parameters live on."""
-    return next(model.parameters()).device

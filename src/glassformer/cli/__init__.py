@@ -1,12 +1,15 @@
-"""``glassformer ...``: a table from subcommand to the module that implements it.
+"""``glassformer ...``: the command line, apart from the library. A table from subcommand to the
+module that implements it; every argparse module lives in this package (``train``, ``generate``,
+``bert``, ``convert``, ``flags``, ``common``) and calls library functions that know nothing of
+argparse (:mod:`glassformer.generation.text`, :mod:`glassformer.training.run`, ...).
 
 Each module listed in :data:`COMMANDS` exposes ``register(subparsers)``, which adds its parser
 and sets ``func`` to the function that runs it. Only the module of the command being run is
 imported (``glassformer --help`` imports none, so it answers at once); the others appear in the
 help with their one-line summary. Options may come anywhere on the line: each command's parser
 reads its options and positionals intermixed (``explain RUN --layer 0 "text"`` and
-``explain RUN "text" --layer 0`` are the same). This file only dispatches and turns input errors
-into one line on stderr with exit code 2.
+``explain RUN "text" --layer 0`` are the same). This file only dispatches, turns input errors
+into one line on stderr with exit code 2, and ends every command's output with a newline.
 """
 
 from __future__ import annotations
@@ -22,19 +25,19 @@ from glassformer.errors import GlassformerError
 # subcommand -> (module with register(subparsers), one-line help); several subcommands may share a module
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("glassformer.demos", "train a small model on built-in data and look inside it (a few minutes)"),
-    "train": ("glassformer.training.command", "train a GPT, BERT, seq2seq Transformer or classifier"),
-    "generate": ("glassformer.generation.command", "continue text with a GPT"),
-    "translate": ("glassformer.generation.command", "translate with an encoder-decoder"),
-    "fill-mask": ("glassformer.generation.command_bert", "predict the masked tokens with a BERT"),
-    "classify": ("glassformer.generation.command_bert", "label texts with a BERT classifier"),
-    "embed": ("glassformer.generation.command_bert", "sentence vectors from a BERT"),
+    "train": ("glassformer.cli.train", "train a GPT, BERT, seq2seq Transformer or classifier"),
+    "generate": ("glassformer.cli.generate", "continue text with a GPT"),
+    "translate": ("glassformer.cli.generate", "translate with an encoder-decoder"),
+    "fill-mask": ("glassformer.cli.bert", "predict the masked tokens with a BERT"),
+    "classify": ("glassformer.cli.bert", "label texts with a BERT classifier"),
+    "embed": ("glassformer.cli.bert", "sentence vectors from a BERT"),
     "explain": ("glassformer.explain.command", "the four steps of attention, checked against the model"),
     "attention": ("glassformer.explain.command", "attention heatmaps and the interactive viewer"),
     "heads": ("glassformer.explain.command", "what each attention head does"),
     "lens": ("glassformer.explain.command", "the logit lens: each layer's guess"),
     "ablate": ("glassformer.explain.command", "switch heads off and measure the change"),
     "attribute": ("glassformer.explain.command", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
-    "convert": ("glassformer.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
+    "convert": ("glassformer.cli.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)
@@ -61,6 +64,22 @@ class CommandParser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+
+
+class LineEndingOut:
+    """A stand-in for ``sys.stdout`` that remembers the last character written, so that
+    :func:`main` can end a command's output with a newline when the command did not."""
+
+    def __init__(self, out) -> None:
+        self.out, self.last = out, ""
+
+    def write(self, text: str) -> int:
+        if text:
+            self.last = text[-1]
+        return self.out.write(text)
+
+    def __getattr__(self, name: str):  # flush, isatty, encoding, fileno, ...: the real stream's
+        return getattr(self.out, name)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -98,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    out = sys.stdout = LineEndingOut(sys.stdout)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -107,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.stderr.write(f"glassformer: error: {msg}\n")
         return 2
+    finally:
+        if sys.stdout is out:
+            sys.stdout = out.out
+        if out.last not in ("", "\n"):
+            out.out.write("\n")
+            out.out.flush()
 
 
 if __name__ == "__main__":

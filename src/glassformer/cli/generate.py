@@ -1,9 +1,11 @@
 """``glassformer generate | translate MODEL_DIR ...``.
 
-A thin layer over :mod:`.text`: read prompts (``--prompt``, repeatable, or stdin, one per line),
-build the :class:`~glassformer.generation.config.GenerationConfig` from the flags and the
-model's ``generation_config.json`` (:mod:`.flags`), run, print. MODEL_DIR is a glassformer save
-or run directory or a Hugging Face checkpoint.
+A thin layer over :mod:`glassformer.generation.text`: read prompts (``--prompt``, repeatable,
+or stdin, one per line), build the :class:`~glassformer.generation.config.GenerationConfig` from
+the flags and the model's ``generation_config.json`` (:mod:`.flags`), lay the weights out for
+decoding that many rows (:func:`~glassformer.generation.layout.optimize_for_decoding`, which
+returns a prepared copy), run, print. MODEL_DIR is a glassformer save or run directory or a
+Hugging Face checkpoint.
 
 Only light modules are imported at the top, so ``--help`` does not pay for torch; the run
 functions import the model code when they run.
@@ -17,8 +19,8 @@ import json
 import logging
 import sys
 
-from glassformer.generation.cli_common import add_input_args, emit, header, load, read_inputs
-from glassformer.generation.flags import add_generation_flags, config_from_args, given
+from glassformer.cli.common import add_input_args, emit, header, load, read_inputs
+from glassformer.cli.flags import add_generation_flags, config_from_args, given
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue each prompt with a GPT. Several prompts run as a batch; each output opens with a
     "=== i/n" line. With --stream (the default for one prompt) text appears as it is produced."""
+    from glassformer.generation.layout import optimize_for_decoding
     from glassformer.generation.text import generate_texts
 
     config = config_from_args(args, args.model_dir)  # bad settings are refused before anything loads
@@ -55,8 +58,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stream and --json do not mix; pass --no-stream with --json")
     if stream and config.num_beams > 1:
         raise ValueError("--stream shows one sequence as it grows; beam search chooses at the end (use --no-stream)")
-    model, tokenizer, _ = load(args, "gpt", "generate")
+    model, tokenizer = load(args, "gpt", "generate")
     n = len(prompts)
+    rows = config.num_beams * (1 if stream else min(n, args.batch_size))
+    model = optimize_for_decoding(model, batch_size=rows)
 
     def opening(i: int, prompt: str) -> None:
         emit((header(i, n, prompt) if n > 1 else "") + prompt)
@@ -78,12 +83,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     """Translate each source text with an encoder-decoder Transformer (greedy, sampled or --beam N);
     one line per source."""
+    from glassformer.generation.layout import optimize_for_decoding
     from glassformer.generation.seq2seq import max_new_tokens_limit
     from glassformer.generation.text import translate_texts
 
     config = config_from_args(args, args.model_dir)
     texts = read_inputs(args)
-    model, tokenizer, is_hf = load(args, "transformer", "translate")
+    model, tokenizer = load(args, "transformer", "translate")
     limit = max_new_tokens_limit(model)
     if given(args, "max_new_tokens") and config.max_new_tokens > limit:  # only the user's own request is worth a word
         log.warning("--max-new-tokens %d: this decoder holds %d positions; generating at most %d tokens",
@@ -95,5 +101,6 @@ def cmd_translate(args: argparse.Namespace) -> int:
         else:
             emit(text + "\n")
 
-    translate_texts(model, tokenizer, texts, config, batch_size=args.batch_size, is_hf=is_hf, on_result=result)
+    model = optimize_for_decoding(model, batch_size=config.num_beams * min(len(texts), args.batch_size))
+    translate_texts(model, tokenizer, texts, config, batch_size=args.batch_size, on_result=result)
     return 0

@@ -8,7 +8,7 @@
   model's file ("from the model's generation_config.json (now: temperature 0.8, top-k 40)") or
   plainly greedy.
 
-Light to import: the standard library and :mod:`.config` only.
+Light to import: the standard library and :mod:`glassformer.generation.config` only.
 """
 
 from __future__ import annotations
