@@ -19,7 +19,7 @@ import importlib
 import logging
 import sys
 
-from glassformer import __version__
+from glassformer import THREADS, __version__
 from glassformer.errors import GlassformerError
 
 # subcommand -> (module with register(subparsers), one-line help); several subcommands may share a module
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).debug("threads: %s", THREADS)  # the wait policy chosen at import (threads.py)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
