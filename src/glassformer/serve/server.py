@@ -81,5 +81,8 @@ def serve(models: list[Served], host: str = "127.0.0.1", port: int = 8000) -> No
                          "reach this one; the explorer has no login\n")
     app = create_app(models, host)
     print(f"glassformer serve: {', '.join(s.name for s in models)} at {url_of(host, port)}  (Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")).run()
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")).run()
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then passes the Ctrl-C on: that is a clean stop
+        pass
     print("glassformer serve: stopped", flush=True)

@@ -414,7 +414,8 @@ function glassformerExplorer(root, options) {
       pick.addEventListener("change", () => chooseModel(Number(pick.value)));
       $("text").addEventListener("input", typed);
       $("target").addEventListener("input", typed);
-      $("text").value = options.text || $("text").value || "The cat sat on the mat. The cat sat on the";
+      const given = embed ? null : new URLSearchParams(window.location.search).get("text");
+      $("text").value = options.text || given || $("text").value || "The cat sat on the mat. The cat sat on the";
       if (options.target) $("target").value = options.target;
       state.text = $("text").value; state.target = $("target").value;
       if (options.head) { state.head = options.head; state.query = options.query === undefined ? null : options.query; }
