@@ -15,7 +15,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import save_tiny_models, subprocess_env
 

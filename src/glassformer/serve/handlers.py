@@ -378,16 +378,15 @@ def generate(served: Served, text: str, n_steps: int, temperature: float, top_k:
 
 
 def fill_mask(served: Served, text: str, k: int) -> dict[str, Any]:
-    """For each mask token of the text: the top candidates (what ``glassformer fill-mask`` prints)."""
+    """For each mask token of the text: the top candidates (what ``glassformer fill-mask`` prints; the
+    text layer reads the mask token written as text, e.g. ``[MASK]``)."""
     if served.model.predicts != "masked":
         raise RequestError(f"fill-mask needs a BERT with a masked-LM head; this {served.model.config.model_type} "
                            "model has none")
-    enc = encode(served, text)
-    mask = getattr(served.tokenizer, "mask_id", None)
-    if mask is None or mask not in enc.ids:
-        raise RequestError(f"the text has no mask token; write {_mask_token(served)!s} where a word should go")
+    if len(text) > MAX_TEXT_CHARS:
+        raise RequestError(f"the text is {len(text)} characters; the explorer reads at most {MAX_TEXT_CHARS}")
     rows = served.pipeline.fill_mask(text, top_k=k)
-    return {"streams": enc.streams, "masks": [[{"id": int(c["id"]), "text": str(c["token"]), "p": float(c["p"])} for c in r]
+    return {"masks": [[{"id": int(c["id"]), "text": str(c["token"]), "p": float(c["p"])} for c in r]
                                               for r in rows]}
 
 

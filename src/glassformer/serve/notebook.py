@@ -27,8 +27,9 @@ def _key(path: str, body: dict[str, Any]) -> str:
 
 
 def _script_json(data: Any) -> str:
-    """JSON safe inside a <script> element: no "</" can close it early."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    """JSON safe inside a <script> element: every "<" written as \\u003c, so no "</script>" or "<!--"
+    in model text can end it early (still valid JSON, and the same string once parsed)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
 
 
 class ExplorerView:
