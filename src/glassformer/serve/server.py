@@ -40,7 +40,8 @@ def open_models(paths: Sequence[str | os.PathLike], warm: bool = True) -> list[S
     served: list[Served] = []
     for p in paths:
         path = Path(p)
-        name = path.resolve().name or str(path)
+        resolved = path.resolve()
+        name = resolved.parent.name if resolved.name in ("model", "checkpoint") else resolved.name or str(path)
         while name in {s.name for s in served}:
             name = f"{name}-{len(served)}"
         pipeline = load(path)
