@@ -1,21 +1,15 @@
-"""The HTML viewer in a real browser: headless Chromium driven over the DevTools protocol.
+"""The HTML viewer in a real browser: Debian's headless Chromium driven by Selenium (through
+chromium-driver), the same client as the live explorer's tests (tests/test_serve_browser.py).
 
-Chromium is started with ``--remote-debugging-pipe``: DevTools messages are NUL-terminated JSON
-on file descriptors 3 (to the browser) and 4 (from it), so no websocket library is needed.
 Without Chromium these tests are skipped on a developer machine but FAIL when ``CI`` is set
-(``.ci/run`` installs Debian's ``chromium``).
+(``.ci/run`` installs Debian's ``chromium`` and ``chromium-driver``).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
-import select
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,130 +26,62 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-extensions",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-pipe",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,900",
 ]
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def find_chromium() -> str | None:
-    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
-        path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
-        if path:
-            return path
-    return None
+    """Debian's chromium with its chromium-driver (Selenium drives the browser through it)."""
+    return CHROMIUM if os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK) else None
 
 
 class Browser:
-    """A minimal DevTools-protocol client over Chromium's pipe transport."""
+    """Headless Chromium driven by Selenium: open a page, run script, read the console and the requests."""
 
     def __init__(self, binary: str) -> None:
-        self.profile = tempfile.mkdtemp(prefix="gf-chromium-")
-        to_child_r, self._w = os.pipe()
-        self._r, from_child_w = os.pipe()
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
 
-        def wire_fds() -> None:  # the child reads commands on fd 3 and writes replies on fd 4
-            a, b = os.dup(to_child_r), os.dup(from_child_w)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+        self.driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+        self._console: list[dict] = []
+        self._network: list[dict] = []
 
-        self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            preexec_fn=wire_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buf = b""
-        self._id = 0
-        self.events: list[dict] = []
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            self.call(f"{domain}.enable", session=True)
-
-    def _recv(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            ready, _, _ = select.select([self._r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._r, 1 << 20)
-            if not chunk:
-                raise EOFError("Chromium closed the DevTools pipe")
-            self._buf += chunk
-        message, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, params: dict | None = None, session: bool = False, timeout: float = 20.0) -> dict:
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = self.session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._recv(deadline)
-            if reply.get("id") == self._id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, method: str, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        for e in self.events:
-            if e.get("method") == method:
-                return e
-        while True:
-            e = self._recv(deadline)
-            self.events.append(e)
-            if e.get("method") == method:
-                return e
+    def _drain(self) -> None:
+        self._console += self.driver.get_log("browser")
+        self._network += [json.loads(e["message"])["message"] for e in self.driver.get_log("performance")]
 
     def open(self, path: Path) -> str:
-        self.events.clear()
         url = path.resolve().as_uri()
-        self.call("Page.navigate", {"url": url}, session=True)
-        self.wait_for("Page.loadEventFired")
+        self.driver.get(url)
+        self._console, self._network = [], []
+        self._drain()
         return url
 
     def js(self, expression: str):
-        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=True)
-        if "exceptionDetails" in r:
-            raise AssertionError(f"page script failed: {r['exceptionDetails']}")
-        return r["result"].get("value")
+        """The value of a script (its last expression, as DevTools' Runtime.evaluate gives it)."""
+        return self.driver.execute_script("return eval(arguments[0])", expression)
 
     def screenshot(self) -> np.ndarray:
         from matplotlib.image import imread
 
-        data = self.call("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
-        return imread(io.BytesIO(base64.b64decode(data)), format="png")
+        return imread(io.BytesIO(self.driver.get_screenshot_as_png()), format="png")
 
     def errors(self) -> list[str]:
-        out = []
-        for e in self.events:
-            m, p = e.get("method"), e.get("params", {})
-            if m == "Runtime.exceptionThrown":
-                out.append(json.dumps(p.get("exceptionDetails", {}))[:300])
-            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert", "warning"):
-                out.append(f"console.{p['type']}: {[a.get('value') for a in p.get('args', [])]}")
-            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):
-                out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
-        return out
+        self._drain()
+        return [f"{e['level']}: {e['message']}" for e in self._console if e["level"] in ("SEVERE", "WARNING")]
 
     def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+        self._drain()
+        return [m["params"]["request"]["url"] for m in self._network if m.get("method") == "Network.requestWillBeSent"]
 
     def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=5)
-        except (OSError, EOFError, TimeoutError, RuntimeError):
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._w)
-        os.close(self._r)
-        shutil.rmtree(self.profile, ignore_errors=True)
+        self.driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +89,7 @@ def browser():
     binary = find_chromium()
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("Chromium is not installed (CI is set): .ci/run must install Debian's chromium")
+            pytest.fail("Chromium is not installed (CI is set): .ci/run must install chromium and chromium-driver")
         pytest.skip("Chromium is not installed; .ci/run installs it (these tests fail in CI without it)")
     b = Browser(binary)
     yield b

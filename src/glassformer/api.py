@@ -128,6 +128,13 @@ class Pipeline:
         matrix = embed_texts(self.model, self.tokenizer, items, batch_size=self.batch_size, model_dir=self.path)
         return matrix[0] if isinstance(texts, str) else matrix
 
+    def show(self, text: str, head: str | None = None, query: int | None = None):
+        """The live explorer's views of ``text`` inline in a notebook (no server, no CDN): an object
+        whose ``_repr_html_`` draws tokens, every head's attention and role, the four steps, the lens."""
+        from glassformer.serve.notebook import show  # the page assets load only when asked for
+
+        return show(self, text, head=head, query=query)
+
 
 def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
     """Open any model directory (a glassformer save or run directory, or a Hugging Face

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("glassformer.explain.command", "switch heads off and measure the change"),
     "attribute": ("glassformer.explain.command", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
     "convert": ("glassformer.cli.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
+    "serve": ("glassformer.cli.serve", "the live explorer in the browser: type, click a head, see inside"),
 }
 
 USER_ERRORS = (GlassformerError, ValueError, TypeError, KeyError, OSError)
