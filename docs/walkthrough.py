@@ -44,7 +44,7 @@ from glassformer import BERT, GPT, BERTConfig, GPTConfig, Transformer, Transform
 from glassformer.data.induction import ALPHABET, RepeatedTokensDataset
 from glassformer.explain.attribution import direct_logit_attribution
 from glassformer.explain.capture import attention_module, attention_set, capture_calls
-from glassformer.explain.command import alignment
+from glassformer.explain.texts import alignment
 from glassformer.explain.heads import format_heads, head_scores, sequence_for_model
 from glassformer.explain.heatmaps import image_stats, save_cross_alignment, save_layer_heatmaps
 from glassformer.explain.hooks import ablate_heads

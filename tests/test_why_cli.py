@@ -79,7 +79,8 @@ def test_ablate_reports_before_after_and_kl(gpt_dir, capsys):
     code, out, _ = run(capsys, "ablate", gpt_dir, "abcab", "--head", "1.0", "--head", "0.2", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["heads"] == ["1.0", "0.2"] and data["mode"] == "zero" and data["kl_before_after"] >= 0
+    assert data["heads"] == ["decoder.1.0", "decoder.0.2"] and data["attention"] == ["decoder-self"]
+    assert data["mode"] == "zero" and data["kl_before_after"] >= 0
     assert len(data["before"]) == 5 and abs(sum(x["p"] for x in data["before"])) <= 1.0 + 1e-6
     code, out, _ = run(capsys, "ablate", "--head", "1.1", gpt_dir, "abcab", "--mode", "mean")
     assert code == 0 and "KL(before ‖ after)" in out
@@ -126,9 +127,9 @@ def test_bad_input_gets_one_line_and_exit_2(gpt_dir, bert_dir, capsys, argv, mes
 def test_real_minilm_heads_and_a_clear_refusal_of_the_lens(capsys):
     # the sentence-transformers checkpoint has no MLM head: nothing to read the stream with
     code, out, err = run(capsys, "lens", minilm_dir(), "The capital of France is [MASK].", "--json")
-    assert code == 2 and "no masked-LM head" in err and err.count("\n") == 1
+    assert code == 2 and "no language-model head (no mlm_head" in err and err.count("\n") == 1
     code, out, err = run(capsys, "ablate", minilm_dir(), "Paris is [MASK].", "--head", "0.2")
-    assert code == 2 and "no masked-LM head" in err
+    assert code == 2 and "no language-model head" in err
     code, out, _ = run(capsys, "heads", minilm_dir(), "--json")
     roles = {h["role"] for h in json.loads(out)["heads"]}
     assert {"previous_token", "sink"} <= roles

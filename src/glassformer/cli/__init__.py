@@ -28,12 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fill-mask": ("glassformer.generation.command_bert", "predict the masked tokens with a BERT"),
     "classify": ("glassformer.generation.command_bert", "label texts with a BERT classifier"),
     "embed": ("glassformer.generation.command_bert", "sentence vectors from a BERT"),
-    "explain": ("glassformer.explain.command", "the four steps of attention, checked against the model"),
-    "attention": ("glassformer.explain.command", "attention heatmaps and the interactive viewer"),
-    "heads": ("glassformer.explain.command", "what each attention head does"),
-    "lens": ("glassformer.explain.command", "the logit lens: each layer's guess"),
-    "ablate": ("glassformer.explain.command", "switch heads off and measure the change"),
-    "attribute": ("glassformer.explain.command", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
+    "explain": ("glassformer.cli.explain", "the four steps of attention, checked against the model"),
+    "attention": ("glassformer.cli.explain", "attention heatmaps and the interactive viewer"),
+    "heads": ("glassformer.cli.explain", "what each attention head does"),
+    "lens": ("glassformer.cli.explain", "the logit lens: each layer's guess"),
+    "ablate": ("glassformer.cli.explain", "switch heads off and measure the change"),
+    "attribute": ("glassformer.cli.explain", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
     "convert": ("glassformer.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 
