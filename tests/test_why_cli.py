@@ -104,6 +104,40 @@ def test_attribute_table_sums_to_the_logit(gpt_dir, capsys):
     assert code == 0 and "sum of all parts" in out
 
 
+def _wordpiece_dir(d, make):
+    import shutil
+    from pathlib import Path
+
+    from glassformer.tokenizers import load_tokenizer
+
+    wordpiece = Path(__file__).parent / "data" / "padded_wordpiece"
+    torch.manual_seed(0)
+    make(load_tokenizer(wordpiece)).save_pretrained(d)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(wordpiece / name, d / name)
+    return str(d)
+
+
+def test_attribute_refuses_a_model_without_a_language_model_head_and_a_word_outside_the_vocabulary(tmp_path, capsys):
+    headless = _wordpiece_dir(tmp_path / "headless", lambda tok: BERT(BERTConfig.from_name(
+        "bert-tiny", vocab_size=tok.vocab_size, mlm_head=False)))  # like a sentence-transformers MiniLM
+    code, out, err = run(capsys, "attribute", headless, "the cat")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "no language-model head (no mlm_head" in err and "attribute needs one" in err
+    gpt = _wordpiece_dir(tmp_path / "gpt", lambda tok: GPT(GPTConfig.from_name("gpt-tiny", vocab_size=tok.vocab_size)))
+    code, out, err = run(capsys, "attribute", gpt, "the cat", "--token", "zzzqqq")  # WordPiece reads it as [UNK]
+    assert code == 2 and "'zzzqqq' is not in the vocabulary" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "attribute", gpt, "the cat", "--token", "the")
+    assert code == 0 and out.endswith("\n") and "decoder.1" in out
+
+
+def test_heads_and_attribute_output_ends_with_a_newline(gpt_dir, capsys):
+    for argv in (["heads", gpt_dir, "--n", "4"], ["heads", gpt_dir, "--json", "--n", "4"],
+                 ["attribute", gpt_dir, "abcab"], ["attribute", gpt_dir, "abcab", "--json"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and out.endswith("\n") and not out.endswith("\n\n"), argv
+
+
 @pytest.mark.parametrize("argv,message", [
     (["ablate", "{gpt}", "abc", "--head", "1"], "LAYER.HEAD"),
     (["ablate", "{gpt}", "abc", "--head", "5.0"], "layer 5 is out of range"),
