@@ -26,7 +26,6 @@ from glassformer.io import eval_mode, unwrap_model
 from glassformer.models.family import FamilyProtocol
 from glassformer.models.outputs import AttentionKind, ModelOutput
 
-
 # ------------------------------------------------------------------------ model anatomy
 
 

@@ -26,6 +26,7 @@ from glassformer.explain.capture import model_inputs
 from glassformer.explain.hooks import InterventionError
 from glassformer.io import atomic_path, make_dirs
 
+
 @dataclass
 class Lens:
     """Top-k readouts of every layer for one sequence (batch row 0)."""
