@@ -44,7 +44,6 @@ from glassformer import BERT, GPT, BERTConfig, GPTConfig, Transformer, Transform
 from glassformer.data.induction import ALPHABET, RepeatedTokensDataset
 from glassformer.explain.attribution import direct_logit_attribution
 from glassformer.explain.capture import attention_module, attention_set, capture_calls
-from glassformer.explain.command import alignment
 from glassformer.explain.heads import format_heads, head_scores, sequence_for_model
 from glassformer.explain.heatmaps import image_stats, save_cross_alignment, save_layer_heatmaps
 from glassformer.explain.hooks import ablate_heads
@@ -52,6 +51,7 @@ from glassformer.explain.lens import logit_lens
 from glassformer.explain.masks import build_mask_demo, format_masks
 from glassformer.explain.snapshot import head_entropy, load_snapshots, save_attention_snapshot
 from glassformer.explain.steps import format_four_steps, four_steps
+from glassformer.explain.texts import alignment
 from glassformer.explain.viewer import save_attention_html
 from glassformer.tokenizers import CharTokenizer
 

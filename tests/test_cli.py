@@ -226,15 +226,13 @@ def test_every_commands_output_ends_with_a_newline(capsys, monkeypatch):
 
 
 def test_argparse_lives_in_the_command_line_only():
-    """No library module imports argparse: only glassformer/cli and the demos (and, until they
-    move to cli/, the two explain command modules)."""
+    """No library module imports argparse: only glassformer/cli and the demos."""
     import re
     from pathlib import Path
 
     src = Path(cli_module_file()).parents[1]
-    allowed = {src / "explain" / "command.py", src / "explain" / "insight.py"}
     offenders = [str(p.relative_to(src)) for p in src.rglob("*.py")
-                 if p.parts[len(src.parts)] not in ("cli", "demos") and p not in allowed
+                 if p.parts[len(src.parts)] not in ("cli", "demos")
                  and re.search(r"^\s*(import argparse|from argparse import)", p.read_text(), re.M)]
     assert offenders == []
 

@@ -79,7 +79,8 @@ def test_ablate_reports_before_after_and_kl(gpt_dir, capsys):
     code, out, _ = run(capsys, "ablate", gpt_dir, "abcab", "--head", "1.0", "--head", "0.2", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["heads"] == ["1.0", "0.2"] and data["mode"] == "zero"
+    assert data["heads"] == ["decoder.1.0", "decoder.0.2"] and data["attention"] == ["decoder-self"]
+    assert data["mode"] == "zero"
     # the reported KL is the KL of the reported distributions, and switching two heads off moved them
     before, after = ({x["token"]: x["p"] for x in data[k]} for k in ("before", "after"))
     assert len(before) == 5 and before != after
@@ -108,6 +109,40 @@ def test_attribute_table_sums_to_the_logit(gpt_dir, capsys):
     assert code == 0 and "sum of all parts" in out
 
 
+def _wordpiece_dir(d, make):
+    import shutil
+    from pathlib import Path
+
+    from glassformer.tokenizers import load_tokenizer
+
+    wordpiece = Path(__file__).parent / "data" / "padded_wordpiece"
+    torch.manual_seed(0)
+    make(load_tokenizer(wordpiece)).save_pretrained(d)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(wordpiece / name, d / name)
+    return str(d)
+
+
+def test_attribute_refuses_a_model_without_a_language_model_head_and_a_word_outside_the_vocabulary(tmp_path, capsys):
+    headless = _wordpiece_dir(tmp_path / "headless", lambda tok: BERT(BERTConfig.from_name(
+        "bert-tiny", vocab_size=tok.vocab_size, mlm_head=False)))  # like a sentence-transformers MiniLM
+    code, out, err = run(capsys, "attribute", headless, "the cat")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "no language-model head (no mlm_head" in err and "attribute needs one" in err
+    gpt = _wordpiece_dir(tmp_path / "gpt", lambda tok: GPT(GPTConfig.from_name("gpt-tiny", vocab_size=tok.vocab_size)))
+    code, out, err = run(capsys, "attribute", gpt, "the cat", "--token", "zzzqqq")  # WordPiece reads it as [UNK]
+    assert code == 2 and "'zzzqqq' is not in the vocabulary" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "attribute", gpt, "the cat", "--token", "the")
+    assert code == 0 and out.endswith("\n") and "decoder.1" in out
+
+
+def test_heads_and_attribute_output_ends_with_a_newline(gpt_dir, capsys):
+    for argv in (["heads", gpt_dir, "--n", "4"], ["heads", gpt_dir, "--json", "--n", "4"],
+                 ["attribute", gpt_dir, "abcab"], ["attribute", gpt_dir, "abcab", "--json"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and out.endswith("\n") and not out.endswith("\n\n"), argv
+
+
 @pytest.mark.parametrize("argv,message", [
     (["ablate", "{gpt}", "abc", "--head", "1"], "LAYER.HEAD"),
     (["ablate", "{gpt}", "abc", "--head", "5.0"], "layer 5 is out of range"),
@@ -131,9 +166,9 @@ def test_bad_input_gets_one_line_and_exit_2(gpt_dir, bert_dir, capsys, argv, mes
 def test_real_minilm_heads_and_a_clear_refusal_of_the_lens(capsys):
     # the sentence-transformers checkpoint has no MLM head: nothing to read the stream with
     code, out, err = run(capsys, "lens", minilm_dir(), "The capital of France is [MASK].", "--json")
-    assert code == 2 and "no masked-LM head" in err and err.count("\n") == 1
+    assert code == 2 and "no language-model head (no mlm_head" in err and err.count("\n") == 1
     code, out, err = run(capsys, "ablate", minilm_dir(), "Paris is [MASK].", "--head", "0.2")
-    assert code == 2 and "no masked-LM head" in err
+    assert code == 2 and "no language-model head" in err
     code, out, _ = run(capsys, "heads", minilm_dir(), "--json")
     roles = {h["role"] for h in json.loads(out)["heads"]}
     assert {"previous_token", "sink"} <= roles

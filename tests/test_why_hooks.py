@@ -165,7 +165,7 @@ def test_ablating_a_head_equals_editing_its_slice_of_the_w_o_input_by_hand(famil
         by_hand = concat @ mha.w_o.weight.T + mha.w_o.bias  # (B, T, C)
         ablated, seen = ablate_heads(model, ids, [(layer, head)], mode=mode), {}
         model.run_with_hooks(ids, hooks={
-            **{n: f for n, f in _ablation(model, layer, head, mode, stack).items()},
+            **{n: f for n, f in _ablation(model, layer, head, mode).items()},
             f"{stack}.{layer}.attn.out": lambda x: seen.setdefault("out", x),
         })
         replaced = model.run_with_hooks(ids, hooks={f"{stack}.{layer}.attn.out": lambda x: by_hand})
@@ -175,10 +175,10 @@ def test_ablating_a_head_equals_editing_its_slice_of_the_w_o_input_by_hand(famil
     assert not torch.allclose(ablated.logits, plain, atol=1e-4)  # the head mattered
 
 
-def _ablation(model, layer, head, mode, stack):
+def _ablation(model, layer, head, mode):
     from glassformer.explain.hooks import ablation_hooks
 
-    return ablation_hooks(model, [(layer, head)], mode, stack)
+    return ablation_hooks(model, [(layer, head)], mode)  # a bare pair: the main attention
 
 
 def test_ablate_heads_refuses_bad_heads_and_modes():

@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from glassformer.data.batching import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from glassformer.models.activations import ActivationCache
 
 # 32 symbols, one token each: few enough that a small model learns them all in seconds, enough
 # that a segment of distinct letters leaves letters over for the lead and the filler
@@ -104,13 +108,20 @@ def repeat_mask(periods: Tensor, context: int, starts: Tensor | None = None) -> 
     return (t >= s + k) & (t <= s + 2 * k - 2)  # (B, T)
 
 
-def induction_scores(attentions: Tensor, periods: Tensor, context: int, starts: Tensor | None = None) -> Tensor:
+def induction_scores(
+    attentions: Tensor | ActivationCache, periods: Tensor, context: int, starts: Tensor | None = None
+) -> Tensor:
     """Per-head induction score: the mean attention from each repeated token to the token right
-    after its earlier occurrence (the diagonal ``period - 1`` below the main one).
+    after its earlier occurrence (the diagonal ``period - 1`` below the main one). The one
+    definition: ``glassformer heads`` scores its random repeats with it too.
 
-    ``attentions``: (L, B, H, T, T) weights of every layer; returns (L, H). A head doing
-    induction scores near 1; a uniform causal head about 1 / position.
+    ``attentions``: (L, B, H, T, T) weights of every layer, or the
+    :class:`~glassformer.models.activations.ActivationCache` of ``model.run_with_cache`` (its main
+    attention's ``pattern``, stacked over the layers); returns (L, H). A head doing induction
+    scores near 1; a uniform causal head about 1 / position.
     """
+    if not isinstance(attentions, Tensor):
+        attentions = attentions.stack_heads(site="pattern")  # (L, B, H, T, T)
     mask = repeat_mask(periods, context, starts)  # (B, T)
     b, t = mask.nonzero(as_tuple=True)  # query positions in the repeat
     keys = t - periods[b] + 1  # the token after the earlier occurrence of token t

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {mark} ...{one_line(e['left'])} ___ {one_line(e['right'])}...")
         say(f"       [{e['true']!r}]  model: {guesses}")
     say("")
-    common.show_attention(model, tokenizer, "The return value is None.", "encoder-self", demo.out, token=2)
+    common.show_attention(model, tokenizer, "The return value is None.", model.main_attention.kind, demo.out, token=2)
     return demo.finish({
         "steps": result.step, "val_loss": result.best_val_loss, "masked_top1": round(accuracy, 4),
         "masked_top1_baseline": round(baseline, 4), "masked_tokens": int(len(truth)),

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "character show what context adds)")
     say(f"  degenerate runs (a character 20+ times where the corpus never repeats it so): {len(runs)}")
     say("")
-    common.show_attention(model, tokenizer, "def add(a, b): return a + b", "decoder-self", demo.out)
+    common.show_attention(model, tokenizer, "def add(a, b): return a + b", model.main_attention.kind, demo.out)
     metrics = common.read_metrics(demo.out)
     figures = {
         "steps": result.step, "val_loss": result.best_val_loss, "val_bits_per_char": round(val_bpc, 4),

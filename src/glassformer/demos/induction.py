@@ -135,9 +135,9 @@ def final_scores(model, seed: int) -> torch.Tensor:
     model.eval()
     data = RepeatedTokensDataset(list(range(5, model.config.vocab_size)), CONTEXT)
     seqs, periods, starts = data.sample(256, torch.Generator().manual_seed(seed + 99))
-    out = model(seqs[:, :-1], return_attentions=True)
-    weights = torch.stack([a.weights for a in out.attentions]).float()  # (L, B, H, T, T)
-    return induction_scores(weights, periods, CONTEXT, starts)
+    spec = model.main_attention
+    _, cache = model.run_with_cache(seqs[:, :-1], names=[spec.activation(i, "pattern") for i in range(spec.n_layers)])
+    return induction_scores(cache, periods, CONTEXT, starts)  # the cache's stacked patterns (L, B, H, T, T)
 
 
 def run(args: argparse.Namespace) -> int:

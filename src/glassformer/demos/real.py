@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(model, tokenizer, SENTENCE)
     tokens = prepared.tokens["tokens"]
     aset = attention_set(model, prepared.input_ids, prepared.tokens)
-    maps = aset.get("encoder-self")  # (L, H, T, T)
+    kind = model.main_attention.kind  # the encoder's self-attention
+    maps = aset.get(kind)  # (L, H, T, T)
     png = save_layer_heatmaps(maps[LAYER], tokens, tokens, run_.out / f"attention_layer{LAYER}.png",
                               f"all-MiniLM-L6-v2 · layer {LAYER}, every head · {SENTENCE!r}")
     say(f"\n1. {SENTENCE!r} is {len(tokens)} tokens: {' '.join(tokens)}")
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     # 2. one head through the four steps, checked against the model
     query, antecedent = tokens.index(QUERY_WORD), tokens.index(ANTECEDENT)
     head = pick_head(maps[LAYER], query, antecedent)
-    steps = four_steps(model, prepared.input_ids, LAYER, head, query, kind="encoder-self")
+    steps = four_steps(model, prepared.input_ids, LAYER, head, query, kind=kind)
     target = int(steps.weights.argmax())
     say(f"\n2. which head of layer {LAYER} sends {QUERY_WORD!r} to {ANTECEDENT!r}? Head {head}: "
         f"{float(steps.weights[antecedent]):.2f} of its weight; its heaviest key is {tokens[target]!r}. "

@@ -14,7 +14,13 @@ Modules:
 * :mod:`.trace` — the generation inspector's record (attention and candidates per generated token);
 * :mod:`.viewer` — the self-contained HTML viewer (``viewer.html``);
 * :mod:`.snapshot` — attention snapshots during training and their gallery (``gallery.html``);
-* :mod:`.command` — ``glassformer explain`` and ``glassformer attention``.
+* :mod:`.texts` — the walk-through and the figures for a text (``glassformer explain``, ``attention``);
+* :mod:`.heads`, :mod:`.lens`, :mod:`.attribution`, :mod:`.hooks` — head roles, the logit lens, direct
+  logit attribution, ablation and patching; :mod:`.insight` runs them on a text.
+
+Every model is asked through its family protocol (:mod:`glassformer.models.family`), and heads are
+labelled one way (``encoder.L.H``, ``decoder.L.H``, ``cross.L.H``). The command lines are in
+:mod:`glassformer.cli.explain`.
 
 Names are loaded on first use, so importing one module does not pull in matplotlib.
 """

@@ -34,7 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glassformer.explain.hooks import InterventionError, forward_args, model_family
+from glassformer.explain.capture import model_inputs
+from glassformer.explain.hooks import InterventionError
+from glassformer.explain.lens import require_readout
+from glassformer.models.activations import decomposition_names
 
 
 class AttributionError(InterventionError):
@@ -53,6 +56,8 @@ class Attribution:
     cross_heads: Tensor | None  # (L, H) encoder-decoder attention heads (the encoder-decoder only)
     remainder: dict[str, float]  # embeddings, attention output biases, final norm bias (+ unembedding bias)
     check_error: float  # |sum of everything - logit|
+    label: str = "decoder"  # the head labels of ``heads``: f"{label}.{layer}.{head}" (glassformer.models.family)
+    cross_label: str | None = None  # and of ``cross_heads``
 
     @property
     def total(self) -> float:
@@ -60,11 +65,12 @@ class Attribution:
         return float(self.heads.sum()) + float(self.ffn.sum()) + cross + sum(self.remainder.values())
 
     def ranked(self, n: int = 10) -> list[tuple[str, float]]:
-        """The largest parts by absolute contribution: ``("head 1.3", 2.5)``, ``("ffn 0", -0.4)``, ..."""
-        items = [(f"head {layer}.{h}", float(v)) for (layer, h), v in _cells(self.heads)]
+        """The largest parts by absolute contribution: ``("decoder.1.3", 2.5)``, ``("ffn 0", -0.4)``, ...
+        (heads by their labels, :class:`~glassformer.models.family.HeadRef`)."""
+        items = [(f"{self.label}.{layer}.{h}", float(v)) for (layer, h), v in _cells(self.heads)]
         items += [(f"ffn {layer}", float(v)) for layer, v in enumerate(self.ffn)]
         if self.cross_heads is not None:
-            items += [(f"cross {layer}.{h}", float(v)) for (layer, h), v in _cells(self.cross_heads)]
+            items += [(f"{self.cross_label}.{layer}.{h}", float(v)) for (layer, h), v in _cells(self.cross_heads)]
         items += [(k, v) for k, v in self.remainder.items()]
         return sorted(items, key=lambda kv: -abs(kv[1]))[:n]
 
@@ -84,71 +90,53 @@ def direct_logit_attribution(
     at ``position`` (default: the last), through the final LayerNorm **with its scale σ frozen at
     the actual input**; plus the stated remainder. See the module docstring for the formula.
 
-    Needs a pre-LN decoder with a linear unembedding: GPT, or an encoder-decoder built pre-LN.
+    Needs a pre-LN stack read by a linear head: GPT, or an encoder-decoder built pre-LN. The
+    arithmetic is the :class:`~glassformer.models.activations.ActivationCache`'s
+    (``decompose_resid``, ``logit_attrs``, ``logit_constant``).
     """
-    fam = model_family(model)
-    if fam == "bert" or not model.config.norm_first:
+    require_readout(model, "direct logit attribution")
+    if not model.config.norm_first or not model.readout_is_linear:
+        why = [] if model.config.norm_first else ["is post-LN: each layer's LayerNorm rescales the whole residual "
+                                                  "stream, so the output is not a sum of per-head terms"]
+        why += [] if model.readout_is_linear else ["reads the stream with a non-linear head"]
         raise AttributionError(
-            f"direct logit attribution needs a pre-LN model; this {fam} model is post-LN: each layer's "
-            "LayerNorm rescales the whole residual stream, so the output is not a sum of per-head terms"
-            + (" (and BERT's MLM head is non-linear)" if fam == "bert" else "")
+            f"direct logit attribution needs a pre-LN model with a linear head; this {type(model).__name__} "
+            + " and ".join(why)
         )
-    decoder = model.decoder
-    n_layers, n_heads, d = len(decoder.layers), model.config.n_heads, model.config.d_head
-    if not 0 <= token_id < model.config.vocab_size:
-        raise AttributionError(f"token id {token_id} is outside the vocabulary [0, {model.config.vocab_size})")
-    has_cross = decoder.layers[0].cross_attn is not None
-    names = ["decoder.embed", f"decoder.{n_layers - 1}.resid_post"]
-    for i in range(n_layers):
-        names += [f"decoder.{i}.attn.z"] + ([f"decoder.{i}.ffn.out"] if decoder.layers[i].ffn is not None else [])
-        names += [f"decoder.{i}.cross.z"] if has_cross else []
-    args, kwargs = forward_args(model, ids, tgt_ids)
-    out, cache = model.run_with_cache(*args, names=names, **kwargs, **forward_kwargs)
+    v = model.config.vocab_size
+    if isinstance(token_id, bool) or not 0 <= int(token_id) < v:
+        raise AttributionError(f"token id {token_id} is outside the vocabulary [0, {v})")
+    stack = model.readout_stack
+    args, kwargs = model_inputs(model, ids, tgt_ids)
+    out, cache = model.run_with_cache(*args, names=decomposition_names(model, stack), **kwargs, **forward_kwargs)
     t = out.logits.shape[1]
     if not -t <= position < t:
         raise AttributionError(f"position {position} is out of range: the sequence has {t} positions")
     pos = position % t
-    unembed = model.lm_head if fam == "gpt" else model.generator
-    norm = decoder.final_norm
-    # σ frozen at the actual input: the stream that reaches the final norm (the last layer's output)
-    resid = cache[f"decoder.{n_layers - 1}.resid_post"][0, pos]  # (C,)
-    sigma = torch.sqrt(resid.float().var(unbiased=False) + norm.eps)
-    direction = unembed.weight[token_id].float() * norm.weight.float()  # U_w ⊙ γ  (C,)
+    labels, parts = cache.decompose_resid(pos, stack)  # (N, B, C)
+    attrs = cache.logit_attrs(parts, token_id, pos, stack)[:, 0].cpu()  # (N,) batch row 0
+    by_label = dict(zip(labels, attrs.tolist()))
+    specs = {spec.label: spec for spec in model.attentions_spec() if spec.stack == stack}
+    n_layers = len(model.stack_module(stack).layers)
 
-    def through_norm(parts: Tensor) -> Tensor:  # parts (..., C) -> (...,) contribution to the logit
-        parts = parts.float()
-        return ((parts - parts.mean(-1, keepdim=True)) / sigma) @ direction
+    def head_table(spec) -> Tensor:  # (L, H)
+        return torch.tensor([[by_label[ref.label] for ref in spec.heads() if ref.layer == i] for i in range(n_layers)])
 
-    device = resid.device
-    heads = torch.zeros(n_layers, n_heads, device=device)
-    cross = torch.zeros(n_layers, n_heads, device=device) if has_cross else None
-    ffn = torch.zeros(n_layers, device=device)
-    biases = torch.zeros((), device=device)
-    for i, layer in enumerate(decoder.layers):
-        heads[i] = through_norm(_per_head(cache[f"decoder.{i}.attn.z"][0, :, pos], layer.self_attn, d))
-        if layer.ffn is not None:  # attention-only layers contribute no ffn part (it stays 0)
-            ffn[i] = through_norm(cache[f"decoder.{i}.ffn.out"][0, pos])
-        if layer.self_attn.w_o.bias is not None:
-            biases = biases + through_norm(layer.self_attn.w_o.bias)
-        if has_cross:
-            cross[i] = through_norm(_per_head(cache[f"decoder.{i}.cross.z"][0, :, pos], layer.cross_attn, d))
-            if layer.cross_attn.w_o.bias is not None:
-                biases = biases + through_norm(layer.cross_attn.w_o.bias)
+    self_spec = next(spec for spec in specs.values() if spec.site == "attn")
+    cross_spec = next((spec for spec in specs.values() if spec.site == "cross"), None)
+    ffn = torch.tensor([by_label.get(f"{stack}.{i}.ffn", 0.0) for i in range(n_layers)])  # attention-only: 0
+    head = model.unembed()
+    bias = float(head.bias[token_id]) if getattr(head, "bias", None) is not None else None
     remainder = {
-        "embeddings": float(through_norm(cache["decoder.embed"][0, pos])),
-        "attention output biases": float(biases),
-        "final norm bias": float(unembed.weight[token_id].float() @ norm.bias.float()) if norm.bias is not None else 0.0,
+        "embeddings": by_label["embed"],
+        "attention output biases": sum(a for name, a in by_label.items() if name.endswith(".bias")),
+        "final norm bias": float(cache.logit_constant(token_id, stack)) - (bias or 0.0),  # U_w · β
     }
-    if getattr(unembed, "bias", None) is not None:
-        remainder["unembedding bias"] = float(unembed.bias[token_id])
+    if bias is not None:
+        remainder["unembedding bias"] = bias
     logit = float(out.logits[0, pos, token_id])
-    result = Attribution(token_id, pos, logit, heads.cpu(), ffn.cpu(), None if cross is None else cross.cpu(), remainder, 0.0)
+    result = Attribution(token_id, pos, logit, head_table(self_spec), ffn,
+                         None if cross_spec is None else head_table(cross_spec), remainder, 0.0,
+                         self_spec.label, None if cross_spec is None else cross_spec.label)
     result.check_error = abs(result.total - logit)
     return result
-
-
-def _per_head(z: Tensor, mha: nn.Module, d: int) -> Tensor:
-    """z (H, D) at one position -> each head's write into the stream, z_h W^O_h: (H, C)."""
-    w = mha.w_o.weight  # (C, H·D); head h reads columns h·D .. (h+1)·D
-    return torch.stack([z[h] @ w[:, h * d:(h + 1) * d].T for h in range(z.shape[0])])  # (H, C)
-

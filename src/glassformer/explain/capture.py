@@ -4,15 +4,15 @@ Everything here is temporary: forward hooks live only inside a ``with`` block an
 even when the forward raises, and weights come from ``return_attentions=True``. Nothing is
 ever stored on a module (DESIGN.md: "attention weights are returned when asked for").
 
-The three families read their inputs differently; this module hides that behind
-``run_model(model, input_ids, tgt_ids)`` so the walk-through, the heatmaps and the viewer
-work on GPT, BERT and the encoder-decoder alike.
+Every family is asked through its protocol (:mod:`glassformer.models.family`): which attentions it
+has, how its forward reads ids (``model.forward_inputs``), so the walk-through, the heatmaps and the
+viewer work on GPT, BERT and the encoder-decoder alike without naming them.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,69 +23,62 @@ from torch import Tensor, nn
 
 from glassformer.attention import MultiHeadAttention
 from glassformer.io import eval_mode, unwrap_model
+from glassformer.models.family import FamilyProtocol
 from glassformer.models.outputs import AttentionKind, ModelOutput
-
-KINDS: tuple[AttentionKind, ...] = ("encoder-self", "decoder-self", "cross")
-
 
 # ------------------------------------------------------------------------ model anatomy
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under a DDP wrapper (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    return unwrap_model(model)
-
-
-def family(model: nn.Module) -> str:
-    """``"gpt"``, ``"bert"`` or ``"transformer"`` (the config's ``model_type``)."""
-    config = getattr(unwrap(model), "config", None)
-    kind = getattr(config, "model_type", None)
-    if kind not in ("gpt", "bert", "transformer"):
+    m = unwrap_model(model)
+    if not isinstance(m, FamilyProtocol):
+        kind = getattr(getattr(m, "config", None), "model_type", None)
         raise TypeError(f"not a glassformer model (model_type {kind!r}); load it with glassformer.loading")
-    return kind
-
-
-def attention_kinds(model: nn.Module) -> list[AttentionKind]:
-    """The attentions a family has, in the order the model runs them."""
-    return {"gpt": ["decoder-self"], "bert": ["encoder-self"], "transformer": list(KINDS)}[family(model)]
+    return m
 
 
 def default_kind(model: nn.Module) -> AttentionKind:
-    """GPT: masked self; BERT: encoder self; encoder-decoder: cross (the alignment people look for)."""
-    return {"gpt": "decoder-self", "bert": "encoder-self", "transformer": "cross"}[family(model)]
-
-
-def _stack(model: nn.Module, kind: AttentionKind) -> nn.ModuleList:
+    """The attention a figure shows unless told: cross-attention where there is one (the alignment
+    people look for), else the model's main attention."""
     m = unwrap(model)
-    if kind not in attention_kinds(m):
-        raise ValueError(f"a {family(m)} model has no {kind} attention; it has {', '.join(attention_kinds(m))}")
-    return (m.encoder if kind == "encoder-self" else m.decoder).layers
+    kinds = [spec.kind for spec in m.attentions_spec()]
+    return "cross" if "cross" in kinds else m.main_attention.kind
 
 
-def n_layers(model: nn.Module, kind: AttentionKind) -> int:
-    """How many layers hold an attention of this kind."""
-    return len(_stack(model, kind))
-
-
-def attention_module(model: nn.Module, kind: AttentionKind, layer: int) -> MultiHeadAttention:
+def attention_module(model: nn.Module, kind: str, layer: int) -> MultiHeadAttention:
     """The :class:`MultiHeadAttention` that computes ``kind`` attention in ``layer``."""
-    layers = _stack(model, kind)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"layer {layer} is out of range: the {kind} stack has layers 0..{len(layers) - 1}")
-    return layers[layer].cross_attn if kind == "cross" else layers[layer].self_attn
+    m = unwrap(model)
+    spec = m.attention_spec(kind)
+    if not 0 <= layer < spec.n_layers:
+        raise ValueError(f"layer {layer} is out of range: the {kind} stack has layers 0..{spec.n_layers - 1}")
+    block = m.stack_module(spec.stack).layers[layer]
+    return block.cross_attn if spec.site == "cross" else block.self_attn
 
 
 # --------------------------------------------------------------------------- running it
 
 
-def as_batch(ids: Tensor | list[int], name: str = "input_ids") -> Tensor:
+def as_batch(ids: Tensor | Sequence[int], name: str = "input_ids") -> Tensor:
     """A (T,) list/tensor or a (B, T) tensor -> a (B, T) long tensor."""
-    t = ids if isinstance(ids, Tensor) else torch.tensor(list(ids), dtype=torch.long)
+    t = ids if isinstance(ids, Tensor) else torch.tensor([int(i) for i in ids], dtype=torch.long)
     if t.dim() == 1:
         t = t.unsqueeze(0)  # (1, T)
     if t.dim() != 2:
         raise ValueError(f"{name} must have shape (T,) or (B, T), got {tuple(t.shape)}")
     return t
+
+
+def model_inputs(
+    model: nn.Module, input_ids: Tensor | Sequence[int], tgt_ids: Tensor | Sequence[int] | None = None,
+    attention_mask: Tensor | None = None,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of one forward pass (``model.forward_inputs``) from ids given as lists or
+    (T,) / (B, T) tensors, moved to the model's device. ``tgt_ids``: the encoder-decoder's decoder input."""
+    m = unwrap(model)
+    device = next(m.parameters()).device
+    tgt = None if tgt_ids is None else as_batch(tgt_ids, "tgt_ids").to(device)
+    return m.forward_inputs(as_batch(input_ids).to(device), tgt, attention_mask)
 
 
 @contextmanager
@@ -96,22 +89,12 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def run_model(
-    model: nn.Module, input_ids: Tensor, tgt_ids: Tensor | None = None, return_attentions: bool = True, **model_kwargs: Any
+    model: nn.Module, input_ids: Tensor | Sequence[int], tgt_ids: Tensor | Sequence[int] | None = None,
+    return_attentions: bool = True, **model_kwargs: Any
 ) -> ModelOutput:
-    """One forward pass with each family's calling convention (call inside :func:`evaluating`).
-
-    For the encoder-decoder, ``input_ids`` is the source and ``tgt_ids`` the decoder input.
-    """
-    device = next(unwrap(model).parameters()).device
-    input_ids = as_batch(input_ids).to(device)
-    if family(model) == "transformer":
-        if tgt_ids is None:
-            raise ValueError("the encoder-decoder needs tgt_ids (the decoder input, starting with the start token)")
-        tgt_ids = as_batch(tgt_ids, "tgt_ids").to(device)
-        return model(input_ids, tgt_ids, return_attentions=return_attentions, **model_kwargs)
-    if tgt_ids is not None:
-        raise ValueError(f"tgt_ids is only for the encoder-decoder, not a {family(model)} model")
-    return model(input_ids, return_attentions=return_attentions, **model_kwargs)
+    """One forward pass (call inside :func:`evaluating`); see :func:`model_inputs`."""
+    args, kwargs = model_inputs(model, input_ids, tgt_ids)
+    return model(*args, return_attentions=return_attentions, **kwargs, **model_kwargs)
 
 
 @dataclass
@@ -173,29 +156,32 @@ class AttentionSet:
     """Every attention weight of one forward pass, for batch row 0, as float32 numpy.
 
     ``maps[kind]`` is (L, H, Tq, Tk). ``tokens`` holds the token strings of each stream:
-    ``"tokens"`` for GPT/BERT, ``"source"`` and ``"target"`` for the encoder-decoder.
+    ``"tokens"`` for GPT/BERT, ``"source"`` and ``"target"`` for the encoder-decoder;
+    ``streams[kind]`` names the streams of its rows and columns (``AttentionSpec.queries/keys``).
     """
 
-    family: str
+    family: str  # the config's model_type, for display
     maps: dict[str, np.ndarray]
     tokens: dict[str, list[str]]
+    streams: dict[str, tuple[str, str]]
 
     def q_tokens(self, kind: str) -> list[str]:
         """Token strings of the positions that ask (rows)."""
-        if self.family != "transformer":
-            return self.tokens["tokens"]
-        return self.tokens["source"] if kind == "encoder-self" else self.tokens["target"]
+        return self.tokens[self.streams[kind][0]]
 
     def k_tokens(self, kind: str) -> list[str]:
         """Token strings of the positions looked at (columns)."""
-        if self.family != "transformer":
-            return self.tokens["tokens"]
-        return self.tokens["target"] if kind == "decoder-self" else self.tokens["source"]
+        return self.tokens[self.streams[kind][1]]
 
     def get(self, kind: str) -> np.ndarray:
         if kind not in self.maps:
             raise ValueError(f"no {kind} attention here; have {', '.join(self.maps)}")
         return self.maps[kind]
+
+
+def streams_of(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """``{kind: (query stream, key stream)}`` of every attention of the model."""
+    return {spec.kind: (spec.queries, spec.keys) for spec in unwrap(model).attentions_spec()}
 
 
 def collect_attentions(out: ModelOutput, row: int = 0) -> dict[str, np.ndarray]:
@@ -216,5 +202,5 @@ def attention_set(
 ) -> AttentionSet:
     """Run the model once (eval, no grad) and keep every attention map of batch row 0."""
     with evaluating(model):
-        out = run_model(model, as_batch(input_ids), None if tgt_ids is None else as_batch(tgt_ids, "tgt_ids"))
-    return AttentionSet(family(model), collect_attentions(out), tokens)
+        out = run_model(model, input_ids, tgt_ids)
+    return AttentionSet(unwrap(model).config.model_type, collect_attentions(out), tokens, streams_of(model))

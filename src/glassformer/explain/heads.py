@@ -11,7 +11,7 @@ copy at p+n+1 .. p+2n, each score is a mean attention weight, between 0 and 1:
 
     previous_token  = mean_{i in both copies, not the first}  A[i, i-1]
                       attends to the token just before it.
-    induction       = mean_{i in the second copy}  A[i, i-n+1]
+    induction       = mean_{i in the second copy but its last}  A[i, i-n+1]
                       "prefix matching": attends to the token that *followed* the earlier occurrence
                       of the current token, the step that lets an induction circuit copy it next
                       ([A][B] ... [A] -> [B]).
@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glassformer.explain.hooks import InterventionError, main_stack
-from glassformer.models.hooks import Hooks
+from glassformer.data.induction import induction_scores
+from glassformer.explain.capture import model_inputs
+from glassformer.explain.hooks import InterventionError
 
 ROLES = ("previous_token", "induction", "duplicate_token", "sink")
 ROLE_THRESHOLD = 0.3  # below this, no score is strong enough to name the head
@@ -45,12 +46,21 @@ SHORT = {"previous_token": "prev", "induction": "induct", "duplicate_token": "du
 
 @dataclass
 class HeadScores:
-    """Every role score of every head of one stack: ``scores[role]`` is (L, H)."""
+    """Every role score of every head of one attention: ``scores[role]`` is (L, H).
+
+    Heads are named as everywhere (:class:`~glassformer.models.family.HeadRef`): ``label(layer, head)``
+    -> ``"encoder.1.3"``, which ``glassformer ablate --head`` and ``ablate_heads`` accept."""
 
     stack: str  # "decoder" or "encoder"
     scores: dict[str, Tensor]
     n: int  # length of one random copy
     batch: int  # how many random sequences were averaged
+    kind: str = "decoder-self"  # the attention scored: "decoder-self" or "encoder-self"
+    prefix: str = "decoder"  # the first part of its head labels (AttentionSpec.label)
+
+    def label(self, layer: int, head: int) -> str:
+        """The head's label, ``f"{prefix}.{layer}.{head}"``."""
+        return f"{self.prefix}.{layer}.{head}"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -75,9 +85,9 @@ class HeadScores:
         for layer in range(layers):
             for head in range(heads):
                 role, score = self.role(layer, head)
-                rows.append({"layer": layer, "head": head, **{r: round(float(self.scores[r][layer, head]), 6) for r in ROLES},
+                rows.append({"label": self.label(layer, head), "layer": layer, "head": head, **{r: round(float(self.scores[r][layer, head]), 6) for r in ROLES},
                              "role": role, "score": round(score, 6)})
-        return {"stack": self.stack, "n_layers": layers, "n_heads": heads, "sequence": {"random_tokens": self.n, "repeats": 2,
+        return {"stack": self.stack, "attention": self.kind, "n_layers": layers, "n_heads": heads, "sequence": {"random_tokens": self.n, "repeats": 2,
                 "batch": self.batch}, "threshold": ROLE_THRESHOLD, "heads": rows}
 
 
@@ -142,32 +152,39 @@ def head_scores(
     candidates: Sequence[int] | None = None,
     prefix: Sequence[int] = (),
     suffix: Sequence[int] = (),
+    kind: str | None = None,
 ) -> HeadScores:
-    """Score every head of the model's main stack (GPT: decoder; BERT and the encoder-decoder:
-    encoder self-attention) on ``batch`` repeated random sequences of ``n`` tokens."""
-    stack = "encoder" if getattr(model, "encoder", None) is not None else main_stack(model)
+    """Score every head of one self-attention on ``batch`` repeated random sequences of ``n`` tokens.
+
+    ``kind`` defaults to the first self-attention the model runs (``model.attentions_spec()``):
+    GPT's decoder, BERT's encoder, the encoder-decoder's encoder. The encoder-decoder reads the
+    sequence as its source and as its target, so its ``decoder-self`` heads can be scored too."""
+    specs = [s for s in model.attentions_spec() if s.site == "attn"]
+    spec = specs[0] if kind is None else model.attention_spec(kind)
+    if spec.site != "attn":
+        raise InterventionError(f"head roles are scored on self-attention; {spec.kind} is not one")
     candidates = list(range(model.config.vocab_size)) if candidates is None else list(candidates)
     room = model.config.max_len - len(prefix) - len(suffix)
     n = max(2, min(n, room // 2, len(candidates)))
-    ids = repeated_random_sequences(candidates, n, batch, seed, prefix, suffix).to(next(model.parameters()).device)
-    n_layers = len(getattr(model, stack).layers)
-    names = [f"{stack}.{i}.attn.pattern" for i in range(n_layers)]
-    if stack == "encoder" and getattr(model, "decoder", None) is not None:
-        cache: dict[str, Tensor] = {}  # the encoder-decoder: its encoder alone reads the sequence
-        model.encode(ids, hooks=Hooks(cache=cache, keep=names))
-    else:
-        _, cache = model.run_with_cache(ids, names=names)
-    patterns = torch.stack([cache[name].float().mean(0).cpu() for name in names])  # (L, H, T, T), mean over the batch
-    return HeadScores(stack, role_scores(patterns, n, len(prefix), bool(suffix)), n, batch)
+    ids = repeated_random_sequences(candidates, n, batch, seed, prefix, suffix)
+    args, kwargs = model_inputs(model, ids, ids if model.needs_target else None)
+    names = [spec.activation(i, "pattern") for i in range(spec.n_layers)]
+    _, cache = model.run_with_cache(*args, names=names, **kwargs)
+    patterns = cache.stack_heads(spec.kind, "pattern").float().cpu()  # (L, B, H, T, T)
+    scores = role_scores(patterns.mean(1), n, len(prefix), bool(suffix))  # mean over the batch: (L, H, T, T)
+    return HeadScores(spec.stack, scores, n, batch, spec.kind, spec.label)
 
 
 def role_scores(patterns: Tensor, n: int, start: int, closing_special: bool) -> dict[str, Tensor]:
     """The four scores from attention patterns (..., T, T) of a sequence whose two random copies
-    occupy positions ``start .. start + 2n - 1`` (the formulas are in the module docstring)."""
+    occupy positions ``start .. start + 2n - 1`` (the formulas are in the module docstring; the
+    induction score is :func:`glassformer.data.induction.induction_scores`, the one definition)."""
     first = torch.arange(start + 1, start + 2 * n)  # every position of both copies but the very first
     second = torch.arange(start + n, start + 2 * n)  # the second copy
     prev = patterns[..., first, first - 1].mean(-1)
-    induction = patterns[..., second, second - n + 1].mean(-1)
+    t = patterns.shape[-1]
+    one_row = patterns.reshape(-1, 1, 1, t, t)  # (X, B=1, H=1, T, T)
+    induction = induction_scores(one_row, torch.tensor([n]), t, torch.tensor([start])).reshape(patterns.shape[:-2])
     duplicate = patterns[..., second, second - n].mean(-1)
     sink = patterns[..., first, 0]
     if closing_special:
@@ -189,7 +206,7 @@ def format_heads(scores: HeadScores) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     legend = (f"roles: prev = previous-token, induct = induction, dup = duplicate-token, sink = first/closing "
-              f"token; — = no score ≥ {ROLE_THRESHOLD}; {scores.stack} self-attention, {scores.batch} sequences "
+              f"token; — = no score ≥ {ROLE_THRESHOLD}; {scores.kind} attention (heads {scores.prefix}.LAYER.HEAD), {scores.batch} sequences "
               f"of {scores.n} random tokens repeated twice")
     return "\n".join(lines) + "\n" + legend + "\n"
 

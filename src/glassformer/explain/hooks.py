@@ -1,12 +1,13 @@
 """Interventions on named activations: switch heads off, patch one run's activation into another.
 
     from glassformer.explain.hooks import ablate_heads, patch
-    out = ablate_heads(model, ids, heads=[(1, 3)], mode="zero")     # layer 1, head 3 silenced
+    out = ablate_heads(model, ids, heads=["1.3"], mode="zero")       # main attention: layer 1, head 3
+    out = ablate_heads(model, src, heads=["cross.0.2"], tgt_ids=tgt)  # an encoder-decoder attention head
     out = patch(model, clean_ids, corrupted_ids, "decoder.1.attn.z", positions=[5])
 
 Both are thin layers over ``model.run_with_hooks`` (see :mod:`glassformer.models.hooks` for the
-names). A head is silenced at its output ``z`` (B, H, T, D), before W^O mixes the heads: what
-W^O reads for head h is exactly columns h·D .. (h+1)·D of Concat(head_1..head_H), so setting
+names; heads are labelled as :mod:`glassformer.models.family` labels them). A head is silenced at
+its output ``z`` (B, H, T, D), before W^O mixes the heads: what W^O reads for head h is exactly columns h·D .. (h+1)·D of Concat(head_1..head_H), so setting
 ``z[:, h]`` to zero is the same as zeroing that slice of W^O's input.
 
 * ``mode="zero"`` replaces the head's output with zeros;
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
+from glassformer.models.family import HeadError, HeadRef
 from glassformer.models.hooks import check_names
 from glassformer.models.outputs import ModelOutput
 
@@ -38,74 +40,31 @@ class InterventionError(GlassformerError, ValueError):
     """Heads, modes, positions or inputs that an intervention cannot use."""
 
 
-def model_family(model: nn.Module) -> str:
-    """``"gpt"``, ``"bert"`` or ``"transformer"``."""
-    kind = getattr(getattr(model, "config", None), "model_type", None)
-    if kind not in ("gpt", "bert", "transformer"):
-        raise InterventionError(f"not a glassformer model (model_type {kind!r}); load it with glassformer.loading")
-    return kind
+HeadArg = str | HeadRef | tuple[int, int]  # "cross.1.0", "1.3" (the main attention), HeadRef, (1, 3)
 
 
-def as_batch(ids: Tensor | Sequence[int], name: str = "input_ids") -> Tensor:
-    """(T,) ids or a list -> (1, T); (B, T) stays."""
-    t = ids if isinstance(ids, Tensor) else torch.tensor([int(i) for i in ids], dtype=torch.long)
-    return t.unsqueeze(0) if t.dim() == 1 else t
-
-
-def forward_args(model: nn.Module, ids: Tensor, tgt_ids: Tensor | None = None) -> tuple[tuple, dict[str, Any]]:
-    """The positional and keyword arguments of one forward pass, whatever the family."""
-    device = next(model.parameters()).device
-    ids = as_batch(ids).to(device)
-    if model_family(model) == "transformer":
-        if tgt_ids is None:
-            raise InterventionError("the encoder-decoder needs tgt_ids (the decoder input, from the start token)")
-        return (ids, as_batch(tgt_ids, "tgt_ids").to(device)), {}
-    if tgt_ids is not None:
-        raise InterventionError(f"tgt_ids is only for the encoder-decoder, not a {model_family(model)} model")
-    return (ids,), {}
-
-
-def main_stack(model: nn.Module) -> str:
-    """The stack whose heads a (layer, head) pair means: GPT and the encoder-decoder ``decoder``,
-    BERT ``encoder``."""
-    return "decoder" if isinstance(getattr(model, "decoder", None), nn.Module) else "encoder"
-
-
-def n_heads(model: nn.Module) -> int:
-    return int(model.config.n_heads)
-
-
-def parse_heads(model: nn.Module, heads: Iterable[tuple[int, int]], stack: str | None = None) -> list[tuple[int, int]]:
-    """Check (layer, head) pairs against the model; an error names the first bad one."""
-    stack = stack or main_stack(model)
-    module = getattr(model, stack, None)
-    if module is None:
-        raise InterventionError(f"this {type(model).__name__} has no {stack} stack")
-    n_layers, h = len(module.layers), n_heads(model)
-    out = []
-    for pair in heads:
-        layer, head = (int(pair[0]), int(pair[1]))
-        if not 0 <= layer < n_layers:
-            raise InterventionError(f"head {layer}.{head}: layer {layer} is out of range 0..{n_layers - 1}")
-        if not 0 <= head < h:
-            raise InterventionError(f"head {layer}.{head}: head {head} is out of range 0..{h - 1}")
-        out.append((layer, head))
-    if not out:
+def parse_heads(model: nn.Module, heads: Iterable[HeadArg], kind: str | None = None) -> list[HeadRef]:
+    """Heads as the model names them (``model.parse_head``): labels ``encoder.L.H``, ``decoder.L.H``,
+    ``cross.L.H``, or a bare ``L.H`` / (layer, head) meaning ``kind`` (default: the model's main
+    attention). An error names the first bad one."""
+    try:
+        refs = [model.parse_head(h, kind=kind) for h in heads]
+    except HeadError as e:
+        raise InterventionError(str(e)) from None
+    if not refs:
         raise InterventionError("no heads given to ablate")
-    return out
+    return refs
 
 
 def ablation_hooks(
-    model: nn.Module, heads: Iterable[tuple[int, int]], mode: AblationMode = "zero", stack: str | None = None,
-    attention: str = "attn",
+    model: nn.Module, heads: Iterable[HeadArg], mode: AblationMode = "zero", kind: str | None = None
 ) -> dict[str, Any]:
-    """``{name: fn}`` that silences the given heads at ``{stack}.{layer}.{attention}.z``."""
+    """``{name: fn}`` that silences the given heads at their output ``{stack}.{layer}.{site}.z``."""
     if mode not in ("zero", "mean"):
         raise InterventionError(f"unknown ablation mode {mode!r}; choose 'zero' or 'mean'")
-    stack = stack or main_stack(model)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in parse_heads(model, heads, stack):
-        by_layer.setdefault(layer, []).append(head)
+    by_site: dict[str, list[int]] = {}
+    for ref in parse_heads(model, heads, kind):
+        by_site.setdefault(model.attention_spec(ref.kind).activation(ref.layer, "z"), []).append(ref.head)
 
     def silence(head_ids: list[int]):
         def fn(z: Tensor) -> Tensor:  # z: (B, H, T, D)
@@ -119,21 +78,21 @@ def ablation_hooks(
 
         return fn
 
-    return {f"{stack}.{layer}.{attention}.z": silence(hs) for layer, hs in by_layer.items()}
+    return {name: silence(hs) for name, hs in by_site.items()}
 
 
 @torch.no_grad()
 def ablate_heads(
-    model: nn.Module, ids: Tensor, heads: Sequence[tuple[int, int]], mode: AblationMode = "zero",
-    *, stack: str | None = None, attention: str = "attn", **forward_kwargs: Any,
+    model: nn.Module, ids: Tensor, heads: Sequence[HeadArg], mode: AblationMode = "zero",
+    *, kind: str | None = None, **forward_kwargs: Any,
 ) -> ModelOutput:
-    """The model's output on ``ids`` with the heads ``[(layer, head), ...]`` silenced.
-
-    ``stack`` defaults to the model's main stack (``decoder`` for GPT and the encoder-decoder,
-    ``encoder`` for BERT); ``attention="cross"`` silences encoder-decoder attention heads.
-    ``forward_kwargs`` go to the model (``attention_mask``, ``tgt_ids`` for the encoder-decoder).
+    """The model's output on ``ids`` with ``heads`` silenced: labels such as ``"cross.1.0"`` or
+    ``"encoder.0.2"``, or bare ``"1.3"`` / ``(1, 3)`` pairs, which mean ``kind`` (default: the model's
+    main attention, ``model.main_attention``: GPT's and the encoder-decoder's decoder self-attention,
+    BERT's encoder self-attention). ``forward_kwargs`` go to the model (``attention_mask``,
+    ``tgt_ids`` for the encoder-decoder).
     """
-    return model.run_with_hooks(ids, hooks=ablation_hooks(model, heads, mode, stack, attention), **forward_kwargs)
+    return model.run_with_hooks(ids, hooks=ablation_hooks(model, heads, mode, kind), **forward_kwargs)
 
 
 def time_dim(name: str) -> int:

@@ -1,47 +1,44 @@
-"""``glassformer heads | lens | ablate | attribute``: why the model does what it does.
+"""Why the model does what it does, on a text: head roles, the logit lens, ablation, attribution.
 
-    glassformer heads MODEL [--json] [--out heads.html]
-    glassformer lens MODEL "text" [--json] [--out lens.png] [--k 5]
-    glassformer ablate MODEL "text" --head L.H [--head L.H ...] [--mode zero|mean] [--json]
-    glassformer attribute MODEL "text" [--token WORD] [--json]
+    model, tokenizer = load("runs/gpt")
+    result = ablation(model, tokenizer, "The cat sat on the", ["decoder.1.3"])
+    sys.stdout.write(format_ablation(result))
 
-MODEL is any model directory (a glassformer run or save, or a Hugging Face checkpoint). For the
-encoder-decoder, "text" is the source and ``--target`` the decoder's text so far. Options may
-stand anywhere on the line. The parsers live in :mod:`glassformer.explain.command` (light, for
-``--help``); this module runs the commands.
+Each report is JSON-ready data plus a ``format_*`` function giving the table the command line
+prints (``glassformer heads | lens | ablate | attribute``; their parsers are in
+:mod:`glassformer.cli.explain`). Heads are named as everywhere (:mod:`glassformer.models.family`):
+``encoder.L.H``, ``decoder.L.H``, ``cross.L.H``, and a bare ``L.H`` means ``model.main_attention``.
+For the encoder-decoder, the text is the source and ``target`` the decoder's text so far.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 import torch
+from torch import nn
 
-from glassformer.explain.hooks import InterventionError, model_family
+from glassformer.explain.hooks import InterventionError, ablate_heads, parse_heads
+from glassformer.explain.lens import model_token_logits, require_readout
+from glassformer.explain.tokens import encode_text, start_token, token_strings
 
 SAMPLE_TEXT = "The cat sat on the mat. The cat sat on the"  # the model view's default text: a repeat, for induction
 
 
-# ------------------------------------------------------------------------------- helpers
-
-
-def _load(path: str, require_tokenizer: bool = True):
+def load(path: str, require_tokenizer: bool = True) -> tuple[nn.Module, Any]:
+    """A model directory (glassformer or Hugging Face) -> the model in eval mode and its tokenizer."""
     from glassformer.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path, require_tokenizer=require_tokenizer)
     return model.eval(), tokenizer
 
 
-def _inputs(model, tokenizer, text: str, target: str | None) -> tuple[list[int], list[int] | None]:
-    from glassformer.explain.tokens import encode_text, start_token
-
+def text_inputs(model: nn.Module, tokenizer: Any, text: str, target: str | None) -> tuple[list[int], list[int] | None]:
+    """The ids the model reads, and for the encoder-decoder its decoder input (start + target)."""
     ids = encode_text(tokenizer, text, max_length=model.config.max_len)
-    if model_family(model) != "transformer":
+    if not model.needs_target:
         if target is not None:
-            raise InterventionError(f"--target is only for an encoder-decoder, not a {model_family(model)} model")
+            raise InterventionError(f"--target is only for an encoder-decoder, not a {type(model).__name__}")
         return ids, None
     tgt = [start_token(model, tokenizer)]
     if target:
@@ -49,154 +46,126 @@ def _inputs(model, tokenizer, text: str, target: str | None) -> tuple[list[int],
     return ids, tgt
 
 
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
-
-
-def _names(tokenizer, ids) -> list[str]:
-    from glassformer.explain.tokens import token_strings
-
+def names(tokenizer: Any, ids) -> list[str]:
+    """Display strings of token ids."""
     return token_strings(tokenizer, [int(i) for i in ids])
+
+
+def _batch(ids: list[int] | None) -> torch.Tensor | None:
+    return None if ids is None else torch.tensor([ids])  # (1, T)
 
 
 # --------------------------------------------------------------------------------- heads
 
 
-def run_heads(args: argparse.Namespace) -> int:
-    from glassformer.explain.heads import format_heads, head_scores, sequence_for_model
+def score_heads(model: nn.Module, tokenizer: Any | None, *, n: int = 32, batch: int = 8, seed: int = 0,
+                kind: str | None = None):
+    """:func:`~glassformer.explain.heads.head_scores` on random tokens the tokenizer frames as a text."""
+    from glassformer.explain.heads import head_scores, sequence_for_model
 
-    if args.n < 2 or args.batch < 1:
+    if n < 2 or batch < 1:
         raise InterventionError("--n must be >= 2 and --batch >= 1")
-    if args.out is not None and not args.out.lower().endswith((".html", ".htm")):
-        raise InterventionError(f"--out {args.out}: the model view is written as .html")
-    if args.text is not None and args.out is None:
-        raise InterventionError("--text is the model view's text; give --out FILE.html too")
-    model, tokenizer = _load(args.model, require_tokenizer=args.out is not None)
-    scores = head_scores(model, n=args.n, batch=args.batch, seed=args.seed, **sequence_for_model(model, tokenizer))
-    if args.json:
-        _emit_json({"model": args.model, **scores.to_json()})
-    else:
-        sys.stdout.write(format_heads(scores))
-    if args.out is not None:
-        from glassformer.explain.viewer import save_attention_html
-
-        text = args.text or SAMPLE_TEXT
-        path = save_attention_html(model, tokenizer, text, args.out, max_new_tokens=0, head_roles=scores)
-        sys.stderr.write(f"model view: {path}\n")
-    return 0
+    return head_scores(model, n=n, batch=batch, seed=seed, kind=kind, **sequence_for_model(model, tokenizer))
 
 
 # ---------------------------------------------------------------------------------- lens
 
 
-def run_lens(args: argparse.Namespace) -> int:
-    from glassformer.explain.lens import format_lens, lens_json, logit_lens, save_lens_png
+def lens_report(model: nn.Module, tokenizer: Any, text: str, target: str | None = None, k: int = 5):
+    """The logit lens of a text: ``(lens, tokens, top-k names per cell, top-1 names)``."""
+    from glassformer.explain.lens import logit_lens
 
-    if args.k < 1:
-        raise InterventionError(f"--k must be >= 1, got {args.k}")
-    if args.out is not None and not args.out.lower().endswith(".png"):
-        raise InterventionError(f"--out {args.out}: the lens figure is written as .png")
-    model, tokenizer = _load(args.model)
-    ids, tgt = _inputs(model, tokenizer, args.text, args.target)
-    lens = logit_lens(model, torch.tensor([ids]), k=args.k, tgt_ids=None if tgt is None else torch.tensor([tgt]))
-    tokens = _names(tokenizer, tgt if tgt is not None else ids)
-    names = [[_names(tokenizer, lens.top_ids[r, t].tolist()) for t in range(lens.top_ids.shape[1])]
+    if k < 1:
+        raise InterventionError(f"--k must be >= 1, got {k}")
+    require_readout(model, "the logit lens")
+    ids, tgt = text_inputs(model, tokenizer, text, target)
+    lens = logit_lens(model, torch.tensor([ids]), k=k, tgt_ids=_batch(tgt))
+    tokens = names(tokenizer, tgt if tgt is not None else ids)
+    cells = [[names(tokenizer, lens.top_ids[r, t].tolist()) for t in range(lens.top_ids.shape[1])]
              for r in range(len(lens.rows))]
-    top1 = [[cell[0] for cell in row] for row in names]
-    if args.json:
-        _emit_json({"model": args.model, "text": args.text, "family": model_family(model),
-                    "predicts": "next token" if model_family(model) != "bert" else "token at the position",
-                    **lens_json(lens, tokens, names)})
-    else:
-        what = "the token at each position" if model_family(model) == "bert" else "the next token after each position"
-        sys.stdout.write(f"logit lens: each layer's top guess for {what}, with its probability\n")
-        sys.stdout.write(format_lens(lens, tokens, top1))
-        sys.stdout.write(f"last layer == the model's logits (max difference {lens.max_error:.1e})\n")
-    if args.out is not None:
-        path = save_lens_png(lens, tokens, top1, args.out, title=f"logit lens — {args.text[:50]}")
-        sys.stderr.write(f"wrote {path}\n")
-    return 0
+    return lens, tokens, cells, [[cell[0] for cell in row] for row in cells]
+
+
+def lens_predicts(model: nn.Module) -> tuple[str, str]:
+    """What a lens row is about: (JSON's word, the sentence the table starts with)."""
+    if model.predicts == "masked":
+        return "token at the position", "the token at each position"
+    return "next token", "the next token after each position"
 
 
 # -------------------------------------------------------------------------------- ablate
 
 
-def parse_head(spec: str) -> tuple[int, int]:
-    """``"1.3"`` -> (1, 3)."""
-    parts = spec.split(".")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise InterventionError(f"--head {spec!r}: write it as LAYER.HEAD, e.g. 1.3")
-    return int(parts[0]), int(parts[1])
-
-
-def _prediction_position(model, tokenizer, ids: list[int]) -> int:
-    if model_family(model) != "bert":
+def prediction_position(model: nn.Module, tokenizer: Any, ids: list[int]) -> int:
+    """Where the prediction ablation compares is read: the last position, or the first mask token
+    of a masked-LM (``model.predicts == "masked"``)."""
+    require_readout(model, "ablate (it compares the prediction)")
+    if model.predicts == "next":
         return -1
-    if model.mlm_head is None:
-        from glassformer.explain.lens import NO_MLM_HEAD
-
-        raise InterventionError(NO_MLM_HEAD.replace("the logit lens", "ablate (it compares the [MASK] prediction)"))
     mask = getattr(tokenizer, "mask_id", None)
     if mask is None:
-        mask = model.config.mask_token_id
+        mask = getattr(model.config, "mask_token_id", None)
     if mask is None or mask not in ids:
-        raise InterventionError("for BERT, put a mask token (e.g. [MASK]) in the text: ablate compares its prediction")
+        raise InterventionError(f"for a masked-LM {type(model).__name__}, put a mask token (e.g. [MASK]) in the text: "
+                                "ablate compares its prediction")
     return ids.index(mask)
 
 
-def run_ablate(args: argparse.Namespace) -> int:
-    from glassformer.explain.hooks import ablate_heads, parse_heads
-
-    heads = [parse_head(s) for s in args.head]
-    if args.top < 1:
-        raise InterventionError(f"--top must be >= 1, got {args.top}")
-    model, tokenizer = _load(args.model)
-    parse_heads(model, heads)  # refuse bad heads before running anything
-    ids, tgt = _inputs(model, tokenizer, args.text, args.target)
-    pos = _prediction_position(model, tokenizer, ids)
+@torch.no_grad()
+def ablation(model: nn.Module, tokenizer: Any, text: str, heads: list[str], *, mode: str = "zero", top: int = 5,
+             target: str | None = None) -> dict[str, Any]:
+    """Silence ``heads`` (labels) and compare the predicted distribution before and after: the top
+    tokens and KL(before ‖ after). JSON-ready; ``heads`` lists the labels acted on, ``attention``
+    their attentions (a bare ``L.H`` is the model's main attention)."""
+    if top < 1:
+        raise InterventionError(f"--top must be >= 1, got {top}")
+    refs = parse_heads(model, heads)  # refuse bad heads before running anything
+    ids, tgt = text_inputs(model, tokenizer, text, target)
+    pos = prediction_position(model, tokenizer, ids)
     x = torch.tensor([ids])
-    kwargs: dict[str, Any] = {}
-    if tgt is not None:
-        kwargs["tgt_ids"] = torch.tensor([tgt])
-    if model_family(model) == "bert":
-        kwargs["head"] = "mlm"
-    with torch.no_grad():
-        before = model(x, **kwargs).logits[0, pos].double().log_softmax(-1)
-        after = ablate_heads(model, x, heads, mode=args.mode, **kwargs).logits[0, pos].double().log_softmax(-1)
+    kwargs: dict[str, Any] = {} if tgt is None else {"tgt_ids": _batch(tgt)}
+    before = model_token_logits(model, model(x, **kwargs))[0, pos].double().log_softmax(-1)
+    after = model_token_logits(model, ablate_heads(model, x, refs, mode=mode, **kwargs))[0, pos].double().log_softmax(-1)
     kl = float((before.exp() * (before - after)).sum())
 
-    def top(logp):
-        p, i = logp.exp().topk(min(args.top, logp.shape[-1]))
-        return [{"token": n, "id": int(j), "p": round(float(q), 6)} for n, j, q in zip(_names(tokenizer, i.tolist()), i, p)]
+    def best(logp):
+        p, i = logp.exp().topk(min(top, logp.shape[-1]))
+        return [{"token": s, "id": int(j), "p": round(float(q), 6)} for s, j, q in zip(names(tokenizer, i.tolist()), i, p)]
 
-    result = {"model": args.model, "text": args.text, "heads": [f"{layer}.{h}" for layer, h in heads], "mode": args.mode,
+    result = {"model": None, "text": text, "heads": [ref.label for ref in refs],
+              "attention": list(dict.fromkeys(ref.kind for ref in refs)), "mode": mode,
               "position": pos if pos >= 0 else len(ids) + pos if tgt is None else len(tgt) - 1,
-              "before": top(before), "after": top(after), "kl_before_after": kl}
-    best = int(before.argmax())
-    result["top_token"] = {"token": _names(tokenizer, [best])[0], "id": best,
-                           "p_before": round(float(before[best].exp()), 6), "p_after": round(float(after[best].exp()), 6)}
-    if args.json:
-        _emit_json(result)
-        return 0
+              "before": best(before), "after": best(after), "kl_before_after": kl}
+    top_id = int(before.argmax())
+    result["top_token"] = {"token": names(tokenizer, [top_id])[0], "id": top_id,
+                           "p_before": round(float(before[top_id].exp()), 6), "p_after": round(float(after[top_id].exp()), 6)}
+    return result
+
+
+def format_ablation(result: dict[str, Any]) -> str:
+    """The before/after table of :func:`ablation`, ending with a newline."""
     rows = [("before", "p", "after", "p")]
     for b, a in zip(result["before"], result["after"]):
         rows.append((repr(b["token"]), f"{b['p']:.3f}", repr(a["token"]), f"{a['p']:.3f}"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    sys.stdout.write(f"ablated heads {', '.join(result['heads'])} ({args.mode}); prediction at position {result['position']}\n")
-    for r in rows:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+    lines = [f"ablated heads {', '.join(result['heads'])} ({result['mode']}; {', '.join(result['attention'])} attention); "
+             f"prediction at position {result['position']}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     tt = result["top_token"]
-    sys.stdout.write(f"KL(before ‖ after) = {kl:.4f} nats; {tt['token']!r}: {tt['p_before']:.3f} -> {tt['p_after']:.3f}\n")
-    return 0
+    lines.append(f"KL(before ‖ after) = {result['kl_before_after']:.4f} nats; {tt['token']!r}: "
+                 f"{tt['p_before']:.3f} -> {tt['p_after']:.3f}")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- attribute
 
 
-def resolve_token(tokenizer, word: str) -> int:
-    """One token id for ``word``: as written, else with a leading space (byte-level BPE), else ``#ID``."""
+def resolve_token(tokenizer: Any, word: str) -> int:
+    """One token id for ``word``: as written, else with a leading space (byte-level BPE), else ``#ID``.
+    A word the vocabulary lacks (it would come back as the unknown token) is refused."""
     if word.startswith("#") and word[1:].isdigit():
         return int(word[1:])
+    unk = getattr(tokenizer, "unk_id", None)
     tried = []
     for candidate in (word, " " + word) if not word.startswith(" ") else (word,):
         try:
@@ -204,54 +173,66 @@ def resolve_token(tokenizer, word: str) -> int:
         except TypeError:
             ids = tokenizer.encode(candidate)
         ids = list(getattr(ids, "ids", ids))
-        if len(ids) == 1:
+        if len(ids) == 1 and (unk is None or int(ids[0]) != unk or names(tokenizer, ids)[0] == word):
             return int(ids[0])
         tried.append(ids)
-    pieces = _names(tokenizer, tried[0]) if tried and tried[0] else []
+    if unk is not None and any(unk in ids for ids in tried):
+        raise InterventionError(f"--token {word!r} is not in the vocabulary (it reads as the unknown token); "
+                                "give a token the model knows (or #ID)")
+    pieces = names(tokenizer, tried[0]) if tried and tried[0] else []
     raise InterventionError(f"--token {word!r} is {len(pieces)} tokens {pieces}; give a single token (or #ID)")
 
 
-def run_attribute(args: argparse.Namespace) -> int:
+@torch.no_grad()
+def attribution_report(model: nn.Module, tokenizer: Any, text: str, token: str | None = None,
+                       target: str | None = None):
+    """Direct logit attribution of ``token`` (default: the model's top prediction) at the last
+    position: ``(attribution, token display string)``."""
     from glassformer.explain.attribution import direct_logit_attribution
 
-    if args.top < 1:
-        raise InterventionError(f"--top must be >= 1, got {args.top}")
-    model, tokenizer = _load(args.model)
-    ids, tgt = _inputs(model, tokenizer, args.text, args.target)
-    tgt_t = None if tgt is None else torch.tensor([tgt])
-    if args.token is None:
-        with torch.no_grad():
-            kw = {"tgt_ids": tgt_t} if tgt_t is not None else {}
-            token = int(model(torch.tensor([ids]), **kw).logits[0, -1].argmax())
+    require_readout(model, "attribute")
+    ids, tgt = text_inputs(model, tokenizer, text, target)
+    kwargs = {} if tgt is None else {"tgt_ids": _batch(tgt)}
+    if token is None:
+        token_id = int(model_token_logits(model, model(torch.tensor([ids]), **kwargs))[0, -1].argmax())
     else:
-        token = resolve_token(tokenizer, args.token)
-    a = direct_logit_attribution(model, torch.tensor([ids]), token, tgt_ids=tgt_t)
-    name = _names(tokenizer, [token])[0]
-    if args.json:
-        _emit_json({
-            "model": args.model, "text": args.text, "token": name, "token_id": token, "position": a.position,
-            "logit": a.logit, "heads": [[round(float(v), 6) for v in row] for row in a.heads],
-            "ffn": [round(float(v), 6) for v in a.ffn],
-            "cross_heads": None if a.cross_heads is None else [[round(float(v), 6) for v in row] for row in a.cross_heads],
-            "remainder": {k: round(v, 6) for k, v in a.remainder.items()}, "sum": a.total, "check_error": a.check_error,
-            "note": "direct effects through the final LayerNorm, its scale frozen at the actual input",
-        })
-        return 0
-    out = [f"direct logit attribution of {name!r} (id {token}) after {args.text!r}: logit {a.logit:.4f}",
+        token_id = resolve_token(tokenizer, token)
+    a = direct_logit_attribution(model, torch.tensor([ids]), token_id, tgt_ids=_batch(tgt))
+    return a, names(tokenizer, [token_id])[0]
+
+
+def attribution_json(a, name: str) -> dict[str, Any]:
+    """JSON-ready attribution (rounded to 6 digits)."""
+    return {
+        "token": name, "token_id": a.token_id, "position": a.position, "logit": a.logit,
+        "heads": [[round(float(v), 6) for v in row] for row in a.heads], "head_labels": a.label,
+        "ffn": [round(float(v), 6) for v in a.ffn],
+        "cross_heads": None if a.cross_heads is None else [[round(float(v), 6) for v in row] for row in a.cross_heads],
+        "remainder": {k: round(v, 6) for k, v in a.remainder.items()}, "sum": a.total, "check_error": a.check_error,
+        "note": "direct effects through the final LayerNorm, its scale frozen at the actual input",
+    }
+
+
+def format_attribution(a, name: str, text: str, top: int = 10) -> str:
+    """The attribution table (a row per layer: its heads and its FFN block), ending with a newline."""
+    if top < 1:
+        raise InterventionError(f"--top must be >= 1, got {top}")
+    out = [f"direct logit attribution of {name!r} (id {a.token_id}) after {text!r}: logit {a.logit:.4f}",
            "(through the final LayerNorm with its scale frozen at the actual input)", ""]
     layers, heads = a.heads.shape
     header = ["layer"] + [f"head {h}" for h in range(heads)] + ["ffn"]
-    rows = [header] + [[str(layer)] + [f"{float(v):+.3f}" for v in a.heads[layer]] + [f"{float(a.ffn[layer]):+.3f}"]
+    rows = [header] + [[f"{a.label}.{layer}"] + [f"{float(v):+.3f}" for v in a.heads[layer]] + [f"{float(a.ffn[layer]):+.3f}"]
                        for layer in range(layers)]
     if a.cross_heads is not None:  # encoder-decoder attention heads, one row per layer
-        rows += [[f"{layer} cross"] + [f"{float(v):+.3f}" for v in a.cross_heads[layer]] + [""] for layer in range(layers)]
+        rows += [[f"{a.cross_label}.{layer}"] + [f"{float(v):+.3f}" for v in a.cross_heads[layer]] + [""]
+                 for layer in range(layers)]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     out += ["", "remainder: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.remainder.items()),
             f"sum of all parts {a.total:.4f} = logit {a.logit:.4f} (difference {a.check_error:.1e})",
-            "largest: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.ranked(args.top))]
-    sys.stdout.write("\n".join(out) + "\n")
-    return 0
+            "largest: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.ranked(top))]
+    return "\n".join(out) + "\n"
 
 
-__all__ = ["run_heads", "run_lens", "run_ablate", "run_attribute", "parse_head", "resolve_token"]
+__all__ = ["SAMPLE_TEXT", "ablation", "attribution_json", "attribution_report", "format_ablation", "format_attribution",
+           "lens_predicts", "lens_report", "load", "prediction_position", "resolve_token", "score_heads", "text_inputs"]

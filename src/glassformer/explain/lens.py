@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glassformer.explain.hooks import InterventionError, forward_args, main_stack, model_family
+from glassformer.explain.capture import model_inputs
+from glassformer.explain.hooks import InterventionError
 from glassformer.io import atomic_path, make_dirs
-
-NO_MLM_HEAD = ("this BERT has no masked-LM head to read its residual stream with (a sentence-embedding checkpoint "
-               "such as all-MiniLM-L6-v2 ships the encoder only); the logit lens needs one")
 
 
 @dataclass
@@ -40,42 +38,47 @@ class Lens:
     max_error: float  # |last row - the model's logits|, max over positions and vocabulary
 
 
+def require_readout(model: nn.Module, what: str) -> None:
+    """Refuse, naming what is missing, a model with no language-model head (``model.predicts == "none"``)."""
+    if model.predicts == "none":
+        raise InterventionError(
+            f"this {type(model).__name__} has no language-model head (no {model.head_module}: a sentence-embedding "
+            f"checkpoint such as all-MiniLM-L6-v2 ships the encoder only, a classifier its label head); {what} needs one"
+        )
+
+
 def readout(model: nn.Module, x: Tensor, stack: str | None = None) -> Tensor:
-    """What the model's head makes of a residual stream x (B, T, C): logits (B, T, V)."""
-    stack = stack or main_stack(model)
-    norm = getattr(getattr(model, stack), "final_norm", None)
-    if norm is not None:
-        x = norm(x)
-    fam = model_family(model)
-    if fam == "gpt":
-        return model.lm_head(x)
-    if fam == "transformer":
-        return model.generator(x)
-    if model.mlm_head is None:
-        raise InterventionError(NO_MLM_HEAD)
-    return model.mlm_head(x)
+    """What the model's head makes of a residual stream x (B, T, C): logits (B, T, V) (``model.readout``)."""
+    require_readout(model, "the logit lens")
+    return model.readout(x, stack)
 
 
 @torch.no_grad()
 def logit_lens(model: nn.Module, ids: Tensor, *, k: int = 5, tgt_ids: Tensor | None = None, **forward_kwargs: Any) -> Lens:
     """The logit lens of ``ids`` (B, T) (the source, with ``tgt_ids``, for the encoder-decoder)."""
-    stack = main_stack(model)
-    n = len(getattr(model, stack).layers)
+    require_readout(model, "the logit lens")
+    stack = model.readout_stack
+    n = len(model.stack_module(stack).layers)
     names = [f"{stack}.embed"] + [f"{stack}.{i}.resid_post" for i in range(n)]
-    args, kwargs = forward_args(model, ids, tgt_ids)
-    if model_family(model) == "bert":
-        kwargs["head"] = "mlm"
-        if model.mlm_head is None:
-            raise InterventionError(NO_MLM_HEAD)
+    args, kwargs = model_inputs(model, ids, tgt_ids)
     out, cache = model.run_with_cache(*args, names=names, **kwargs, **forward_kwargs)
-    stream = torch.stack([cache[name][0] for name in names])  # (R, T, C)
-    logits = readout(model, stream, stack).float()  # (R, T, V)
-    max_error = float((logits[-1] - out.logits[0].float()).abs().max())
+    rows, stream = cache.accumulated_resid(stack=stack)  # (R, B, T, C)
+    logits = model.readout(stream[:, 0], stack).float()  # (R, T, V)
+    max_error = float((logits[-1] - model_token_logits(model, out)[0].float()).abs().max())
     logits = logits.cpu()
     probs = logits.softmax(-1)
     k = max(1, min(k, probs.shape[-1]))
     top_probs, top_ids = probs.topk(k, dim=-1)  # (R, T, k)
-    return Lens(["embed"] + [str(i) for i in range(n)], top_ids, top_probs, logits, max_error)
+    return Lens(rows, top_ids, top_probs, logits, max_error)
+
+
+def model_token_logits(model: nn.Module, out: Any) -> Tensor:
+    """The model's own token logits (B, T, V) from a forward pass: ``out.logits``, or, when its forward
+    answered with another head (a BERT classifier), its language-model head on its last hidden state."""
+    v = model.config.vocab_size
+    if out.logits is not None and out.logits.dim() == 3 and out.logits.shape[-1] == v:
+        return out.logits
+    return model.unembed()(out.last_hidden_state)  # (B, T, V)
 
 
 def lens_json(lens: Lens, tokens: list[str], names: list[list[str]]) -> dict[str, Any]:

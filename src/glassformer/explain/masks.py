@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.attention import causal_mask, combine_masks, padding_mask
-from glassformer.explain.capture import evaluating, family, unwrap
+from glassformer.explain.capture import evaluating, model_inputs, unwrap
 from glassformer.explain.render import show_token
 from glassformer.explain.tokens import encode_text, token_strings
 
@@ -82,9 +82,9 @@ def build_mask_demo(
         half = max(1, len(ids[0]) // 2)
         ids.append(ids[0][:half])
         toks.append(toks[0][:half])
-    fam = family(model) if model is not None else None
+    main = unwrap(model).main_attention if model is not None else None
     if causal is None:
-        causal = fam != "bert"
+        causal = main.causal if main is not None else True
     t = max(len(i) for i in ids)
     rows, masks, names = [], [], []
     for i, s in zip(ids, toks):
@@ -102,7 +102,7 @@ def build_mask_demo(
     c = causal_mask(t, t) if causal else None  # (T, T)
     combined = combine_masks(pad_mask, c)  # (B, 1, T, T) or (B, 1, 1, T)
     combined = torch.broadcast_to(combined, (len(rows), 1, t, t))[:, 0]  # (B, T, T)
-    kind = ("decoder-self" if causal else "encoder-self") if fam is None else ("encoder-self" if fam == "bert" else "decoder-self")
+    kind = ("decoder-self" if causal else "encoder-self") if main is None else main.kind
     demo = MaskDemo(names, attention_mask, c, pad_mask, combined, kind, padding_side)
     if model is not None:
         demo.check = check_on_model(model, torch.tensor(rows), demo)
@@ -111,14 +111,14 @@ def build_mask_demo(
 
 def check_on_model(model: nn.Module, input_ids: Tensor, demo: MaskDemo) -> MaskCheck:
     """Run the model on the padded batch and compare its weights with ``demo.combined``."""
-    fam = family(model)
     am = demo.attention_mask
+    seq2seq = unwrap(model).needs_target
+    # the encoder-decoder: the batch serves as source and as decoder input (its self-attention is checked)
+    args, kwargs = model_inputs(model, input_ids, input_ids if seq2seq else None, attention_mask=am)
+    if seq2seq:
+        kwargs["tgt_mask"] = am.to(input_ids.device)
     with evaluating(model):
-        if fam == "transformer":
-            # the batch serves as source and as decoder input: the decoder's self-attention is what we check
-            out = model(input_ids, input_ids, src_mask=am, tgt_mask=am, return_attentions=True)
-        else:
-            out = model(input_ids, attention_mask=am, return_attentions=True)
+        out = model(*args, return_attentions=True, **kwargs)
     hidden_max, sum_err, empty, empty_ok = 0.0, 0.0, 0, True
     visible = demo.combined[:, None]  # (B, 1, T, T)
     has_key = visible.any(-1)  # (B, 1, T)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from glassformer.explain.capture import attention_set, family, unwrap
+from glassformer.explain.capture import attention_set, unwrap
 from glassformer.explain.files import atomic_write_text
 from glassformer.explain.tokens import prepare
 from glassformer.explain.trace import greedy_translation
@@ -49,7 +49,7 @@ def snapshot_data(model: nn.Module, tokenizer: Any, text: str, step: int) -> dic
     """The probe's attention at this step, JSON-ready."""
     m = unwrap(model)
     target: str | list[int] | None = None
-    if family(m) == "transformer":
+    if m.needs_target:
         text, sep, fixed = text.partition("\t")
         target = fixed if sep else greedy_translation(m, tokenizer, prepare(m, tokenizer, text).input_ids).generated_ids
     prepared = prepare(m, tokenizer, text, target)
@@ -62,22 +62,12 @@ def snapshot_data(model: nn.Module, tokenizer: Any, text: str, step: int) -> dic
         "probe": text,
         "streams": aset.tokens,
         "maps": {
-            kind: {"q": _stream(aset.family, kind, "q"), "k": _stream(aset.family, kind, "k"),
+            kind: {"q": aset.streams[kind][0], "k": aset.streams[kind][1],
                    "shape": list(a.shape), "weights": encode_weights(a),
                    "entropy": np.round(head_entropy(a), 6).tolist()}
             for kind, a in aset.maps.items()
         },
     }
-
-
-def _stream(fam: str, kind: str, side: str) -> str:
-    if fam != "transformer":
-        return "tokens"
-    if kind == "encoder-self":
-        return "source"
-    if kind == "decoder-self":
-        return "target"
-    return "target" if side == "q" else "source"
 
 
 def save_attention_snapshot(

@@ -26,8 +26,8 @@ from glassformer.explain.capture import (
     attention_module,
     capture_calls,
     evaluating,
-    family,
     run_model,
+    unwrap,
 )
 from glassformer.explain.render import format_four_steps, four_steps_table
 
@@ -64,9 +64,9 @@ class FourSteps:
 
 
 def resolve_kind(model: nn.Module, kind: KindArg) -> str:
-    """``"auto"``: the family's own self-attention (GPT: decoder, BERT and seq2seq: encoder)."""
+    """``"auto"``: the first attention the model runs (GPT: decoder self, BERT and seq2seq: encoder self)."""
     if kind == "auto":
-        return {"gpt": "decoder-self", "bert": "encoder-self", "transformer": "encoder-self"}[family(model)]
+        return unwrap(model).attentions_spec()[0].kind
     if kind not in ("encoder-self", "decoder-self", "cross"):
         raise ValueError(f"unknown attention kind {kind!r}; choose auto, encoder-self, decoder-self or cross")
     return kind
@@ -105,7 +105,7 @@ def four_steps(
     module = attention_module(model, kind, layer)
     if not 0 <= head < module.n_heads:
         raise ValueError(f"head {head} is out of range: this model has heads 0..{module.n_heads - 1}")
-    input_ids = as_batch(input_ids)
+    input_ids = as_batch(input_ids)  # (B, T)
     if not 0 <= batch < input_ids.shape[0]:
         raise ValueError(f"batch row {batch} is out of range: the batch has {input_ids.shape[0]} rows")
     with evaluating(model), capture_calls(module) as calls:

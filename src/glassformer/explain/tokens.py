@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from glassformer.explain.capture import family, unwrap
+from glassformer.explain.capture import unwrap
 
 
 def encode_text(
@@ -79,10 +79,11 @@ def start_token(model: nn.Module, tokenizer: Any) -> int:
 def prepare(model: nn.Module, tokenizer: Any, text: str, target: str | list[int] | None = None) -> Prepared:
     """Ids and token strings for ``text``. For the encoder-decoder, ``target`` is the decoder's text
     (or ids after the start token); without it the decoder gets only the start token."""
-    ids = encode_text(tokenizer, text, max_length=getattr(unwrap(model).config, "max_len", None))
-    if family(model) != "transformer":
+    m = unwrap(model)
+    ids = encode_text(tokenizer, text, max_length=getattr(m.config, "max_len", None))
+    if not m.needs_target:
         if target is not None:
-            raise ValueError(f"a target text is only for the encoder-decoder, not a {family(model)} model")
+            raise ValueError(f"a target text is only for the encoder-decoder, not a {type(m).__name__}")
         return Prepared(ids, None, {"tokens": token_strings(tokenizer, ids)})
     tgt = [start_token(model, tokenizer)]
     if isinstance(target, str):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from glassformer.explain.capture import as_batch, evaluating, family, unwrap
+from glassformer.explain.capture import as_batch, evaluating, unwrap
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.gpt import generate_lists
 from glassformer.generation.loop import Step
@@ -92,14 +92,15 @@ def trace_generation(
     config = GenerationConfig(max_new_tokens=max(1, max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos_token_id)
     m = unwrap(model)
-    fam = family(m)
-    if fam == "bert":
-        raise ValueError("BERT does not generate text; the generation inspector needs a GPT or an encoder-decoder")
+    if m.predicts != "next":
+        raise ValueError(f"a {type(m).__name__} does not generate text (its logits do not predict the next token); "
+                         "the generation inspector needs a GPT or an encoder-decoder")
+    seq2seq = m.needs_target
     ids = as_batch(input_ids)[:1].to(next(m.parameters()).device)  # (1, T)
     prompt = ids[0].tolist()
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
     steps: list[TraceStep] = []
-    offset = len(prompt) - 1 if fam == "gpt" else 0  # the query position of the first step
+    offset = 0 if seq2seq else len(prompt) - 1  # the query position of the first step
 
     def record(step: Step) -> None:
         chosen = step.tokens[0]
@@ -113,19 +114,19 @@ def trace_generation(
         steps.append(TraceStep(chosen, offset + step.index, _candidates(p_model, p_sampled, chosen, n_candidates), attention))
 
     with evaluating(m):
-        if fam == "gpt":
+        if not seq2seq:
             room = m.config.max_len - len(prompt) + 1  # the last token is chosen from a full context
             if max_new_tokens > 0 and room > 0:
                 generate_lists(m, [prompt], config.replace(max_new_tokens=min(max_new_tokens, room)),
                                on_step=record, return_attentions=True)
-            trace = GenerationTrace(fam, prompt, prompt + [s.token_id for s in steps], settings=settings)
+            trace = GenerationTrace(m.config.model_type, prompt, prompt + [s.token_id for s in steps], settings=settings)
         else:
             start = start_token_id if start_token_id is not None else m.decoder_start_token_id
             if start is None:
                 raise ValueError("this encoder-decoder has no decoder_start_token_id or bos_token_id to start from")
             if max_new_tokens > 0:
                 generate_seq2seq_lists(m, ids, config, start_token_id=int(start), on_step=record, return_attentions=True)
-            trace = GenerationTrace(fam, prompt, [int(start)] + [s.token_id for s in steps], settings=settings)
+            trace = GenerationTrace(m.config.model_type, prompt, [int(start)] + [s.token_id for s in steps], settings=settings)
     trace.steps = steps
     return trace
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from glassformer.explain.capture import attention_kinds, attention_set, family, unwrap
+from glassformer.explain.capture import attention_set, unwrap
 from glassformer.explain.tokens import prepare, start_token, token_strings
 from glassformer.explain.trace import GenerationTrace, eos_id, trace_generation
 from glassformer.io import atomic_write_text
@@ -55,13 +55,12 @@ def decode_weights(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def _views(aset, layers: list[int] | None) -> list[dict[str, Any]]:
     views = []
-    streams = {"encoder-self": ("source", "source"), "decoder-self": ("target", "target"), "cross": ("target", "source")}
     for kind, maps in aset.maps.items():
         chosen = list(range(maps.shape[0])) if layers is None else layers
         for layer in chosen:
             if not 0 <= layer < maps.shape[0]:
                 raise ValueError(f"layer {layer} is out of range: the {kind} stack has layers 0..{maps.shape[0] - 1}")
-        q, k = ("tokens", "tokens") if aset.family != "transformer" else streams[kind]
+        q, k = aset.streams[kind]
         views.append({
             "kind": kind, "q": q, "k": k, "layers": chosen, "heads": int(maps.shape[1]),
             "tq": int(maps.shape[2]), "tk": int(maps.shape[3]),
@@ -115,16 +114,17 @@ def viewer_data(
     ``"auto"`` scores them here (one extra forward pass on random tokens), None leaves them out.
     """
     m = unwrap(model)
-    fam = family(m)
+    seq2seq = m.needs_target  # the encoder-decoder: a source and a generated target
+    continues = m.predicts == "next" and not seq2seq  # a decoder-only model continues the prompt
     trace = None
-    prepared = prepare(m, tokenizer, text, target if fam == "transformer" else None)
+    prepared = prepare(m, tokenizer, text, target if seq2seq else None)
     if max_new_tokens is None:  # GPT: a short continuation; seq2seq: room for a whole translation
-        max_new_tokens = 16 if fam == "gpt" else max(1, min(m.config.max_len - 1, (3 * len(prepared.input_ids)) // 2 + 8))
-    if fam == "gpt" and max_new_tokens > 0:
+        max_new_tokens = 16 if not seq2seq else max(1, min(m.config.max_len - 1, (3 * len(prepared.input_ids)) // 2 + 8))
+    if continues and max_new_tokens > 0:
         trace = _trace(m, tokenizer, prepared.input_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
         prepared.input_ids = trace.context_ids
         prepared.tokens = {"tokens": token_strings(tokenizer, trace.context_ids)}
-    elif fam == "transformer" and (max_new_tokens > 0 or target is None):
+    elif seq2seq and (max_new_tokens > 0 or target is None):
         trace = _trace(m, tokenizer, prepared.input_ids, max(max_new_tokens, 1), temperature, top_k, top_p,
                        repetition_penalty, seed)
         if target is None:
@@ -136,18 +136,18 @@ def viewer_data(
         log.warning("the page will hold %.0f MB of attention weights; pass layers=[...] (--layer) for a lighter one",
                     size / 2**20)
     generated: dict[str, int] = {}
-    if fam == "gpt" and trace is not None:
+    if continues and trace is not None:
         generated["tokens"] = len(trace.prompt_ids)
-    elif fam == "transformer" and target is None:
+    elif seq2seq and target is None:
         generated["target"] = 1
     c = m.config
     return {
         "format": FORMAT,
         "version": 1,
         "title": title or f"glassformer attention — {text[:60]}",
-        "family": fam,
+        "family": m.config.model_type,
         "config": {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model, "d_head": c.d_head},
-        "kinds": attention_kinds(m),
+        "kinds": [spec.kind for spec in m.attentions_spec()],
         "streams": aset.tokens,
         "generated": generated,
         "views": _views(aset, layers),
@@ -169,7 +169,7 @@ def _roles(model: nn.Module, tokenizer: Any, head_roles: Any) -> dict[str, Any] 
         except InterventionError as e:  # e.g. a vocabulary too small for random sequences
             log.info("model view without head roles: %s", e)
             return None
-    kind = "encoder-self" if head_roles.stack == "encoder" else "decoder-self"
+    kind = head_roles.kind
     n_layers, n_heads = head_roles.shape
     table = []
     for layer in range(n_layers):
@@ -183,7 +183,7 @@ def _roles(model: nn.Module, tokenizer: Any, head_roles: Any) -> dict[str, Any] 
 
 
 def _trace(m, tokenizer, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> GenerationTrace:
-    start = start_token(m, tokenizer) if family(m) == "transformer" else None
+    start = start_token(m, tokenizer) if m.needs_target else None
     return trace_generation(
         m, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos_id(m, tokenizer), start_token_id=start,

@@ -138,9 +138,9 @@ class DistributedContext(ProcessContext):
         """DDP wrapper (summing gradients), or the model sharded in place by ``fully_shard``."""
         if self.sharded:
             return self._shard(model)
-        # BERT's pooler gets no gradient from the masked-LM loss: DDP must look for parameters the
-        # loss did not use (static_graph=True would too, but it ignores the summing hook below).
-        unused = getattr(getattr(model, "config", None), "model_type", None) == "bert"
+        # A masked-LM (BERT) has a pooler that gets no gradient from its loss: DDP must look for parameters
+        # the loss did not use (static_graph=True would too, but it ignores the summing hook below).
+        unused = getattr(model, "predicts", None) == "masked"
         ddp = nn.parallel.DistributedDataParallel(
             _LogitsOnly(model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=unused,

@@ -1,5 +1,6 @@
 """``glassformer explain`` and ``glassformer attention``; the parsers of ``heads``, ``lens``,
-``ablate`` and ``attribute`` too (run by :mod:`glassformer.explain.insight`).
+``ablate`` and ``attribute`` too (run by :mod:`glassformer.cli.insight`). The work is the library's
+(:mod:`glassformer.explain.texts`, :mod:`glassformer.explain.insight`); this module reads the line.
 
     glassformer explain MODEL "text" [--layer L] [--head H] [--token I] [--kind K] [--target T]
     glassformer explain [MODEL "text" ...] --masks [--padding-side left|right]
@@ -50,9 +51,9 @@ def _model_and_text(p: argparse.ArgumentParser, text_help: str = SOURCE_HELP, *,
 
 
 def _insight(name: str):
-    """A runner from :mod:`glassformer.explain.insight`, imported when the command runs."""
+    """A runner from :mod:`glassformer.cli.insight`, imported when the command runs."""
     def run(args: argparse.Namespace) -> int:
-        from glassformer.explain import insight  # torch: imported only when running, keeps --help fast
+        from glassformer.cli import insight  # torch: imported only when running, keeps --help fast
 
         return getattr(insight, name)(args)
 
@@ -107,7 +108,7 @@ def _command(subparsers: Any, name: str, summary: str, description: str, run, te
 
 
 def _register_insight(subparsers: Any) -> None:
-    """``heads``, ``lens``, ``ablate`` and ``attribute``: run by :mod:`glassformer.explain.insight`."""
+    """``heads``, ``lens``, ``ablate`` and ``attribute``: run by :mod:`glassformer.cli.insight`."""
     h = _command(subparsers, "heads", "what each attention head does: previous-token, induction, duplicate-token, sink",
                  f"Score every head's role ({ROLE_HELP}) and print a layers × heads table of each head's top role "
                  "and score. --json gives every score.", _insight("run_heads"), text_help=None)
@@ -117,6 +118,9 @@ def _register_insight(subparsers: Any) -> None:
     h.add_argument("--n", type=int, default=32, help="random tokens in one copy of the repeated sequence")
     h.add_argument("--batch", type=int, default=8, help="random sequences to average over")
     h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--kind", choices=KINDS, default="auto",
+                   help="the self-attention to score (default: the first the model runs; an encoder-decoder's "
+                   "decoder-self reads the repeats as its target)")
 
     p = _command(subparsers, "lens", "the logit lens: what each layer would predict",
                  "Read the residual stream after every layer through the final norm and the unembedding (BERT: its "
@@ -131,7 +135,10 @@ def _register_insight(subparsers: Any) -> None:
                  "Silence heads (their output before W^O set to zero, or to its mean with --mode mean) and compare "
                  "the predicted distribution before and after: top tokens and KL(before ‖ after). GPT: the next "
                  "token; BERT: the first [MASK]; encoder-decoder: the next target token.", _insight("run_ablate"))
-    a.add_argument("--head", action="append", required=True, metavar="L.H", help="layer.head, e.g. 1.3 (repeatable)")
+    a.add_argument("--head", action="append", required=True, metavar="HEAD",
+                   help="a head as `heads` labels it: encoder.L.H, decoder.L.H or cross.L.H; a bare L.H (e.g. 1.3) "
+                   "means the model's main attention (GPT's and the encoder-decoder's decoder self-attention, "
+                   "BERT's encoder self-attention); repeatable")
     a.add_argument("--mode", choices=["zero", "mean"], default="zero")
     a.add_argument("--top", type=int, default=5, help="top tokens shown")
     a.add_argument("--json", action="store_true")
@@ -149,59 +156,23 @@ def _register_insight(subparsers: Any) -> None:
 # ----------------------------------------------------------------------------------- explain
 
 
-def _target_ids(model, tokenizer, source_ids: list[int], target: str | None, max_new_tokens: int | None = None) -> list[int]:
-    """The decoder input [start] + target: the given text, or the model's greedy output (without its
-    last token, so each row is a step that emitted a token)."""
-    from glassformer.explain.tokens import encode_text, start_token
-    from glassformer.explain.trace import greedy_translation
-
-    if target is not None:
-        return [start_token(model, tokenizer)] + encode_text(tokenizer, target, add_special_tokens=False, what="target")
-    context = greedy_translation(model, tokenizer, source_ids, max_new_tokens).context_ids
-    return context[:-1] if len(context) > 1 else context
-
-
 def run_explain(args: argparse.Namespace) -> int:
     if args.masks:
         return _run_masks(args)
     if args.model is None or len(args.text) != 1:
         raise ValueError('explain needs MODEL and one "text" (or --masks)')
-    from glassformer.explain.capture import family  # torch: imported only when running, keeps --help fast
-    from glassformer.explain.render import format_four_steps, four_steps_table
-    from glassformer.explain.steps import four_steps, resolve_kind
-    from glassformer.explain.tokens import encode_text, token_strings
+    from glassformer.explain.render import format_four_steps, four_steps_table  # torch: keeps --help fast
+    from glassformer.explain.texts import explain_token
 
     model, tokenizer = _model(args.model)
-    kind = resolve_kind(model, args.kind)
-    ids = encode_text(tokenizer, args.text[0], max_length=model.config.max_len)
-    tgt = _target_ids(model, tokenizer, ids, args.target) if family(model) == "transformer" else None
-    if args.target is not None and tgt is None:
-        raise ValueError(f"--target is only for an encoder-decoder, not a {family(model)} model")
-    q_ids = ids if kind == "encoder-self" else tgt if tgt is not None else ids
-    k_ids = tgt if kind == "decoder-self" and tgt is not None else ids
-    _check_layer_head(model, kind, args.layer, args.head)
-    token = len(q_ids) - 1 if args.token is None else args.token
-    if not 0 <= token < len(q_ids):
-        raise ValueError(f"--token {token} is out of range: the {kind} queries are positions 0..{len(q_ids) - 1}")
-    steps = four_steps(model, ids, args.layer, args.head, token, kind=kind, tgt_ids=tgt)
-    k_tokens, q_tokens = token_strings(tokenizer, k_ids), token_strings(tokenizer, q_ids)
+    e = explain_token(model, tokenizer, args.text[0], args.layer, args.head, args.token, args.kind, args.target)
     if sys.stdout.isatty() and not args.plain:
         from rich.console import Console
 
-        Console().print(four_steps_table(steps, k_tokens, q_tokens[token]))
+        Console().print(four_steps_table(e.steps, e.k_tokens, e.q_token))
     else:
-        sys.stdout.write(format_four_steps(steps, k_tokens, q_tokens[token]))
-    return 0 if steps.ok else 1
-
-
-def _check_layer_head(model, kind: str, layer: int | None, head: int | None) -> None:
-    from glassformer.explain.capture import attention_module, n_layers  # torch: keeps --help fast
-
-    if layer is not None and not 0 <= layer < n_layers(model, kind):
-        raise ValueError(f"--layer {layer} is out of range: the {kind} stack has layers 0..{n_layers(model, kind) - 1}")
-    n_heads = attention_module(model, kind, 0).n_heads
-    if head is not None and not 0 <= head < n_heads:
-        raise ValueError(f"--head {head} is out of range: this model has heads 0..{n_heads - 1}")
+        sys.stdout.write(format_four_steps(e.steps, e.k_tokens, e.q_token))
+    return 0 if e.steps.ok else 1
 
 
 def _run_masks(args: argparse.Namespace) -> int:
@@ -230,21 +201,19 @@ def run_attention(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: give a .png or .html file name")
     if args.head is not None and args.layer is None and suffix == ".png":
         raise ValueError("--head needs --layer (which layer's head to draw)")
-    from glassformer.explain.capture import attention_kinds, default_kind, family  # torch: keeps --help fast
+    from glassformer.explain.texts import check_layer_head, check_target, figure_kind, save_attention_png
     from glassformer.generation.sampling import validate_sampling
 
     validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     if args.max_new_tokens is not None and args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     model, tokenizer = _model(args.model)
-    kind = default_kind(model) if args.kind == "auto" else args.kind
-    if kind not in attention_kinds(model):
-        raise ValueError(f"a {family(model)} model has no {kind} attention; it has {', '.join(attention_kinds(model))}")
-    _check_layer_head(model, kind, args.layer, args.head)
-    if args.target is not None and family(model) != "transformer":
-        raise ValueError(f"--target is only for an encoder-decoder, not a {family(model)} model")
+    kind = figure_kind(model, args.kind)
+    check_layer_head(model, kind, args.layer, args.head)
+    check_target(model, args.target)
     if suffix == ".png":
-        path = _png(model, tokenizer, args, kind, out)
+        path = save_attention_png(model, tokenizer, args.text, out, kind, args.layer, args.head, args.target,
+                                  args.max_new_tokens)
     else:
         from glassformer.explain.viewer import save_attention_html
 
@@ -257,52 +226,3 @@ def run_attention(args: argparse.Namespace) -> int:
         )
     print(path)
     return 0
-
-
-def _png(model, tokenizer, args: argparse.Namespace, kind: str, out: Path) -> Path:
-    from glassformer.explain import heatmaps
-    from glassformer.explain.capture import attention_set, family
-    from glassformer.explain.tokens import prepare
-
-    if family(model) == "transformer" and kind == "cross" and args.head is None:
-        weights, src_tokens, tgt_tokens = alignment(model, tokenizer, args.text, args.target, args.max_new_tokens)
-        return heatmaps.save_cross_alignment(weights, src_tokens, tgt_tokens, out, layer=args.layer)
-    target: Any = args.target
-    if family(model) == "transformer" and target is None:
-        src = prepare(model, tokenizer, args.text).input_ids
-        target = _target_ids(model, tokenizer, src, None, args.max_new_tokens)[1:]
-    prepared = prepare(model, tokenizer, args.text, target)
-    aset = attention_set(model, prepared.input_ids, prepared.tokens, prepared.tgt_ids)
-    maps, q, k = aset.get(kind), aset.q_tokens(kind), aset.k_tokens(kind)
-    if args.layer is not None and args.head is not None:
-        title = f"{kind} · layer {args.layer} · head {args.head}"
-        return heatmaps.save_head_heatmap(maps[args.layer, args.head], q, k, out, title)
-    if args.layer is not None:
-        return heatmaps.save_layer_heatmaps(maps[args.layer], q, k, out, f"{kind} · layer {args.layer}, every head")
-    return heatmaps.save_layer_means(maps, q, k, out, f"{kind} · every layer, mean of its heads")
-
-
-def alignment(model, tokenizer, text: str, target: str | None = None, max_new_tokens: int | None = None):
-    """Cross-attention between a source and the target: (L, H, T, S) weights, source and target tokens.
-
-    Row t is the step that emitted target token t. Without ``target`` the model translates greedily
-    and the rows are exactly the attention each generated token paid while being generated.
-    """
-    import numpy as np
-
-    from glassformer.explain.capture import attention_set
-    from glassformer.explain.tokens import prepare, token_strings
-    from glassformer.explain.trace import greedy_translation
-
-    src = prepare(model, tokenizer, text).input_ids
-    if target is None:
-        trace = greedy_translation(model, tokenizer, src, max_new_tokens)
-        if not trace.steps:
-            raise ValueError("the model generated nothing to align")
-        weights = np.stack([s.attention["cross"] for s in trace.steps], axis=2)  # (L, H, T, S)
-        return weights, token_strings(tokenizer, src), token_strings(tokenizer, trace.generated_ids)
-    prepared = prepare(model, tokenizer, text, target)
-    tgt_in = prepared.tgt_ids[:-1] if len(prepared.tgt_ids) > 1 else prepared.tgt_ids
-    aset = attention_set(model, src, prepared.tokens, tgt_in)
-    out_tokens = prepared.tokens["target"][1:] or prepared.tokens["target"]
-    return aset.get("cross"), prepared.tokens["source"], out_tokens

@@ -1,0 +1,106 @@
+"""``glassformer heads | lens | ablate | attribute``: the runners of the parsers in
+:mod:`glassformer.cli.explain` (imported when one of these commands runs, so ``--help`` stays light).
+
+    glassformer heads MODEL [--json] [--out heads.html] [--kind encoder-self|decoder-self]
+    glassformer lens MODEL "text" [--json] [--out lens.png] [--k 5]
+    glassformer ablate MODEL "text" --head HEAD [--head HEAD ...] [--mode zero|mean] [--json]
+    glassformer attribute MODEL "text" [--token WORD] [--json]
+
+HEAD is a label as ``heads`` prints it (``encoder.1.3``, ``decoder.1.3``, ``cross.1.3``) or a bare
+``1.3`` for the model's main attention. The work is :mod:`glassformer.explain.insight`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from glassformer.explain import insight
+from glassformer.explain.hooks import InterventionError
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def run_heads(args: argparse.Namespace) -> int:
+    from glassformer.explain.heads import format_heads
+
+    if args.out is not None and not args.out.lower().endswith((".html", ".htm")):
+        raise InterventionError(f"--out {args.out}: the model view is written as .html")
+    if args.text is not None and args.out is None:
+        raise InterventionError("--text is the model view's text; give --out FILE.html too")
+    if args.n < 2 or args.batch < 1:
+        raise InterventionError("--n must be >= 2 and --batch >= 1")
+    model, tokenizer = insight.load(args.model, require_tokenizer=args.out is not None)
+    kind = None if getattr(args, "kind", "auto") == "auto" else args.kind
+    scores = insight.score_heads(model, tokenizer, n=args.n, batch=args.batch, seed=args.seed, kind=kind)
+    if args.json:
+        _emit_json({"model": args.model, **scores.to_json()})
+    else:
+        sys.stdout.write(format_heads(scores))
+    if args.out is not None:
+        from glassformer.explain.viewer import save_attention_html
+
+        path = save_attention_html(model, tokenizer, args.text or insight.SAMPLE_TEXT, args.out, max_new_tokens=0,
+                                   head_roles=scores)
+        sys.stderr.write(f"model view: {path}\n")
+    return 0
+
+
+def run_lens(args: argparse.Namespace) -> int:
+    from glassformer.explain.lens import format_lens, lens_json, save_lens_png
+
+    if args.k < 1:
+        raise InterventionError(f"--k must be >= 1, got {args.k}")
+    if args.out is not None and not args.out.lower().endswith(".png"):
+        raise InterventionError(f"--out {args.out}: the lens figure is written as .png")
+    model, tokenizer = insight.load(args.model)
+    lens, tokens, cells, top1 = insight.lens_report(model, tokenizer, args.text, args.target, args.k)
+    word, sentence = insight.lens_predicts(model)
+    if args.json:
+        _emit_json({"model": args.model, "text": args.text, "family": model.config.model_type, "predicts": word,
+                    **lens_json(lens, tokens, cells)})
+    else:
+        sys.stdout.write(f"logit lens: each layer's top guess for {sentence}, with its probability\n")
+        sys.stdout.write(format_lens(lens, tokens, top1))
+        sys.stdout.write(f"last layer == the model's logits (max difference {lens.max_error:.1e})\n")
+    if args.out is not None:
+        path = save_lens_png(lens, tokens, top1, args.out, title=f"logit lens — {args.text[:50]}")
+        sys.stderr.write(f"wrote {path}\n")
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InterventionError(f"--top must be >= 1, got {args.top}")
+    for spec in args.head:
+        parts = spec.split(".")
+        if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts[-2:]):
+            raise InterventionError(f"--head {spec!r}: write it as LAYER.HEAD (e.g. 1.3) or ATTENTION.LAYER.HEAD "
+                                    "(e.g. cross.1.3)")
+    model, tokenizer = insight.load(args.model)
+    result = insight.ablation(model, tokenizer, args.text, args.head, mode=args.mode, top=args.top, target=args.target)
+    result["model"] = args.model
+    if args.json:
+        _emit_json(result)
+    else:
+        sys.stdout.write(insight.format_ablation(result))
+    return 0
+
+
+def run_attribute(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InterventionError(f"--top must be >= 1, got {args.top}")
+    model, tokenizer = insight.load(args.model)
+    a, name = insight.attribution_report(model, tokenizer, args.text, args.token, args.target)
+    if args.json:
+        _emit_json({"model": args.model, "text": args.text, **insight.attribution_json(a, name)})
+    else:
+        sys.stdout.write(insight.format_attribution(a, name, args.text, args.top))
+    return 0
+
+
+__all__ = ["run_ablate", "run_attribute", "run_heads", "run_lens"]
