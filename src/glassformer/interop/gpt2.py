@@ -68,6 +68,11 @@ FIELDS: FieldSpec = {
 }
 
 
+def accepts(model: GPT) -> bool:
+    """GPTs with added positions are written as GPT-2 (rotary ones as Llama)."""
+    return model.config.positions != "rotary"
+
+
 def rules(config: GPTConfig) -> list[Rule]:
     out = GLOBAL_MAP + keymap.layer_rules(LAYER_MAP, config.n_layers, "decoder.layers.{i}.", "h.{i}.")
     return out if config.tie_embeddings else out + [UNTIED_HEAD]
