@@ -256,3 +256,20 @@ def test_a_llama_directory_with_its_tokenizer_loads_for_the_tools(tmp_path, capl
         model, tok = load_model_and_tokenizer(tmp_path)
     assert tok.encode("hi")[0] == tok.token_to_id("<|begin_of_text|>")
     assert isinstance(llama_interop.config_from_hf, object) and model.config.n_kv_heads == 2
+
+
+@pytest.mark.slow
+def test_memory_benchmark_sharded_load_stays_under_the_bound(tmp_path):
+    """benchmarks/memory.py --sharded-load: the peak RSS over imports, per byte of weights, in fresh processes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "load.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    proc = subprocess.run([sys.executable, str(script), "--sharded-load", "small", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    row = json.loads(out.read_text())["sharded_load"]
+    assert row["shards"] > 3 and row["weights_bytes"] > 20 * 2**20
+    assert 0.8 <= row["ratio"] <= row["bound"] == 1.3  # one copy of the weights (two would be ~2)
