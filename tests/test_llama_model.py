@@ -223,3 +223,28 @@ def test_preset_parameter_counts_match_the_published_checkpoints(name):
     with torch.device("meta"):  # shapes only: no memory for a billion parameters
         m = GPT(GPTConfig.from_name(name))
     assert m.num_parameters() == PUBLISHED[name]
+
+
+# -------------------------------------------------------------------------------- explain
+
+
+def test_four_steps_run_on_the_rotated_vectors_of_a_gqa_head():
+    from glassformer.explain.steps import four_steps
+
+    m = llama()
+    steps = four_steps(m, ids(9)[0], layer=1, head=3, token=6)
+    assert steps.ok, (steps.max_diff, steps.weights_max_diff)
+
+
+def test_rotary_view_shows_q_and_k_before_and_after_and_matches_the_scores():
+    from glassformer.explain.rotary import format_rotary_view, rotary_view
+
+    m = llama()
+    view = rotary_view(m, ids(9)[0], layer=1, head=3, token=6)
+    assert view.kv_head == 1 and view.max_diff < 1e-5
+    torch.testing.assert_close(view.q_rot.norm(), view.q.norm())  # a rotation keeps lengths
+    torch.testing.assert_close(view.keys_rot[0], view.keys[0])  # position 0 does not turn
+    assert not torch.allclose(view.scores, view.scores_unrotated)
+    assert "q_rot·k_rot/√d" in format_rotary_view(view) and len(format_rotary_view(view).splitlines()) == 6 + 9 + 1
+    with pytest.raises(ValueError, match="no rotation to show"):
+        rotary_view(GPT(GPTConfig.from_name("gpt-tiny")), ids(5)[0], 0, 0, 0)
