@@ -248,3 +248,17 @@ def test_rotary_view_shows_q_and_k_before_and_after_and_matches_the_scores():
     assert "q_rot·k_rot/√d" in format_rotary_view(view) and len(format_rotary_view(view).splitlines()) == 6 + 9 + 1
     with pytest.raises(ValueError, match="no rotation to show"):
         rotary_view(GPT(GPTConfig.from_name("gpt-tiny")), ids(5)[0], 0, 0, 0)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_frozen_norm_maps_the_parts_to_terms_that_add_up(norm):
+    from glassformer.layers import frozen_norm, make_norm
+
+    layer = make_norm(GPTConfig(d_model=8, norm=norm))
+    with torch.no_grad():
+        layer.weight.normal_()
+    parts = torch.randn(5, 3, 8)  # five parts of a stream, three positions
+    x = parts.sum(0)
+    f = frozen_norm(layer, x)
+    bias = layer.bias if layer.bias is not None else 0.0
+    torch.testing.assert_close(f(parts).sum(0) + bias, layer(x), atol=1e-5, rtol=1e-5)

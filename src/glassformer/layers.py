@@ -18,6 +18,7 @@ Named activations of a layer (``hooks``, None by default; see :func:`glassformer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -131,12 +132,31 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d_model))  # g
+        self.register_parameter("bias", None)  # none, as nn.LayerNorm(bias=False) reports it
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
         rms = torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (B, T, 1)
         return (x32 / rms).to(x.dtype) * self.weight  # (B, T, C)
+
+
+def frozen_norm(norm: nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """``norm`` with its scale frozen at the input ``x`` (..., C): a linear map of any part of x.
+
+    LayerNorm: p -> (p - mean(p)) / σ(x) ⊙ γ; RMSNorm: p -> p / rms(x) ⊙ g. The parts of x
+    (heads, feed-forward outputs, embeddings) map to terms that add up to ``norm(x)`` minus
+    LayerNorm's β: the direct-logit attribution of a pre-LN stack, for either norm.
+    """
+    x = x.float()
+    if isinstance(norm, RMSNorm):
+        scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)  # (..., 1)
+        return lambda p: p.float() / scale * norm.weight.float()
+    if isinstance(norm, nn.LayerNorm):
+        scale = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)  # (..., 1)
+        gain = norm.weight.float() if norm.weight is not None else 1.0
+        return lambda p: (p.float() - p.float().mean(-1, keepdim=True)) / scale * gain
+    raise TypeError(f"frozen_norm knows LayerNorm and RMSNorm, not {type(norm).__name__}")
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
