@@ -3,6 +3,7 @@
     python benchmarks/memory.py                      # both shapes, 3 repeats (~5-10 min on 2 cores)
     python benchmarks/memory.py --json runs/memory.json
     python benchmarks/memory.py --quick              # a tiny model, seconds (run by the tests)
+    python benchmarks/memory.py --sharded-load llama-120M   # loading a sharded checkpoint (below)
 
 Every measurement runs in its own fresh Python process (this script re-invoked with
 ``--worker``), because the peak resident set size of a process only ever grows. Each worker
@@ -29,6 +30,13 @@ weights, gradients and two moments). Memory does not depend on the weight values
 models are built independently (the same shapes and parameter counts; the script checks the
 counts agree) and neither process imports the other library. With ``--repeats`` > 1 the workers
 alternate ours / peer and the median of each figure is reported.
+
+**Sharded load** (``--sharded-load SHAPE``): one worker writes a Llama checkpoint of random fp32
+weights in shards of ``shard_mb`` (``model.safetensors.index.json``); a fresh worker then loads
+it with :func:`glassformer.interop.load_hf` and reports the peak RSS minus the RSS after imports,
+against the weights' bytes. The loader reads one tensor at a time into a model built on the meta
+device, so the ratio should stay near 1 (the bound the project holds is 1.3); a loader that
+reads every shard and then copies into a built model would show about 2.
 
 Shapes: "10.8M" = 6 layers, 6 heads, d_model 384, d_ff 1536, vocab 65, context 256, batch 8,
 T = 256; "gpt2-124M" = 12 layers, 12 heads, 768, vocab 50257, context 1024, batch 4, T = 256.
@@ -58,6 +66,13 @@ SHAPES = {
     "gpt2-124M": dict(n_layers=12, n_heads=12, d_model=768, vocab=50257, context=1024, batch=4, seq=256),
     "tiny": dict(n_layers=2, n_heads=2, d_model=64, vocab=65, context=64, batch=2, seq=32),
 }
+# sharded-load shapes: a Llama (GQA, untied head) and the shard size its checkpoint is cut into
+LOAD_SHAPES = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, vocab=2000, shard_mb=0.2),
+    "small": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=768, vocab=8000, shard_mb=4),
+    "llama-120M": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048, vocab=32000, shard_mb=40),
+}
+LOAD_BOUND = 1.3  # peak RSS over imports <= this x the weights' bytes
 SIDES = ("ours", "peer")
 MODES = ("train", "decode")
 
@@ -203,6 +218,60 @@ def worker(spec: dict) -> dict:
             "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
 
 
+def write_sharded(shape: dict, directory: str) -> int:
+    """A Llama checkpoint of random weights at ``shape``, cut into shards; returns the weights' bytes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from glassformer.interop import export_hf
+    from glassformer.io import atomic_write_json
+    from glassformer.models import GPT, GPTConfig
+
+    config = GPTConfig.from_name("llama-tiny", vocab_size=shape["vocab"], d_model=shape["d_model"],
+                                 n_layers=shape["n_layers"], n_heads=shape["n_heads"], n_kv_heads=shape["n_kv_heads"],
+                                 d_ff=shape["d_ff"], max_len=256)
+    torch.manual_seed(0)
+    hf_config, tensors = export_hf(GPT(config))
+    limit, shards, current, size = shape["shard_mb"] * 2**20, [], {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = t, size + nbytes
+    shards.append(current)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(Path(directory) / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+    atomic_write_json(Path(directory) / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    atomic_write_json(Path(directory) / "config.json", hf_config)
+    return total
+
+
+def load_worker(directory: str) -> dict:
+    """Load the checkpoint in ``directory`` with the production loader; RSS before and at the peak."""
+    from glassformer.interop import load_hf
+
+    warm_torch()
+    rss_import = current_rss()
+    t0 = time.perf_counter()
+    model = load_hf(directory)
+    return {"rss_import": rss_import, "peak": peak_rss(), "params": count_params(model), "seconds": time.perf_counter() - t0}
+
+
+def sharded_load(shape_name: str, directory: Path) -> dict:
+    """Write the checkpoint in one worker, load it in another; the peak over imports per weight byte."""
+    weights = run_worker({"write_sharded": shape_name, "dir": str(directory)})["bytes"]
+    res = run_worker({"load_sharded": str(directory)})
+    over = res["peak"] - res["rss_import"]
+    shards = len(list(directory.glob("*.safetensors")))
+    return {"shape": shape_name, "weights_bytes": weights, "shards": shards, **res, "over_import": over,
+            "ratio": over / weights, "bound": LOAD_BOUND}
+
+
 # ----------------------------------------------------------------------------- driving (the parent)
 
 
@@ -257,11 +326,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's)")
     parser.add_argument("--plain-layout", action="store_true", help="decode without optimize_for_decoding")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--sharded-load", choices=sorted(LOAD_SHAPES), default=None,
+                        help="measure loading a sharded Llama checkpoint instead (peak RSS over the weights' bytes)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        spec = json.loads(args.worker)
+        if "write_sharded" in spec:
+            result = {"bytes": write_sharded(LOAD_SHAPES[spec["write_sharded"]], spec["dir"])}
+        elif "load_sharded" in spec:
+            result = load_worker(spec["load_sharded"])
+        else:
+            result = worker(spec)
+        print(json.dumps(result), flush=True)
         return 0
+    if args.sharded_load is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            row = sharded_load(args.sharded_load, Path(tmp))
+        print(f"sharded load, {row['shape']}: {row['params']:,} parameters, {mib(row['weights_bytes'])} MiB of fp32 "
+              f"weights in {row['shards']} shards; peak RSS {mib(row['peak'])} MiB, {mib(row['over_import'])} MiB over "
+              f"the RSS after imports = {row['ratio']:.2f}x the weights (bound {LOAD_BOUND}), {row['seconds']:.1f} s")
+        if args.json:
+            from glassformer.io import atomic_write_json, make_dirs
+
+            make_dirs(args.json.parent)
+            atomic_write_json(args.json, {"sharded_load": row})
+        return 0 if row["ratio"] <= LOAD_BOUND else 1
     if args.quick:
         args.shapes, args.steps, args.new_tokens, args.repeats = ["tiny"], 2, 8, 1
     shapes = args.shapes or ["10.8M", "gpt2-124M"]

@@ -57,7 +57,8 @@ def test_config_json_round_trip(tmp_path, cls, cfg_cls, name, extra):
         (dict(d_model="32"), "d_model must be int"),
         (dict(vocab_size=True), "vocab_size must be int"),
         (dict(pad_token_id=99), "pad_token_id=99 is outside the vocabulary"),
-        (dict(pos_encoding="rotary"), "pos_encoding must be one of"),
+        (dict(positions="alibi"), "positions must be one of"),
+        (dict(n_kv_heads=3), "n_kv_heads \\(3\\) must divide n_heads \\(4\\)"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, match):

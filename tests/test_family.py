@@ -145,3 +145,14 @@ def test_a_heads_part_is_what_removing_that_head_takes_out_of_its_block():
                                        f"decoder.{layer}.attn.out": lambda t: kept.setdefault("out", t)})
     removed = cache[f"decoder.{layer}.attn.out"][:, pos] - kept["out"][:, pos]  # (B, C)
     torch.testing.assert_close(parts[labels.index(f"decoder.{layer}.{head}")], removed, atol=1e-5, rtol=1e-5)
+
+
+def test_attributions_sum_to_the_logit_with_rmsnorm_rotary_and_grouped_heads():
+    model = random_gpt(positions="rotary", norm="rmsnorm", ffn="swiglu", n_kv_heads=2, bias=False)
+    with torch.no_grad():
+        out, cache = model.run_with_cache(ids())
+        labels, parts = cache.decompose_resid(5)
+        tokens = out.logits[:, 5].argmax(-1)
+        attrs = cache.logit_attrs(parts, tokens, 5)
+    torch.testing.assert_close(attrs.sum(0) + cache.logit_constant(tokens), out.logits[torch.arange(2), 5, tokens],
+                               atol=1e-4, rtol=1e-4)

@@ -46,8 +46,8 @@ def entry(header, key="transformer.wpe.weight"):
 
 def test_unknown_model_type(tmp_path):
     d = hf_dir(tmp_path)
-    (d / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    with pytest.raises(CheckpointError, match=r"config.json: model_type 'llama' is not supported; glassformer reads bert, gpt2, marian"):
+    (d / "config.json").write_text(json.dumps({"model_type": "gemma", "hidden_size": 8}))
+    with pytest.raises(CheckpointError, match=r"config.json: model_type 'gemma' is not supported; glassformer reads bert, gpt2, llama, marian, mistral, qwen2"):
         load_hf(d)
 
 

@@ -8,7 +8,10 @@ Notation used in every shape comment of this package:
        e.g. the encoder's output in cross-attention, or past + new tokens with a KV cache
     C  d_model, the width of the residual stream
     H  n_heads
+    K  n_kv_heads: key/value heads (K = H, except with grouped-query attention, where each
+       group of H / K query heads shares one key/value head; K = 1 is multi-query attention)
     D  d_head = d_model / n_heads, the width of one head's queries, keys and values
+    R  rotary_dim: the dims of a head that rotary positions rotate (R <= D, even)
 
 Masks are boolean and follow PyTorch's convention: True means "may attend". They are applied
 with ``masked_fill``/``where``; no large negative numbers are ever added to scores.
@@ -196,14 +199,14 @@ class KVCache:
     encoder's keys and values once and reuses them.
     """
 
-    k: Tensor | None = None  # (B, H, S, D)
-    v: Tensor | None = None  # (B, H, S, D)
+    k: Tensor | None = None  # (B, K, S, D): K = n_kv_heads, so GQA shrinks the cache by H / K
+    v: Tensor | None = None  # (B, K, S, D)
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add (B, H, T, D) keys/values after the cached ones; return the full (B, H, S, D) pair."""
+        """Add (B, K, T, D) keys/values after the cached ones; return the full (B, K, S, D) pair."""
         if self.k is None:
             self.k, self.v = k, v
         else:
@@ -218,6 +221,80 @@ class KVCache:
             self.v = self.v.index_select(0, index)
 
 
+# ------------------------------------------------------------------ rotary position embedding
+
+
+def rotary_frequencies(
+    rotary_dim: int,
+    theta: float = 10000.0,
+    scaling: str = "none",
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_len: int = 8192,
+) -> Tensor:
+    """The R/2 angular frequencies θ_i = theta^(-2i/R) of rotary positions (RoFormer §3.2.2).
+
+    ``scaling="llama3"`` (Llama 3.1 and later) divides the low frequencies by ``factor``, so
+    positions far beyond the original context still turn slowly; wavelengths shorter than
+    ``original_max_len / high_freq_factor`` keep their frequency, and those in between blend
+    the two smoothly.
+    """
+    # float64 on the CPU: a frequency table, not a weight, so it stays real even when the model
+    # is built on the meta device (as the checkpoint loader does)
+    i2 = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device="cpu")  # the even indices 2i
+    inv_freq = 1.0 / theta ** (i2 / rotary_dim)  # (R/2,)
+    if scaling == "llama3":
+        wavelen = 2 * math.pi / inv_freq  # (R/2,) positions per full turn
+        slow = inv_freq / factor
+        # 0 at wavelength original/low (fully slowed), 1 at original/high (kept)
+        smooth = ((original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+        inv_freq = (1 - smooth) * slow + smooth * inv_freq  # (R/2,)
+    elif scaling != "none":
+        raise ValueError(f"unknown rope scaling {scaling!r}; choose 'none' or 'llama3'")
+    return inv_freq.float()
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (Su et al., 2021): rotate each pair of dims (j, j + R/2) of q and k by
+    the angle position × θ_j, so that q_m · k_n depends on the positions only through m - n.
+
+    Pairs are the two halves of the first R dims (the "rotate half" layout of GPT-NeoX and
+    Llama's Hugging Face checkpoints); dims R..D of each head pass unrotated (partial rotary).
+    """
+
+    def __init__(self, d_head: int, rotary_dim: int, theta: float = 10000.0, **scaling) -> None:
+        super().__init__()
+        if not 0 < rotary_dim <= d_head or rotary_dim % 2:
+            raise ValueError(f"rotary_dim must be even and in (0, d_head={d_head}], got {rotary_dim}")
+        self.d_head, self.rotary_dim = d_head, rotary_dim
+        self.register_buffer("inv_freq", rotary_frequencies(rotary_dim, theta, **scaling), persistent=False)
+
+    def angles(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """position_ids (B or 1, T) -> cos, sin (B or 1, 1, T, R), in fp32."""
+        angle = position_ids.float().unsqueeze(-1) * self.inv_freq.to(position_ids.device)  # (B, T, R/2)
+        angle = torch.cat([angle, angle], dim=-1).unsqueeze(1)  # (B, 1, T, R): pair j with j + R/2
+        return angle.cos(), angle.sin()
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, H, T, D) -> x with its first R dims rotated: x·cos + rotate_half(x)·sin."""
+        r = self.rotary_dim
+        x_rot, x_pass = x[..., :r], x[..., r:]  # (B, H, T, R), (B, H, T, D - R)
+        x1, x2 = x_rot.float().chunk(2, dim=-1)  # the two halves, (B, H, T, R/2) each
+        rotated = torch.cat([-x2, x1], dim=-1)  # rotate_half: (x1, x2) -> (-x2, x1)
+        out = (x_rot.float() * cos + rotated * sin).to(x.dtype)  # (B, H, T, R)
+        return torch.cat([out, x_pass], dim=-1) if x_pass.shape[-1] else out  # (B, H, T, D)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, K, S, D) -> (B, K·n_rep, S, D): each key/value head serves n_rep query heads in a row
+    (query head h reads key/value head h // n_rep)."""
+    if n_rep == 1:
+        return x
+    b, k, s, d = x.shape
+    return x[:, :, None].expand(b, k, n_rep, s, d).reshape(b, k * n_rep, s, d)  # (B, H, S, D)
+
+
 # ----------------------------------------------------------------------- multi-head attention
 
 
@@ -227,40 +304,80 @@ class MultiHeadAttention(nn.Module):
     Self-attention projects one input into queries, keys and values with a single stacked
     matrix (W^Q, W^K, W^V side by side: one matmul instead of three). Cross-attention
     (``cross=True``) projects queries from the decoder and keys/values from the encoder output.
+
+    After 2017: ``n_kv_heads`` < ``n_heads`` gives grouped-query attention (fewer key/value heads,
+    each shared by a group of query heads; the KV cache shrinks with them), ``rotary`` rotates
+    queries and keys by their positions before the scores, and ``qkv_bias`` sets the biases of
+    W^Q, W^K, W^V apart from W^O's (Qwen2).
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, cross: bool = False
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        cross: bool = False,
+        *,
+        n_kv_heads: int | None = None,
+        rotary: RotaryEmbedding | None = None,
+        qkv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
+        if rotary is not None and cross:
+            raise ValueError("rotary positions are for self-attention: cross-attention keys have other positions")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
-        self.dropout, self.cross = dropout, cross
+        self.n_kv_heads, self.d_kv = n_kv_heads, n_kv_heads * (d_model // n_heads)
+        self.dropout, self.cross, self.rotary = dropout, cross, rotary
+        qkv_bias = bias if qkv_bias is None else qkv_bias
         if cross:
-            self.w_q = Linear(d_model, d_model, bias=bias)  # W^Q for all heads
-            self.w_kv = Linear(d_model, 2 * d_model, bias=bias)  # W^K, W^V stacked
+            self.w_q = Linear(d_model, d_model, bias=qkv_bias)  # W^Q for all heads
+            self.w_kv = Linear(d_model, 2 * self.d_kv, bias=qkv_bias)  # W^K, W^V stacked
         else:
-            self.w_qkv = Linear(d_model, 3 * d_model, bias=bias)  # W^Q, W^K, W^V stacked
+            self.w_qkv = Linear(d_model, d_model + 2 * self.d_kv, bias=qkv_bias)  # W^Q, W^K, W^V stacked
         self.w_o = Linear(d_model, d_model, bias=bias)  # W^O
 
-    def _split_heads(self, x: Tensor) -> Tensor:
+    def _split_heads(self, x: Tensor, n_heads: int | None = None) -> Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
+        return x.view(b, t, n_heads or self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
 
     def project(self, x: Tensor, memory: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries from x (B, T, C); keys and values from memory (cross) or x (self).
 
-        Returns q (B, H, T, D), k and v (B, H, S, D).
+        Returns q (B, H, T, D), k and v (B, K, S, D), before any rotation (K = n_kv_heads).
         """
         if self.cross:
             if memory is None:
                 raise ValueError("cross-attention needs the encoder output (memory)")
             q = self.w_q(x)  # (B, T, C)
-            k, v = self.w_kv(memory).split(self.d_model, dim=-1)  # 2 × (B, S, C)
+            k, v = self.w_kv(memory).split(self.d_kv, dim=-1)  # 2 × (B, S, K·D)
         else:
-            q, k, v = self.w_qkv(x).split(self.d_model, dim=-1)  # 3 × (B, T, C)
-        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            q, k, v = self.w_qkv(x).split([self.d_model, self.d_kv, self.d_kv], dim=-1)  # (B, T, C), 2 × (B, T, K·D)
+        return self._split_heads(q), self._split_heads(k, self.n_kv_heads), self._split_heads(v, self.n_kv_heads)
+
+    def rotary_angles(self, x: Tensor, position_ids: Tensor | None, past: int = 0) -> tuple[Tensor, Tensor]:
+        """cos, sin (B or 1, 1, T, R) for x's positions: ``position_ids`` (B or 1, T), or past..past+T-1."""
+        if position_ids is None:
+            position_ids = torch.arange(past, past + x.shape[1], device=x.device).unsqueeze(0)  # (1, T)
+        return self.rotary.angles(position_ids)
+
+    def head_inputs(
+        self, x: Tensor, memory: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What each query head attends with, without a cache: q (B, H, T, D) and k, v (B, H, S, D),
+        rotated (rotary) and with each key/value head repeated for its group of query heads (GQA).
+        Equal to ``project`` for the 2017 attention."""
+        q, k, v = self.project(x, memory)
+        if self.rotary is not None:
+            cos, sin = self.rotary_angles(x, position_ids)
+            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        n_rep = self.n_heads // self.n_kv_heads
+        return q, repeat_kv(k, n_rep), repeat_kv(v, n_rep)
 
     def forward(
         self,
@@ -272,13 +389,17 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         return_weights: bool = False,
         hooks: Hooks | None = None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, C) -> (out (B, T, C), weights (B, H, T, S) or None).
 
         With a ``cache``, self-attention appends this step's keys/values to it and attends over
         all of them; cross-attention computes the memory's keys/values on the first call only.
-        ``hooks`` sees ``q``, ``k``, ``v`` (this call's new positions), ``scores``, ``pattern``,
-        ``z`` (B, H, T, D) and ``out``; asking for scores or pattern selects the explicit path.
+        ``position_ids`` (B or 1, T) place the new tokens for rotary positions (default: right
+        after what the cache holds). ``hooks`` sees ``q`` (B, H, T, D), ``k``, ``v`` (B, K, T, D)
+        (this call's new positions), with rotary also ``q_rot`` and ``k_rot`` (after the
+        rotation), ``scores``, ``pattern``, ``z`` (B, H, T, D) and ``out``; asking for scores or
+        pattern selects the explicit path.
         """
         b, t, c = x.shape
         if self.cross and cache is not None and cache.k is not None:
@@ -287,11 +408,17 @@ class MultiHeadAttention(nn.Module):
         else:
             q, k, v = self.project(x, memory)
             q, k, v = tap(hooks, "q", q), tap(hooks, "k", k), tap(hooks, "v", v)
+            if self.rotary is not None:  # rotate by position: q_m · k_n then depends on m - n only
+                cos, sin = self.rotary_angles(x, position_ids, len(cache) if cache is not None else 0)
+                q = tap(hooks, "q_rot", self.rotary(q, cos, sin))  # (B, H, T, D)
+                k = tap(hooks, "k_rot", self.rotary(k, cos, sin))  # (B, K, T, D); the cache keeps them rotated
             if cache is not None:
                 if self.cross:
                     cache.k, cache.v = k, v
                 else:
-                    k, v = cache.append(k, v)  # (B, H, S, D) with S = past + T
+                    k, v = cache.append(k, v)  # (B, K, S, D) with S = past + T
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D): each group shares its key/value head
         explicit = hooks is not None and (hooks.wants("scores") or hooks.wants("pattern"))
         z, weights = scaled_dot_product_attention(
             q,

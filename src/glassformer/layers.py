@@ -5,6 +5,11 @@ Residual + LayerNorm come in two orders (``norm_first``):
     post-LN (the paper, BERT, Marian):  x = LayerNorm(x + Dropout(Sublayer(x)))
     pre-LN  (GPT-2 and most LLMs):      x = x + Dropout(Sublayer(LayerNorm(x)))
 
+After 2017 (config fields, the same classes): ``norm="rmsnorm"`` swaps LayerNorm for RMSNorm,
+``ffn="swiglu"`` the feed-forward network for its gated form, ``positions="rotary"`` moves the
+positions from the embeddings into the attention's queries and keys (:class:`RotaryEmbedding`),
+and ``n_kv_heads`` gives grouped-query attention.
+
 Named activations of a layer (``hooks``, None by default; see :func:`glassformer.attention.tap`):
 ``resid_pre``, ``attn.*``, ``resid_mid``, ``cross.*``, ``ffn.pre``, ``ffn.post``, ``ffn.out``,
 ``resid_post``.
@@ -13,6 +18,7 @@ Named activations of a layer (``hooks``, None by default; see :func:`glassformer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glassformer.attention import KVCache, MultiHeadAttention, scope, tap
+from glassformer.attention import KVCache, MultiHeadAttention, RotaryEmbedding, scope, tap
 from glassformer.linear import Linear
 
 if TYPE_CHECKING:  # configs and hooks live in models/, which imports this module
@@ -89,11 +95,75 @@ class LearnedPositionalEmbedding(nn.Module):
         return F.embedding(position_ids, self.weight)  # (B, T, C)
 
 
-def positional_encoding(config: ModelConfig) -> nn.Module:
-    """The positional encoding a config asks for."""
-    if config.pos_encoding == "sinusoidal":
+def positional_encoding(config: ModelConfig) -> nn.Module | None:
+    """The position vectors added to the embeddings; None for rotary positions, which enter
+    inside each attention instead (:func:`rotary_embedding`)."""
+    if config.positions == "rotary":
+        return None
+    if config.positions == "sinusoidal":
         return SinusoidalPositionalEncoding(config.max_len, config.d_model, config.sinusoidal_layout)
     return LearnedPositionalEmbedding(config.max_len, config.d_model)
+
+
+def rotary_embedding(config: ModelConfig) -> RotaryEmbedding | None:
+    """The rotation of queries and keys a config asks for (None unless ``positions="rotary"``)."""
+    if config.positions != "rotary":
+        return None
+    scaling = {}
+    if config.rope_scaling == "llama3":
+        scaling = dict(scaling="llama3", factor=config.rope_factor, low_freq_factor=config.rope_low_freq_factor,
+                       high_freq_factor=config.rope_high_freq_factor, original_max_len=config.rope_original_max_len)
+    return RotaryEmbedding(config.d_head, config.rotary_dim, config.rope_theta, **scaling)
+
+
+def self_attention(config: ModelConfig) -> MultiHeadAttention:
+    """The self-attention of a layer, as the config shapes it (GQA, rotary, biases)."""
+    return MultiHeadAttention(config.d_model, config.n_heads, config.dropout, config.bias, n_kv_heads=config.n_kv_heads,
+                              rotary=rotary_embedding(config), qkv_bias=config.qkv_bias)
+
+
+# ---------------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x²) + ε) ⊙ g (Zhang & Sennrich, 2019): LayerNorm without the
+    mean subtraction and without the bias. Computed in fp32, as Llama does."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))  # g
+        self.register_parameter("bias", None)  # none, as nn.LayerNorm(bias=False) reports it
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        rms = torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (B, T, 1)
+        return (x32 / rms).to(x.dtype) * self.weight  # (B, T, C)
+
+
+def frozen_norm(norm: nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """``norm`` with its scale frozen at the input ``x`` (..., C): a linear map of any part of x.
+
+    LayerNorm: p -> (p - mean(p)) / σ(x) ⊙ γ; RMSNorm: p -> p / rms(x) ⊙ g. The parts of x
+    (heads, feed-forward outputs, embeddings) map to terms that add up to ``norm(x)`` minus
+    LayerNorm's β: the direct-logit attribution of a pre-LN stack, for either norm.
+    """
+    x = x.float()
+    if isinstance(norm, RMSNorm):
+        scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)  # (..., 1)
+        return lambda p: p.float() / scale * norm.weight.float()
+    if isinstance(norm, nn.LayerNorm):
+        scale = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)  # (..., 1)
+        gain = norm.weight.float() if norm.weight is not None else 1.0
+        return lambda p: (p.float() - p.float().mean(-1, keepdim=True)) / scale * gain
+    raise TypeError(f"frozen_norm knows LayerNorm and RMSNorm, not {type(norm).__name__}")
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The norm a config asks for: LayerNorm (with a bias when ``bias``) or RMSNorm."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.layer_norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
 
 
 # --------------------------------------------------------------------------- feed-forward
@@ -123,6 +193,26 @@ class PositionwiseFeedForward(nn.Module):
         return tap(hooks, "out", self.w_2(h))  # (B, T, C)
 
 
+class GatedFeedForward(nn.Module):
+    """SwiGLU (Shazeer, 2020): FFN(x) = (silu(x W_gate) ⊙ x W_up) W_2, no biases by default.
+
+    The gate's SiLU decides, per hidden unit, how much of the linear "up" projection passes.
+    Named activations: ``pre`` = x W_gate (before the SiLU), ``post`` = the product that W_2
+    reads (as in the plain network, the input of W_2), ``out``.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False) -> None:
+        super().__init__()
+        self.w_gate = Linear(d_model, d_ff, bias=bias)
+        self.w_up = Linear(d_model, d_ff, bias=bias)
+        self.w_2 = Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: Tensor, hooks: Hooks | None = None) -> Tensor:
+        gate = tap(hooks, "pre", self.w_gate(x))  # (B, T, d_ff) before the SiLU
+        h = tap(hooks, "post", F.silu(gate) * self.w_up(x))  # (B, T, d_ff)
+        return tap(hooks, "out", self.w_2(h))  # (B, T, C)
+
+
 # --------------------------------------------------------------------------------- layers
 
 
@@ -131,7 +221,7 @@ class _Sublayer(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         self.norm_first = config.norm_first
 
@@ -143,11 +233,13 @@ class _Sublayer(nn.Module):
         return x if self.norm_first else self.norm(x)
 
 
-def _feed_forward(config: ModelConfig) -> tuple[PositionwiseFeedForward | None, _Sublayer | None]:
+def _feed_forward(config: ModelConfig) -> tuple[nn.Module | None, _Sublayer | None]:
     """The feed-forward sublayer and its residual wrapper; none at all when ``d_ff`` is 0
     (attention-only layers, as in the induction-head papers)."""
     if config.d_ff == 0:
         return None, None
+    if config.gated_ffn:
+        return GatedFeedForward(config.d_model, config.d_ff, config.bias), _Sublayer(config)
     return PositionwiseFeedForward(config.d_model, config.d_ff, config.activation, config.bias), _Sublayer(config)
 
 
@@ -156,7 +248,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.dropout, config.bias)
+        self.self_attn = self_attention(config)
         self.attn_sub = _Sublayer(config)
         self.ffn, self.ffn_sub = _feed_forward(config)
 
@@ -191,9 +283,13 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, cross_attention: bool = True) -> None:
         super().__init__()
         d, h = config.d_model, config.n_heads
-        self.self_attn = MultiHeadAttention(d, h, config.dropout, config.bias)
+        self.self_attn = self_attention(config)
         self.self_sub = _Sublayer(config)
-        self.cross_attn = MultiHeadAttention(d, h, config.dropout, config.bias, cross=True) if cross_attention else None
+        self.cross_attn = (
+            MultiHeadAttention(d, h, config.dropout, config.bias, cross=True, n_kv_heads=config.n_kv_heads,
+                               qkv_bias=config.qkv_bias)
+            if cross_attention else None
+        )
         self.cross_sub = _Sublayer(config) if cross_attention else None
         self.ffn, self.ffn_sub = _feed_forward(config)
 
@@ -206,10 +302,12 @@ class DecoderLayer(nn.Module):
         cache: LayerCache | None = None,
         return_weights: bool = False,
         hooks: Hooks | None = None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x (B, T, C), memory (B, S, C) -> (B, T, C), self weights (B, H, T, past+T), cross (B, H, T, S).
 
         The self-attention is always causal; ``self_mask`` can add key padding on top.
+        ``position_ids`` (B or 1, T) place the tokens for rotary positions.
         """
         x = tap(hooks, "resid_pre", x)
         a, w_self = self.self_attn(
@@ -219,6 +317,7 @@ class DecoderLayer(nn.Module):
             cache=cache.self_attn if cache is not None else None,
             return_weights=return_weights,
             hooks=scope(hooks, "attn"),
+            position_ids=position_ids,
         )
         x = tap(hooks, "resid_mid", self.self_sub.add(x, a))
         w_cross = None

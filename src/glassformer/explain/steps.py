@@ -118,7 +118,7 @@ def four_steps(
         raise ValueError(f"token {token} is out of range: the {kind} queries are positions 0..{t_q - 1}")
 
     with torch.no_grad():
-        q, k, v = module.project(call.x, call.memory)  # q (B, H, T, D); k, v (B, H, S, D)
+        q, k, v = module.head_inputs(call.x, call.memory)  # q (B, H, T, D); k, v (B, H, S, D), rotated, per query head
     d = module.d_head
     # The walk-through runs in float64 so its own rounding never hides a disagreement.
     q_i = q[batch, head, token].double().cpu()  # (D,)

@@ -1,11 +1,12 @@
-"""Hugging Face checkpoints in and out: GPT-2 -> :class:`GPT`, BERT -> :class:`BERT`, Marian -> :class:`Transformer`.
+"""Hugging Face checkpoints in and out: GPT-2, Llama, Mistral, Qwen2 -> :class:`GPT`, BERT -> :class:`BERT`,
+Marian -> :class:`Transformer`.
 
     model = load_hf("path/to/hf-dir")          # load_hf(dir, expect=GPT) refuses another family
     tokenizer = load_hf_tokenizer("path/to/hf-dir")
     save_hf(model, "out/")                      # config.json + model.safetensors for transformers
     load_sentence_encoder("all-MiniLM-L6-v2/").encode(texts)   # = SentenceTransformer(dir).encode(texts)
 
-One file per family (``gpt2.py``, ``bert.py``, ``marian.py``, and ``sentence_transformers.py`` for
+One file per family (``gpt2.py``, ``llama.py``, ``bert.py``, ``marian.py``, and ``sentence_transformers.py`` for
 the pooling and Normalize modules of sentence-transformers directories) holds an explicit key map from
 their parameter names to ours, the transposes it needs, and the config translation; foreign
 names such as ``c_attn`` appear nowhere else. ``weights.py`` reads the weight files without
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from glassformer.errors import CheckpointError
-from glassformer.interop import bert, gpt2, marian
+from glassformer.interop import bert, gpt2, llama, marian
 from glassformer.interop.keymap import HFConfig
 from glassformer.interop.sentence_transformers import SentenceEncoder, load_sentence_encoder
 from glassformer.interop.weights import read_weights
@@ -30,7 +31,8 @@ from glassformer.models.base import PretrainedModel
 
 log = logging.getLogger(__name__)
 
-FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, bert, marian)}
+# config.json model_type -> the file that converts it (llama.py reads three model_types)
+FAMILIES: dict[str, ModuleType] = {t: m for m in (gpt2, llama, bert, marian) for t in getattr(m, "MODEL_TYPES", (m.MODEL_TYPE,))}
 HF_WEIGHTS_NAME = "model.safetensors"
 
 __all__ = ["FAMILIES", "SentenceEncoder", "export_hf", "load_hf", "load_hf_tokenizer", "load_sentence_encoder",
@@ -74,8 +76,11 @@ def load_hf(directory: str | os.PathLike, expect: type | None = None) -> Pretrai
         raise CheckpointError(
             f"{cfg.path}: a {cfg.data['model_type']} checkpoint loads as {family.MODEL_CLASS.__name__}, not {expect.__name__}"
         )
-    weights, source = read_weights(directory)
-    model = family.load(cfg, weights, source, Path(directory))
+    if hasattr(family, "load_directory"):  # reads one tensor at a time into the model
+        model = family.load_directory(cfg, Path(directory))
+    else:
+        weights, source = read_weights(directory)
+        model = family.load(cfg, weights, source, Path(directory))
     model.eval()
     return model
 
@@ -83,11 +88,11 @@ def load_hf(directory: str | os.PathLike, expect: type | None = None) -> Pretrai
 def export_hf(model: PretrainedModel) -> tuple[dict, dict]:
     """``(config.json contents, tensors)`` of ``model`` in its Hugging Face family's layout.
 
-    GPT -> GPT2LMHeadModel, BERT -> BertModel / BertForMaskedLM / BertForSequenceClassification
+    GPT -> GPT2LMHeadModel (LlamaForCausalLM / Qwen2ForCausalLM with rotary positions), BERT -> BertModel / BertForMaskedLM / BertForSequenceClassification
     (by its heads), Transformer -> MarianMTModel. A model whose config has no counterpart in that
     family (e.g. a post-LN GPT) is refused with the reason.
     """
-    family = next((f for f in FAMILIES.values() if type(model) is f.MODEL_CLASS), None)
+    family = next((f for f in FAMILIES.values() if type(model) is f.MODEL_CLASS and getattr(f, "accepts", lambda m: True)(model)), None)
     if family is None:
         raise TypeError(f"save_hf writes GPT, BERT or Transformer models, not {type(model).__name__}")
     config, tensors = family.export(model)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from glassformer.interop import keymap
-from glassformer.interop.keymap import REQUIRED, FieldSpec, HFConfig, Rule
+from glassformer.interop.keymap import REQUIRED, HFConfig, Rule
 from glassformer.models import BERT, BERTConfig
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,17 @@ UNSUPPORTED_ARCHITECTURES = {
 
 
 # our BERTConfig field <- (config.json key, type, default)
-FIELDS: FieldSpec = {
-    "vocab_size": ("vocab_size", int, REQUIRED),
-    "d_model": ("hidden_size", int, REQUIRED),
-    "n_heads": ("num_attention_heads", int, REQUIRED),
-    "n_layers": ("num_hidden_layers", int, REQUIRED),
-    "d_ff": ("intermediate_size", int, REQUIRED),
-    "max_len": ("max_position_embeddings", int, 512),
-    "dropout": ("hidden_dropout_prob", float, 0.1),
-    "layer_norm_eps": ("layer_norm_eps", float, 1e-12),
-    "type_vocab_size": ("type_vocab_size", int, 2),
-}
+FIELDS = keymap.field_spec(BERTConfig, {
+    "vocab_size": ("vocab_size", REQUIRED),
+    "d_model": ("hidden_size", REQUIRED),
+    "n_heads": ("num_attention_heads", REQUIRED),
+    "n_layers": ("num_hidden_layers", REQUIRED),
+    "d_ff": ("intermediate_size", REQUIRED),
+    "max_len": ("max_position_embeddings", 512),
+    "dropout": ("hidden_dropout_prob", 0.1),
+    "layer_norm_eps": ("layer_norm_eps", 1e-12),
+    "type_vocab_size": ("type_vocab_size", 2),
+})
 
 
 def rules(config: BERTConfig) -> list[Rule]:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from glassformer.interop import keymap
-from glassformer.interop.keymap import REQUIRED, FieldSpec, HFConfig, Rule
+from glassformer.interop.keymap import REQUIRED, HFConfig, Rule
 from glassformer.models import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,23 @@ UNTIED_HEAD = Rule("lm_head.weight", ("lm_head.weight",))
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 
 
-# our GPTConfig field <- (config.json key, type, default); d_ff defaults to 4 * d_model
-FIELDS: FieldSpec = {
-    "vocab_size": ("vocab_size", int, REQUIRED),
-    "d_model": ("n_embd", int, REQUIRED),
-    "n_heads": ("n_head", int, REQUIRED),
-    "n_layers": ("n_layer", int, REQUIRED),
-    "d_ff": ("n_inner", int, None),
-    "max_len": ("n_positions", int, 1024),
-    "dropout": ("resid_pdrop", float, 0.1),
-    "layer_norm_eps": ("layer_norm_epsilon", float, 1e-5),
-    "tie_embeddings": ("tie_word_embeddings", bool, True),
-}
+# our GPTConfig field <- (config.json key, default); the types are GPTConfig's own; d_ff defaults to 4 * d_model
+FIELDS = keymap.field_spec(GPTConfig, {
+    "vocab_size": ("vocab_size", REQUIRED),
+    "d_model": ("n_embd", REQUIRED),
+    "n_heads": ("n_head", REQUIRED),
+    "n_layers": ("n_layer", REQUIRED),
+    "d_ff": ("n_inner", None),
+    "max_len": ("n_positions", 1024),
+    "dropout": ("resid_pdrop", 0.1),
+    "layer_norm_eps": ("layer_norm_epsilon", 1e-5),
+    "tie_embeddings": ("tie_word_embeddings", True),
+})
+
+
+def accepts(model: GPT) -> bool:
+    """GPTs with added positions are written as GPT-2 (rotary ones as Llama)."""
+    return model.config.positions != "rotary"
 
 
 def rules(config: GPTConfig) -> list[Rule]:

@@ -10,13 +10,14 @@ the shape our model (built from the converted config) expects, and the error nam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from glassformer.errors import CheckpointError, GlassformerError
 from glassformer.io import read_json
@@ -25,21 +26,32 @@ from glassformer.models.base import PretrainedModel
 
 @dataclass(frozen=True)
 class Rule:
-    """``ours`` <- ``theirs`` (concatenated along dim 0 in this order), transposed if ``transpose``."""
+    """``ours`` <- ``theirs`` (concatenated along dim 0 in this order), transposed if ``transpose``.
+
+    The parts are equal slices of ours unless ``split`` gives their sizes along dim 0 (grouped-query
+    attention stacks a C-row W^Q on two narrower W^K, W^V).
+    """
 
     ours: str
     theirs: tuple[str, ...]
     transpose: bool = False  # the checkpoint stores (in, out), e.g. GPT-2's Conv1D
+    split: tuple[int, ...] | None = None  # rows of each part, when they differ
+
+    def part_shapes(self, target: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The checkpoint shape of each part, for our tensor of shape ``target``."""
+        n = len(self.theirs)
+        sizes = self.split or (target[0] // n,) * n
+        shapes = [(size, *target[1:]) for size in sizes]
+        return [shape[::-1] if self.transpose else shape for shape in shapes]
 
 
-def layer_rules(
-    table: list[tuple[str, tuple[str, ...], bool]], n_layers: int, ours: str, theirs: str
-) -> list[Rule]:
-    """Instantiate a per-layer table for layers 0..n-1 under the two prefixes (``{i}`` = index)."""
+def layer_rules(table: list[tuple], n_layers: int, ours: str, theirs: str) -> list[Rule]:
+    """Instantiate a per-layer table of ``(ours, theirs, transpose[, split])`` for layers 0..n-1
+    under the two prefixes (``{i}`` = index)."""
     rules = []
     for i in range(n_layers):
         o, t = ours.format(i=i), theirs.format(i=i)
-        rules += [Rule(o + a, tuple(t + b for b in bs), tr) for a, bs, tr in table]
+        rules += [Rule(o + a, tuple(t + b for b in bs), tr, *rest) for a, bs, tr, *rest in table]
     return rules
 
 
@@ -64,11 +76,8 @@ def to_ours(
     for rule in rules:
         target = tuple(expected[rule.ours].shape)
         n = len(rule.theirs)
-        part_shape = (target[0] // n, *target[1:])
-        if rule.transpose:
-            part_shape = part_shape[::-1]
         parts = []
-        for key in rule.theirs:
+        for key, part_shape in zip(rule.theirs, rule.part_shapes(target)):
             if key not in theirs:
                 raise CheckpointError(f"{source}: missing weight {name(key)!r}")
             t = theirs[key]
@@ -87,12 +96,63 @@ def to_ours(
     return out
 
 
+def assign_one_by_one(
+    model: PretrainedModel,
+    rules: list[Rule],
+    tensors: Iterable[tuple[str, Tensor]],
+    source: str,
+    name: Callable[[str], str] = str,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Fill a model built on the meta device from checkpoint tensors that arrive one at a time.
+
+    Each of our tensors is made (cast to ``dtype``, parts concatenated) and put into the model as
+    soon as its last part has arrived, so the weights are never held twice: at any moment this
+    holds the model filled so far plus the parts of fused projections still waiting for the
+    rest. ``tensors`` yields (their name, tensor); names are checked as in :func:`to_ours`. Ties
+    (:attr:`PretrainedModel.tied_weights`) are made again at the end.
+    """
+    tied = model.active_tied_weights()
+    expected = expected_state(model)  # shapes only: the model holds no memory yet
+    owner = {key: (rule, i) for rule in rules for i, key in enumerate(rule.theirs)}
+    shapes = {rule.ours: rule.part_shapes(tuple(expected[rule.ours].shape)) for rule in rules}
+    pending: dict[str, list[Tensor | None]] = {}
+    for key, t in tensors:
+        if key not in owner:
+            raise CheckpointError(f"{source}: unexpected weight {name(key)!r}: glassformer's {type(model).__name__} has no such part")
+        rule, i = owner.pop(key)
+        if tuple(t.shape) != shapes[rule.ours][i]:
+            raise CheckpointError(f"{source}: weight {name(key)!r} has shape {tuple(t.shape)}, the config implies {shapes[rule.ours][i]}")
+        parts = pending.setdefault(rule.ours, [None] * len(rule.theirs))
+        parts[i] = t.t() if rule.transpose else t
+        if all(p is not None for p in parts):
+            del pending[rule.ours]
+            whole = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            set_tensor(model, rule.ours, whole.to(dtype).contiguous())
+    if owner:
+        raise CheckpointError(f"{source}: missing weight {name(sorted(owner)[0])!r}" + (f" (and {len(owner) - 1} more)" if len(owner) > 1 else ""))
+    for a, b in tied.items():
+        set_tensor(model, a, model.get_parameter(b))
+    left = [k for k, v in model.state_dict().items() if v.is_meta]
+    if left:  # a bug in a key map, not in the checkpoint
+        raise AssertionError(f"key map leaves {left} unset")
+
+
+def set_tensor(model: nn.Module, name: str, tensor: Tensor) -> None:
+    """Put ``tensor`` in place of the parameter ``name`` (``"decoder.layers.0.self_attn.w_o.weight"``)."""
+    path, _, leaf = name.rpartition(".")
+    module = model.get_submodule(path)
+    old = getattr(module, leaf)
+    setattr(module, leaf, tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, requires_grad=old.requires_grad))
+
+
 def to_theirs(rules: list[Rule], ours: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of :func:`to_ours`: split fused projections, transpose back, own the memory."""
     out: dict[str, Tensor] = {}
     for rule in rules:
         t = ours[rule.ours].detach()
-        for key, part in zip(rule.theirs, t.chunk(len(rule.theirs), dim=0)):
+        parts = t.split(list(rule.split), dim=0) if rule.split else t.chunk(len(rule.theirs), dim=0)
+        for key, part in zip(rule.theirs, parts):
             out[key] = (part.t() if rule.transpose else part).contiguous().clone()
     return out
 
@@ -170,6 +230,21 @@ REQUIRED = object()  # a FieldSpec default meaning "the checkpoint must have thi
 FieldSpec = dict[str, tuple[str, type | tuple[type, ...], Any]]  # our field -> (their key, type, default)
 
 
+def field_spec(config_class: type, table: dict[str, tuple[str, Any]]) -> FieldSpec:
+    """A :data:`FieldSpec` from ``{our field: (their key, default or REQUIRED)}``, each type taken from
+    our config dataclass itself, so a converter's table cannot drift from the model's fields: a
+    field the config lacks is an error at import time."""
+    hints = typing.get_type_hints(config_class)
+    spec: FieldSpec = {}
+    for ours, (theirs, default) in table.items():
+        if ours not in hints:
+            raise TypeError(f"{config_class.__name__} has no field {ours!r}")
+        hint = hints[ours]
+        kinds = tuple(a for a in typing.get_args(hint) if a is not type(None)) or (hint,)
+        spec[ours] = (theirs, kinds if len(kinds) > 1 else kinds[0], default)
+    return spec
+
+
 def read_fields(cfg: HFConfig, spec: FieldSpec) -> dict[str, Any]:
     """Our config fields from a family's table of ``ours: (their key, type, default or REQUIRED)``;
     the one place where every family reads its plain config.json fields."""
@@ -229,6 +304,16 @@ def layout_problems(config: Any, layout: str, *, pre_ln: bool, learned_positions
         problems.append(f"bias=False ({layout} has biases everywhere)")
     if config.d_ff == 0:
         problems.append(f"d_ff=0, attention-only layers ({layout} has a feed-forward block in every layer)")
+    if config.norm != "layernorm":
+        problems.append(f"norm={config.norm!r} ({layout} uses LayerNorm)")
+    if config.gated_ffn:
+        problems.append(f"ffn={config.ffn!r} ({layout} has a plain feed-forward network)")
+    if config.kv_heads != config.n_heads:
+        problems.append(f"n_kv_heads={config.n_kv_heads} ({layout} gives every head its own keys and values)")
+    if config.qkv_bias is not None and config.qkv_bias != config.bias:
+        problems.append(f"qkv_bias={config.qkv_bias} ({layout} has the same biases on every projection)")
+    if not learned_positions and config.positions == "rotary":
+        problems.append(f"positions='rotary' ({layout} adds its positions to the embeddings)")
     return problems
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from glassformer.errors import CheckpointError
 from glassformer.interop import keymap
-from glassformer.interop.keymap import FieldSpec, HFConfig, Rule
+from glassformer.interop.keymap import HFConfig, Rule
 from glassformer.models import Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,13 @@ UNSUPPORTED_SWITCHES = [
 
 
 # our TransformerConfig field <- (config.json key, type, default); the rest is checked by hand
-FIELDS: FieldSpec = {
-    "n_heads": ("encoder_attention_heads", int, None),
-    "d_ff": ("encoder_ffn_dim", int, None),
-    "max_len": ("max_position_embeddings", int, 1024),
-    "dropout": ("dropout", float, 0.1),
-    "scale_embeddings": ("scale_embedding", bool, False),
-}
+FIELDS = keymap.field_spec(TransformerConfig, {
+    "n_heads": ("encoder_attention_heads", None),
+    "d_ff": ("encoder_ffn_dim", None),
+    "max_len": ("max_position_embeddings", 1024),
+    "dropout": ("dropout", 0.1),
+    "scale_embeddings": ("scale_embedding", False),
+})
 
 
 def rules(config: TransformerConfig) -> list[Rule]:

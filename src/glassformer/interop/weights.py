@@ -27,6 +27,7 @@ import pickle
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ DTYPE_SIZES: dict[str, int] = {
     "U64": 8, "I64": 8, "F64": 8,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit; a larger "header" is corruption
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "F16": torch.float16,
+    "BF16": torch.bfloat16, "I32": torch.int32, "F32": torch.float32, "I64": torch.int64, "F64": torch.float64,
+}
 
 
 def validate_safetensors(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -212,3 +217,57 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
     if path.name == PICKLE_NAME:
         return load_pickle(path), str(path)
     return _load_sharded(path, ".bin", load_pickle), str(path)
+
+
+# ------------------------------------------------------------------- one tensor at a time
+
+
+def read_safetensors_one_by_one(path: str | os.PathLike) -> Iterator[tuple[str, Tensor]]:
+    """Each tensor of a safetensors file in turn, read with plain file reads into a tensor of its own.
+
+    Nothing is memory-mapped and nothing but the tensor being read is held here, so a loader that
+    moves each tensor into the model as it comes holds one copy of the weights, not two.
+    The header is validated first (:func:`validate_safetensors`).
+    """
+    header = validate_safetensors(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        data_start = 8 + n
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in TORCH_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which torch cannot hold")
+            tensor = torch.empty(info["shape"], dtype=TORCH_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            if end > begin:
+                f.seek(data_start + begin)
+                buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes
+                if f.readinto(buffer) != end - begin:
+                    raise CheckpointError(f"{path}: tensor {name!r} ends before its declared size (truncated?)")
+            yield name, tensor
+
+
+def iter_weights(directory: str | os.PathLike) -> tuple[Iterator[tuple[str, Tensor]], str]:
+    """``(tensors, source)``: every tensor of a Hugging Face directory, one at a time and shard by
+    shard for safetensors (see :func:`read_safetensors_one_by_one`); pickles are read whole."""
+    path = weights_file(directory)
+    if path.name == SAFETENSORS_NAME:
+        return read_safetensors_one_by_one(path), str(path)
+    if path.name == SAFETENSORS_INDEX_NAME:
+        return _iter_shards(path), str(path)
+    state, source = read_weights(directory)
+    return iter(list(state.items())), source
+
+
+def _iter_shards(index_path: Path) -> Iterator[tuple[str, Tensor]]:
+    weight_map = _read_index(index_path, ".safetensors")
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard} is missing")
+        wanted = {k for k, v in weight_map.items() if v == shard}
+        for name, tensor in read_safetensors_one_by_one(shard_path):
+            if name in wanted:
+                wanted.discard(name)
+                yield name, tensor
+        if wanted:
+            raise CheckpointError(f"{shard_path}: missing weight {sorted(wanted)[0]!r}, which {index_path.name} places there")

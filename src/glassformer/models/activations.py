@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
+from glassformer.layers import frozen_norm
 
 if TYPE_CHECKING:  # the model imports this module
     from glassformer.models.family import AttentionSpec, FamilyProtocol
@@ -142,16 +143,7 @@ class ActivationCache(dict):
         norm = self.model.final_norm(stack)
         if norm is None:
             return parts
-        x = self.final_stream(pos, stack).float()  # (B, C)
-        parts = parts.float()
-        if isinstance(norm, nn.LayerNorm):
-            scale = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)  # (B, 1) σ frozen
-            parts = parts - parts.mean(-1, keepdim=True)
-        else:  # RMSNorm: no centring
-            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
-            scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (B, 1) rms frozen
-        weight = norm.weight.float() if norm.weight is not None else 1.0
-        return parts / scale * weight  # (..., B, C)
+        return frozen_norm(norm, self.final_stream(pos, stack))(parts)  # (..., B, C)
 
     def _unembed_rows(self, tokens: int | Tensor) -> tuple[nn.Linear, Tensor]:
         head = self.model.unembed()

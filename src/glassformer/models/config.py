@@ -8,6 +8,7 @@ every validation error names the field at fault.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,12 @@ from glassformer.io import atomic_write_json, read_json
 C = TypeVar("C", bound="ModelConfig")
 
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
-PosEncoding = Literal["sinusoidal", "learned"]
+Positions = Literal["sinusoidal", "learned", "rotary"]
+PosEncoding = Positions  # the field's former name, kept for imports
 SinusoidalLayout = Literal["interleaved", "halves"]
+Norm = Literal["layernorm", "rmsnorm"]
+FFN = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu"]
+RopeScaling = Literal["none", "llama3"]
 
 
 @dataclass
@@ -36,13 +41,25 @@ class ModelConfig:
     dropout: float = 0.1  # P_drop on sublayer outputs, embeddings and attention weights
     activation: Activation = "relu"  # feed-forward non-linearity
     norm_first: bool = False  # pre-LN (GPT-2) instead of post-LN (the paper)
-    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    layer_norm_eps: float = 1e-5  # epsilon of the norm (LayerNorm or RMSNorm)
     bias: bool = True  # biases in linear layers and LayerNorms
-    pos_encoding: PosEncoding = "learned"  # sinusoidal (§3.5) or learned position vectors
+    positions: Positions = "learned"  # added sinusoidal (§3.5) or learned vectors, or rotary q/k (RoFormer)
     sinusoidal_layout: SinusoidalLayout = "interleaved"  # sin/cos column order, when sinusoidal
     pad_token_id: int | None = None  # id of <pad>, if the vocabulary has one
     bos_token_id: int | None = None  # id of <bos>
     eos_token_id: int | None = None  # id of <eos>
+    # --- after 2017 (Llama and its kind); the defaults give the models above unchanged
+    norm: Norm = "layernorm"  # LayerNorm, or RMSNorm (no centring, no bias: x / rms(x) * g)
+    ffn: FFN | None = None  # None: act(x W_1) W_2 with `activation`; "swiglu": (silu(x W_g) * x W_u) W_2
+    n_kv_heads: int | None = None  # key/value heads (GQA; 1 = MQA); None: n_heads (every head its own)
+    qkv_bias: bool | None = None  # biases on W^Q, W^K, W^V (Qwen2 has them, nothing else); None: `bias`
+    rope_theta: float = 10000.0  # rotary: the base of the frequencies theta_i = base^(-2i/d)
+    rotary_fraction: float = 1.0  # rotary: the share of each head's dims that rotate (partial rotary)
+    rope_scaling: RopeScaling = "none"  # rotary: "llama3" stretches the low frequencies (Llama 3.1+)
+    rope_factor: float = 8.0  # llama3 scaling: how much the lowest frequencies are slowed
+    rope_low_freq_factor: float = 1.0  # llama3 scaling: wavelengths above original/low are divided by factor
+    rope_high_freq_factor: float = 4.0  # llama3 scaling: wavelengths below original/high are kept
+    rope_original_max_len: int = 8192  # llama3 scaling: the context the model was first trained on
 
     model_type: ClassVar[str] = "base"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -52,7 +69,31 @@ class ModelConfig:
         """Width of one attention head (D)."""
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer: ``n_kv_heads``, or ``n_heads`` when unset."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def gated_ffn(self) -> bool:
+        """The feed-forward network is gated (SwiGLU)."""
+        return self.ffn == "swiglu"
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many dims of each head rotate (even; 0 unless positions is rotary)."""
+        if self.positions != "rotary":
+            return 0
+        return int(self.d_head * self.rotary_fraction) // 2 * 2
+
+    @property
+    def pos_encoding(self) -> str:
+        """The former name of ``positions`` (still accepted by the constructor and in config.json)."""
+        return self.positions
+
     def __post_init__(self) -> None:
+        if self.ffn is not None and self.ffn != "swiglu":
+            self.activation = self.ffn  # ffn names the activation of a plain feed-forward network
         self._check_types()
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len"):
             if getattr(self, name) <= 0:
@@ -71,6 +112,19 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+        if self.n_kv_heads is not None and not (0 < self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0):
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not 0.0 < self.rotary_fraction <= 1.0:
+            raise ValueError(f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+        if self.positions == "rotary" and self.rotary_dim == 0:
+            raise ValueError(f"rotary_fraction={self.rotary_fraction} rotates no dims of a {self.d_head}-wide head")
+        if self.rope_scaling == "llama3":
+            if self.rope_factor < 1 or self.rope_original_max_len <= 0:
+                raise ValueError("llama3 rope scaling needs rope_factor >= 1 and rope_original_max_len > 0")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise ValueError("llama3 rope scaling needs 0 < rope_low_freq_factor < rope_high_freq_factor")
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -91,11 +145,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """The config a dict describes; the former key ``pos_encoding`` (config.json files written
+        before ``positions``) is read as ``positions``."""
         data = dict(data)
         model_type = data.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"config is for model_type {model_type!r}, not {cls.model_type!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"pos_encoding"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
@@ -108,6 +164,22 @@ class ModelConfig:
     @classmethod
     def from_json_file(cls: type[C], path: str | os.PathLike) -> C:
         return cls.from_dict(read_json(path, error=CheckpointError))
+
+
+def accepts_former_names(cls: type[C]) -> type[C]:
+    """Let the constructor take ``pos_encoding=``, the former name of ``positions``."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, pos_encoding: str | None = None, **kwargs: Any) -> None:
+        if pos_encoding is not None:
+            if kwargs.get("positions", pos_encoding) != pos_encoding:
+                raise ValueError(f"positions={kwargs['positions']!r} and pos_encoding={pos_encoding!r} disagree; give positions only")
+            kwargs["positions"] = pos_encoding
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
 
 
 def check_value(name: str, value: Any, hint: Any) -> None:
@@ -149,7 +221,12 @@ def check_value(name: str, value: Any, hint: Any) -> None:
 
 # -------------------------------------------------------------------------------- families
 
+# the Llama recipe on top of GPT: rotary positions, RMSNorm, SwiGLU, no biases, no dropout
+_LLAMA: dict[str, Any] = dict(positions="rotary", norm="rmsnorm", ffn="swiglu", bias=False, dropout=0.0,
+                              layer_norm_eps=1e-5)
 
+
+@accepts_former_names
 @dataclass
 class GPTConfig(ModelConfig):
     """Decoder-only, causal, pre-LN, learned positions, LM head tied to the token embedding."""
@@ -169,9 +246,20 @@ class GPTConfig(ModelConfig):
         "gpt-mini": dict(vocab_size=65, d_model=384, n_heads=6, n_layers=6, d_ff=1536, max_len=256),
         "gpt-small-demo": dict(vocab_size=256, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=256),
         "gpt-tiny": dict(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=64),
+        # after 2017: the Llama recipe, then the shapes of three published checkpoints
+        "llama-tiny": dict(vocab_size=64, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=128, max_len=128,
+                           **_LLAMA, tie_embeddings=False),
+        "smollm2-135m": dict(vocab_size=49152, d_model=576, n_heads=9, n_kv_heads=3, n_layers=30, d_ff=1536,
+                             max_len=8192, rope_theta=100000.0, **_LLAMA),
+        "llama-3.2-1b": dict(vocab_size=128256, d_model=2048, n_heads=32, n_kv_heads=8, n_layers=16, d_ff=8192,
+                             max_len=131072, rope_theta=500000.0, rope_scaling="llama3", rope_factor=32.0,
+                             rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=8192, **_LLAMA),
+        "qwen2.5-0.5b": dict(vocab_size=151936, d_model=896, n_heads=14, n_kv_heads=2, n_layers=24, d_ff=4864,
+                             max_len=32768, rope_theta=1000000.0, qkv_bias=True, **{**_LLAMA, "layer_norm_eps": 1e-6}),
     }
 
 
+@accepts_former_names
 @dataclass
 class BERTConfig(ModelConfig):
     """Encoder-only, bidirectional, post-LN, learned positions plus token-type embeddings."""
@@ -196,6 +284,8 @@ class BERTConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.positions == "rotary":
+            raise ValueError("positions='rotary' is for the GPT family; BERT adds position vectors (learned or sinusoidal)")
         if self.type_vocab_size <= 0:
             raise ValueError(f"type_vocab_size must be positive, got {self.type_vocab_size}")
         if self.num_labels < 0:
@@ -208,12 +298,13 @@ class BERTConfig(ModelConfig):
             raise ValueError("num_labels > 0 needs pooler=True: the classifier reads the pooled [CLS]")
 
 
+@accepts_former_names
 @dataclass
 class TransformerConfig(ModelConfig):
     """The paper's encoder-decoder: sinusoidal positions, post-LN, embeddings scaled by √d_model,
     one vocabulary shared by source and target."""
 
-    pos_encoding: PosEncoding = "sinusoidal"
+    positions: Positions = "sinusoidal"
     n_decoder_layers: int | None = None  # decoder depth when it differs from n_layers (the encoder's)
     scale_embeddings: bool = True  # multiply embeddings by √d_model (§3.4)
     tie_embeddings: bool = True  # source, target embeddings and pre-softmax projection share weights (§3.4)
@@ -233,6 +324,8 @@ class TransformerConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.positions == "rotary":
+            raise ValueError("positions='rotary' is for the GPT family; the Transformer adds position vectors")
         if self.n_decoder_layers is not None and self.n_decoder_layers <= 0:
             raise ValueError(f"n_decoder_layers must be positive, got {self.n_decoder_layers}")
         if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:

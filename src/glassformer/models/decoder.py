@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from glassformer.attention import scope, tap
-from glassformer.layers import DecoderLayer, LayerCache
+from glassformer.layers import DecoderLayer, LayerCache, make_norm
 from glassformer.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ class Decoder(nn.Module):
         super().__init__()
         n = n_layers or config.n_layers
         self.layers = nn.ModuleList(DecoderLayer(config, cross_attention) for _ in range(n))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias) if config.norm_first else None
+        self.final_norm = make_norm(config) if config.norm_first else None
 
     def new_cache(self) -> list[LayerCache]:
         """An empty KV cache, one entry per layer, for incremental decoding."""
@@ -39,10 +39,12 @@ class Decoder(nn.Module):
         cache: list[LayerCache] | None = None,
         return_attentions: bool = False,
         hooks: Hooks | None = None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """x (B, T, C) -> (B, T, C), self weights [(B, H, T, past+T)], cross weights [(B, H, T, S)].
 
         ``hooks`` (scoped ``decoder.`` by the model) names layer i's activations ``i.site``.
+        ``position_ids`` (B or 1, T) reach the self-attentions (rotary positions).
         """
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the decoder has {len(self.layers)}")
@@ -53,6 +55,7 @@ class Decoder(nn.Module):
                 cache=cache[i] if cache is not None else None,
                 return_weights=return_attentions,
                 hooks=scope(hooks, str(i)),
+                position_ids=position_ids,
             )
             if return_attentions:
                 self_ws.append(w_self)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from glassformer.attention import scope, tap
-from glassformer.layers import EncoderLayer
+from glassformer.layers import EncoderLayer, make_norm
 from glassformer.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig, n_layers: int | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(n_layers or config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias) if config.norm_first else None
+        self.final_norm = make_norm(config) if config.norm_first else None
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, return_attentions: bool = False, hooks: Hooks | None = None

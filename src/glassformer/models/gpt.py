@@ -3,6 +3,10 @@
 The paper's decoder without the cross-attention: token + learned position embeddings, N pre-LN
 blocks of masked self-attention and feed-forward, a final LayerNorm, and an LM head that shares
 its matrix with the token embedding.
+
+The same class holds the Llama family (Llama, Mistral, Qwen2, SmolLM): config fields swap in
+rotary positions, RMSNorm, the SwiGLU feed-forward, grouped-query attention, no biases and an
+untied head (``GPTConfig.from_name("llama-tiny")``).
 """
 
 from __future__ import annotations
@@ -97,9 +101,13 @@ class GPT(PretrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)  # (1, T)
         hooks = scope(hooks, "decoder")  # every name starts with the stack: "decoder.0.attn.z"
-        x = tap(hooks, "embed", self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids)))  # (B, T, C)
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:  # rotary positions enter in the attention instead
+            x = x + self.pos_emb(position_ids)
+        x = tap(hooks, "embed", self.drop(x))  # (B, T, C)
         self_mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, past+T)
-        h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions, hooks=hooks)
+        h, self_ws, _ = self.decoder(x, self_mask=self_mask, cache=cache, return_attentions=return_attentions, hooks=hooks,
+                                     position_ids=position_ids)
         if last_only and labels is not None:
             raise ValueError("labels need logits at every position; last_only=True gives the last one only")
         if labels is not None and labels.shape != input_ids.shape:

@@ -5,7 +5,10 @@ Every activation a reader may want has one name, ``"{stack}.{layer}.{site}"``, w
 
     {stack}.embed                 (B, T, C)     embeddings, as the first layer reads them
     {stack}.{i}.resid_pre         (B, T, C)     the residual stream entering layer i
-    {stack}.{i}.attn.q / .k / .v  (B, H, T, D)  queries, keys, values of every head
+    {stack}.{i}.attn.q            (B, H, T, D)  queries of every head
+    {stack}.{i}.attn.k / .v       (B, K, T, D)  keys, values of every key/value head (K = n_kv_heads)
+    {stack}.{i}.attn.q_rot        (B, H, T, D)  rotary positions only: the queries after the rotation
+    {stack}.{i}.attn.k_rot        (B, K, T, D)  rotary positions only: the keys after the rotation
     {stack}.{i}.attn.scores       (B, H, T, S)  QKᵀ/√d_k, before the mask and the softmax
     {stack}.{i}.attn.pattern      (B, H, T, S)  the attention weights
     {stack}.{i}.attn.z            (B, H, T, D)  each head's output, before W^O
@@ -37,7 +40,8 @@ from glassformer.errors import GlassformerError
 
 HookFn = Callable[[Tensor], "Tensor | None"]  # reads the activation; returns a replacement or None
 
-ATTN_SITES = ("q", "k", "v", "scores", "pattern", "z", "out")
+ATTN_SITES = ("q", "k", "v", "q_rot", "k_rot", "scores", "pattern", "z", "out")
+ROTARY_SITES = ("q_rot", "k_rot")  # only in attentions with rotary positions
 FFN_SITES = ("pre", "post", "out")
 
 
@@ -101,12 +105,13 @@ class Hooks:
 # ----------------------------------------------------------------------------- the names
 
 
-def layer_sites(cross: bool, ffn: bool = True) -> list[str]:
+def layer_sites(cross: bool, ffn: bool = True, rotary: bool = False) -> list[str]:
     """The site names of one layer, in the order the layer computes them (no ``ffn.*`` in an
-    attention-only layer)."""
-    sites = ["resid_pre", *(f"attn.{s}" for s in ATTN_SITES), "resid_mid"]
+    attention-only layer, no ``attn.q_rot``/``k_rot`` without rotary positions)."""
+    self_sites = [s for s in ATTN_SITES if rotary or s not in ROTARY_SITES]
+    sites = ["resid_pre", *(f"attn.{s}" for s in self_sites), "resid_mid"]
     if cross:
-        sites += [f"cross.{s}" for s in ATTN_SITES]
+        sites += [f"cross.{s}" for s in ATTN_SITES if s not in ROTARY_SITES]
     return sites + ([f"ffn.{s}" for s in FFN_SITES] if ffn else []) + ["resid_post"]
 
 
@@ -123,7 +128,8 @@ def activation_names(model: nn.Module) -> list[str]:
         for i, layer in enumerate(stack.layers):
             cross = getattr(layer, "cross_attn", None) is not None
             ffn = getattr(layer, "ffn", None) is not None
-            names += [f"{stack_name}.{i}.{site}" for site in layer_sites(cross, ffn)]
+            rotary = getattr(getattr(layer, "self_attn", None), "rotary", None) is not None
+            names += [f"{stack_name}.{i}.{site}" for site in layer_sites(cross, ffn, rotary)]
         if getattr(stack, "final_norm", None) is not None:
             names.append(f"{stack_name}.final_norm")
     return names

@@ -303,11 +303,7 @@ def ablate(served: Served, text: str, heads: list[str], mode: str, k: int, posit
     pos = _position(served, enc, position)
     args, kwargs = enc.args(m)
     final = _final_name(m)
-    hooks: dict[str, Any] = {}
-    for ref in refs:  # one hook per attention site; heads of one stack and site go together
-        spec = m.attention_spec(ref.kind)
-        same = [(r.layer, r.head) for r in refs if r.kind == ref.kind]
-        hooks.update(ablation_hooks(m, same, mode, stack=spec.stack, attention=spec.site))
+    hooks = ablation_hooks(m, refs, mode)  # one hook per attention site, whatever the heads' kinds
     caught: dict[str, Tensor] = {}
 
     def run(extra: dict[str, Any]) -> Tensor:
