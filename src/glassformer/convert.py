@@ -19,8 +19,8 @@ contains it or lies inside it.
 from __future__ import annotations
 
 import argparse
-import logging
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassformer", overwrite: bool = False):
     """Convert ``src`` into ``dst``; returns ``(model, dst)``. Nothing is written on error."""
     from glassformer.loading import is_glassformer_dir
-
     from glassformer.training.rundir import RunLock
 
     src, dst = Path(src), Path(dst)
