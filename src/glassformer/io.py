@@ -211,14 +211,15 @@ def check_text(text: object, what: str, errors: str = "strict") -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError as e:
-        bad = text[e.start]
+        at = e.start
+    bad = text[at]
     if "\udc80" <= bad <= "\udcff":  # an undecodable byte, escaped by the OS-argument decoding
         raw = text.encode("utf-8", "surrogateescape") if _only_escaped(text) else None
         if raw is not None:
             return decode_text(raw, what, errors)
     if errors == "replace":
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-    raise ValueError(f"{what}: holds a lone surrogate U+{ord(bad):04X} at character {e.start}, which is not text "
+    raise ValueError(f"{what}: holds a lone surrogate U+{ord(bad):04X} at character {at}, which is not text "
                      f"(a str built from broken UTF-16?)")
 
 
