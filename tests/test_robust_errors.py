@@ -179,3 +179,8 @@ def test_encoder_decoder_depths_are_checked_per_stack(dirs, tmp_path):
     with pytest.raises(CheckpointError, match="n_decoder_layers is 7, but model.safetensors holds 2 decoder layers"):
         load_model(model)
 
+
+
+def test_a_seed_beyond_64_bits_is_a_clear_error(dirs, capsys):
+    assert_refused(capsys, "generate", dirs["gpt"], "--prompt", "hello", "--temperature", "0.5", "--seed", str(10**23),
+                   match="seed must be below 2**63")
