@@ -9,13 +9,20 @@ Everything is read and checked before anything is written (a ``config.json`` who
 not fit in memory, or does not match its weights file, is refused before the model is built);
 the output is assembled in a uniquely named temporary directory next to DST and renamed into
 place at the end, so a failed conversion leaves no DST behind. Only what this command created
-is ever removed: a sibling such as ``.DST.old/`` is never touched.
+is ever removed: a sibling such as ``.DST.old/`` is never touched; the temporary directories of a
+conversion that was killed (``.DST.partial-PID-RAND/``) are removed by the next one into DST.
+
+DST is locked as a training run locks its directory (``DST/.lock``): a DST that a live
+``glassformer train`` (or another convert) is writing is refused, and so is a DST that is SRC,
+contains it or lies inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -33,14 +40,37 @@ MARIAN_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassformer", overwrite: bool = False):
     """Convert ``src`` into ``dst``; returns ``(model, dst)``. Nothing is written on error."""
     from glassformer.loading import is_glassformer_dir
+    from glassformer.training.rundir import RunLock
 
     src, dst = Path(src), Path(dst)
     if to not in ("glassformer", "hf"):
         raise ValueError(f"unknown format {to!r}; choose 'glassformer' or 'hf'")
+    check_not_overlapping(src, dst)
+    clean_stale_siblings(dst)  # before DST is judged: a killed conversion's swap is finished or undone
     if dst.exists() and not overwrite and not (dst.is_dir() and not any(dst.iterdir())):
         raise FileExistsError(f"{dst}: already exists; choose a new directory or pass --overwrite")
-    if dst.resolve() == src.resolve():
+    lock = RunLock(dst)
+    if dst.is_dir():  # a live training run (or convert) holds this lock: refused before anything is read
+        lock.acquire()
+    try:
+        return _convert(src, dst, to, overwrite, is_glassformer_dir)
+    finally:
+        lock.release(remove=True)
+
+
+def check_not_overlapping(src: Path, dst: Path) -> None:
+    """Refuse a DST that is SRC, contains it (``--overwrite`` would delete the source) or is inside it."""
+    s, d = src.resolve(), dst.resolve()
+    if d == s:
         raise ValueError(f"{dst}: the destination is the source directory")
+    if d in s.parents:
+        raise ValueError(f"{dst}: the destination contains the source {src}; replacing it would delete the source. "
+                         f"Choose a destination outside it")
+    if s in d.parents:
+        raise ValueError(f"{dst}: the destination is inside the source {src}; choose a destination outside it")
+
+
+def _convert(src: Path, dst: Path, to: str, overwrite: bool, is_glassformer_dir):
     ours = is_glassformer_dir(src)  # also refuses a missing directory or config.json
     _check_memory(src, ours)
     if to == "glassformer":
@@ -139,6 +169,40 @@ def _copy(src: Path, dst: Path, names) -> None:
             shutil.copyfile(src / name, dst / name)  # a new file: mode 0o666 & ~umask, not the source's
 
 
+def _sibling_pattern(dst: Path, tag: str) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(dst.name)}\.{tag}-(\d+)-[0-9a-f]{{8}}$")
+
+
+def clean_stale_siblings(dst: Path) -> None:
+    """Tidy what a conversion into ``dst`` that was killed left: its ``.DST.partial-PID-RAND/``
+    output is removed; a ``.DST.old-PID-RAND/`` (the previous DST, swapped out) is put back if DST
+    is missing (the swap did not finish), else removed (it did). Only names with a dead PID are
+    touched, and links are never followed."""
+    from glassformer.io import pid_alive
+
+    try:
+        entries = list(os.scandir(dst.parent))
+    except OSError:
+        return
+    for tag in ("partial", "old"):
+        pattern = _sibling_pattern(dst, tag)
+        for entry in entries:
+            m = pattern.match(entry.name)
+            if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+                continue
+            path = Path(entry.path)
+            if tag == "old" and not os.path.lexists(dst):
+                log.warning("%s: a conversion was stopped while replacing it; putting the previous %s back", dst, dst.name)
+                os.replace(path, dst)
+                continue
+            log.info("%s: removing what a stopped conversion left (%s)", dst.parent, entry.name)
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+
 def _unique_sibling(dst: Path, tag: str) -> Path:
     """A name beside ``dst`` that nothing else uses: ``.DST.TAG-PID-RANDOM``."""
     while True:
@@ -160,7 +224,7 @@ def _write_atomically(dst: Path, write, overwrite: bool) -> None:
     old: Path | None = None
     try:
         write(tmp)
-        if dst.exists() and (overwrite or (dst.is_dir() and not any(dst.iterdir()))):
+        if dst.exists() and (overwrite or (dst.is_dir() and not [p for p in dst.iterdir() if p.name != ".lock"])):
             old = _unique_sibling(dst, "old")
             os.replace(dst, old)
             os.replace(tmp, dst)

@@ -15,3 +15,7 @@ class DataError(GlassformerError, ValueError):
 
 class CheckpointError(GlassformerError, ValueError):
     """A model or checkpoint directory that cannot be read or written."""
+
+
+class NonFiniteError(GlassformerError, ValueError):
+    """A model produced NaN or infinite scores (its weights hold NaN/inf, or a computation overflowed)."""

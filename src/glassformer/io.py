@@ -6,7 +6,12 @@
   ``mkstemp`` alone gives 0600), and is renamed over the target; the directory is then synced
   so the rename itself survives a power cut.
 * :func:`make_dirs`: directories honour the umask too (0755 under 022; ``mkdtemp`` gives 0700).
-* :func:`read_json`: one error form that names the file: ``path: not valid JSON (...)``.
+* :func:`read_json` / :func:`parse_json`: one error form that names the file: ``path: not valid
+  JSON (...)``; a document nested too deeply to parse is refused the same way, not with a
+  RecursionError.
+* :func:`check_text` / :func:`decode_text`: text entering from outside (a command-line argument,
+  stdin, the Python API) is valid Unicode; bytes that are not UTF-8 get one line naming the input
+  and the byte offset, or U+FFFD under ``errors="replace"``.
 * :func:`remove_stale_temps`: temporary files left by a process that was killed (``kill -9``)
   are removed at the next start.
 * :data:`IGNORE_INDEX` and :func:`unwrap_model`: the label the loss skips and the plain model
@@ -24,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from glassformer.errors import GlassformerError
+from glassformer.errors import DataError, GlassformerError
 
 IGNORE_INDEX = -100  # label value the cross-entropy skips (padding, unmasked MLM positions)
 
@@ -146,15 +151,87 @@ def read_json(
         raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    value = parse_json(text, str(path), error)
     if expect is not None and not isinstance(value, expect):
         names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         kind = {"dict": "a JSON object", "list": "a JSON array"}.get(names, names)
         raise error(f"{path}: must hold {kind}, found {type(value).__name__}")
     return value
+
+
+def parse_json(text: str, where: str, error: type[GlassformerError] = GlassformerError, *, lines: bool = True) -> Any:
+    """``json.loads(text)``; every failure is ``error("WHERE: not valid JSON (...)")``, a document
+    nested too deeply for the parser included. ``lines=False``: ``where`` names the line already
+    (a JSON Lines record), the message gives the column only."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        place = f"line {e.lineno}, column {e.colno}" if lines else f"column {e.colno}"
+        raise error(f"{where}: not valid JSON ({e.msg} at {place})") from None
+    except RecursionError:
+        raise error(f"{where}: not usable JSON (nested too deeply to read)") from None
+
+
+TEXT_ERRORS = ("strict", "replace")  # the choices of --errors
+
+
+def _not_utf8(what: str, offset: int, byte: int | None) -> DataError:
+    shown = f"byte 0x{byte:02x}" if byte is not None else "a byte"
+    return DataError(f"{what}: not UTF-8 text ({shown} at byte offset {offset}); fix the input or pass "
+                     f"--errors replace")
+
+
+def decode_text(data: bytes, what: str, errors: str = "strict") -> str:
+    """``data`` as UTF-8; bytes that are not UTF-8 raise :class:`DataError` naming ``what`` and the
+    byte offset (``errors="strict"``) or become U+FFFD (``errors="replace"``)."""
+    if errors not in TEXT_ERRORS:
+        raise ValueError(f"errors must be one of {', '.join(TEXT_ERRORS)}, got {errors!r}")
+    try:
+        return data.decode("utf-8", errors)
+    except UnicodeDecodeError as e:
+        raise _not_utf8(what, e.start, data[e.start]) from None
+
+
+def check_text(text: object, what: str, errors: str = "strict") -> str:
+    """``text`` if it is a ``str`` of valid Unicode, else one clear error naming ``what``.
+
+    A command-line argument holding bytes that are not UTF-8 reaches Python as lone surrogates
+    U+DC80..U+DCFF (``surrogateescape``): these are reported with their byte offset in the
+    original argument, or replaced by U+FFFD with ``errors="replace"``. Any other lone surrogate
+    (possible only from Python code) is a ValueError; a non-string is a TypeError.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{what}: expected text (str), got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        at = e.start
+    bad = text[at]
+    if "\udc80" <= bad <= "\udcff":  # an undecodable byte, escaped by the OS-argument decoding
+        raw = text.encode("utf-8", "surrogateescape") if _only_escaped(text) else None
+        if raw is not None:
+            return decode_text(raw, what, errors)
+    if errors == "replace":
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    raise ValueError(f"{what}: holds a lone surrogate U+{ord(bad):04X} at character {at}, which is not text "
+                     f"(a str built from broken UTF-16?)")
+
+
+def read_stdin_text(errors: str = "strict") -> str:
+    """All of stdin as text: its bytes decoded as UTF-8 by :func:`decode_text` (a stream with no
+    byte layer, such as a ``StringIO``, is checked by :func:`check_text`)."""
+    import sys
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        return check_text(sys.stdin.read(), "stdin", errors)
+    return decode_text(buffer.read(), "stdin", errors)
+
+
+def _only_escaped(text: str) -> bool:
+    """Whether every surrogate in ``text`` is an escaped byte (U+DC80..U+DCFF)."""
+    return all("\udc80" <= c <= "\udcff" for c in text if "\ud800" <= c <= "\udfff")
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:

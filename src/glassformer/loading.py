@@ -40,6 +40,9 @@ def is_glassformer_dir(directory: str | os.PathLike) -> bool:
 def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> PretrainedModel:
     """A glassformer model from ``directory``, converting a Hugging Face checkpoint on the fly."""
     config = read_config_dict(directory)
+    from glassformer.memory import check_model_dir  # sized on the meta device, against the header and memory
+
+    check_model_dir(directory, map_location)
     if is_glassformer_config(config):
         return MODEL_CLASSES[config["model_type"]].from_pretrained(directory, map_location=map_location)
     from glassformer.interop import load_hf  # the converters (~0.2 s) only for a Hugging Face directory

@@ -298,3 +298,93 @@ def generation_bytes(n_params: int, *, sequences: int, total_len: int, d_model: 
     source positions), and a row of logits per sequence (twice, for sampling or beam scores)."""
     kv = 2 * n_layers * sequences * (total_len + cross_len) * d_model * FP32
     return n_params * FP32 + kv + 2 * sequences * vocab_size * FP32 + sequences * total_len * 8
+
+
+# ------------------------------------------------------------- a model directory, before it is built
+
+_LAYER_KEY = r"^(encoder|decoder)\.layers\.(\d+)\."  # a stack's layer index in a weight's name
+# the config fields a mismatched dimension is most likely to come from, most likely first
+_WIDTH_FIELDS = ("vocab_size", "d_model", "d_ff", "max_len", "n_heads", "n_kv_heads", "num_labels", "type_vocab_size")
+
+
+def check_model_dir(directory: str | os.PathLike, device: torch.device | str = "cpu") -> None:
+    """Everything a model directory's ``config.json`` promises, checked before the model is built:
+    a glassformer config against its ``model.safetensors`` header (:func:`check_config_matches_weights`)
+    and the memory available; a Hugging Face config by :func:`check_hf_weights`. A config with no
+    weights file beside it is left to the loader, which names the missing file."""
+    from glassformer.io import read_json
+
+    directory = Path(directory)
+    data = read_json(directory / "config.json", error=CheckpointError)
+    _, config_classes = _model_classes()
+    if data.get("model_type") in config_classes and ("d_model" in data or "hidden_size" not in data):
+        if (directory / "model.safetensors").is_file():
+            check_config_matches_weights(directory, device)
+    else:
+        check_hf_weights(directory, device)
+
+
+def _depth(config: Any, stack: str) -> tuple[str, int]:
+    """(the config field giving ``stack``'s depth, the depth)."""
+    if stack == "decoder" and hasattr(config, "n_decoder_layers"):
+        return ("n_decoder_layers" if config.n_decoder_layers is not None else "n_layers"), config.decoder_layers
+    return "n_layers", config.n_layers
+
+
+def _field_for(config: Any, expected: tuple[int, ...], stored: tuple[int, ...]) -> tuple[str, int] | None:
+    """The config field whose value is the dimension where ``expected`` and ``stored`` differ."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    ints = {k: v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
+    order = [f for f in _WIDTH_FIELDS if f in ints] + [f for f in ints if f not in _WIDTH_FIELDS]
+    for want, have in zip(expected, stored):
+        if want != have:
+            for name in order:
+                if ints[name] == want:
+                    return name, want
+    return None
+
+
+def check_config_matches_weights(directory: str | os.PathLike, device: torch.device | str = "cpu") -> int:
+    """A glassformer ``config.json`` that describes the weights in ``model.safetensors``, and a model
+    that fits on ``device``; returns its parameter count. Nothing of the model is allocated: the
+    depth is read from the header's layer names, the widths from a one-layer copy of the model on
+    the meta device, so ``n_layers: 10**6`` or ``d_ff: 10**12`` costs no more than a small model.
+    A mismatch is a :class:`CheckpointError` naming the config field and both files."""
+    import re
+    from unittest import mock
+
+    from glassformer.io import read_json
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    data = read_json(config_path, error=CheckpointError)
+    model_classes, config_classes = _model_classes()
+    kind = data.get("model_type")
+    try:
+        config = config_classes[kind].from_dict(data)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    header = safetensors_header(weights_path)
+    layers: dict[str, set[int]] = {}
+    for name in header:
+        m = re.match(_LAYER_KEY, name)
+        if m:
+            layers.setdefault(m.group(1), set()).add(int(m.group(2)))
+    for stack, indices in sorted(layers.items()):
+        field, want = _depth(config, stack)
+        if want != max(indices) + 1:
+            raise CheckpointError(f"{config_path}: {field} is {want}, but {weights_path.name} holds "
+                                  f"{max(indices) + 1} {stack} layers; the config does not belong to these weights")
+    one = dataclasses.replace(config, n_layers=1, **({"n_decoder_layers": 1} if hasattr(config, "n_decoder_layers")
+                                                      else {}))
+    with torch.device("meta"), mock.patch.object(torch.nn.init, "normal_", lambda tensor, *a, **k: tensor):
+        shallow = model_classes[kind](one)
+    for name, tensor in shallow.state_dict().items():
+        if name not in header or tuple(tensor.shape) == header[name][1]:
+            continue
+        expected, stored = tuple(tensor.shape), header[name][1]
+        found = _field_for(config, expected, stored)
+        what = f"{found[0]} is {found[1]}, but" if found else "it does not match:"
+        raise CheckpointError(f"{config_path}: {what} {weights_path.name} holds {name!r} with shape {stored} (the "
+                              f"config implies {expected}); the config does not belong to these weights")
+    return check_model_fits(config, device, str(config_path))

@@ -24,15 +24,21 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", "--text", dest="prompts", action="append", metavar="TEXT",
                    help="input text (repeatable); without it, one input per line of stdin")
     p.add_argument("--batch-size", type=int, default=32, help="inputs run together (default 32)")
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                   help="input bytes that are not UTF-8: stop with an error (strict, the default) or replace them")
 
 
 def read_inputs(args: argparse.Namespace) -> list[str]:
-    """``--prompt`` values, else the lines of stdin (a trailing newline does not add an input)."""
+    """``--prompt`` values, else the lines of stdin (a trailing newline does not add an input);
+    bytes that are not UTF-8 are refused naming the input and the offset (see ``--errors``)."""
+    from glassformer.io import check_text, read_stdin_text
+
+    errors = getattr(args, "errors", "strict")
     if args.prompts is not None:
-        return list(args.prompts)
+        return [check_text(p, f"--prompt {i + 1}", errors) for i, p in enumerate(args.prompts)]
     if sys.stdin is None or sys.stdin.isatty():
         raise ValueError("no input: pass --prompt TEXT or pipe one input per line on stdin")
-    lines = sys.stdin.read().splitlines()
+    lines = read_stdin_text(errors).splitlines()
     if not lines:
         raise ValueError("no input: stdin was empty")
     return lines

@@ -16,6 +16,7 @@ from typing import Literal
 
 from glassformer.data.corpus import iter_file_text
 from glassformer.errors import DataError
+from glassformer.io import parse_json
 
 Format = Literal["csv", "tsv", "jsonl"]
 EXTENSIONS: dict[str, Format] = {
@@ -55,10 +56,7 @@ def iter_rows(path: str | os.PathLike, format: str | None = None, errors: str = 
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+            obj = parse_json(line, f"{path}:{line_no}", DataError, lines=False)
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
             yield line_no, obj

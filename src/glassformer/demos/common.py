@@ -49,6 +49,8 @@ class DemoRun:
         # the default run directory belongs to the demo: each demo replaces its previous run there
         overwrite = bool(args.overwrite) or (default_out and (out / "train_config.json").is_file())
         minutes = args.minutes if getattr(args, "minutes", None) is not None else default_minutes
+        if not math.isfinite(minutes) or minutes <= 0:
+            raise ValueError(f"--minutes {minutes}: must be a finite, positive number of minutes")
         return cls(name, out, overwrite, minutes, args.max_steps, args.seed, args.progress)
 
     @classmethod

@@ -76,7 +76,9 @@ class GenerationConfig:
             _number("top_p", self.top_p, "in (0, 1]", lambda x: 0 < x <= 1)
         _number("repetition_penalty", self.repetition_penalty, "a finite number > 0 (1 = off)", lambda x: x > 0)
         if self.seed is not None:
-            _integer("seed", self.seed)
+            _integer("seed", self.seed, minimum=0)
+            if self.seed >= 2**63:  # torch seeds are 64-bit; input i draws with seed + i
+                raise ValueError(f"seed must be below 2**63, got {self.seed}")
         _integer("num_beams", self.num_beams, minimum=1)
         _number("length_penalty", self.length_penalty, "a finite number", lambda x: True)
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):

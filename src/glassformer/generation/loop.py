@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from glassformer.generation.config import GenerationConfig
-from glassformer.generation.sampling import draw, filter_logits, penalize_seen
+from glassformer.generation.sampling import check_finite_scores, draw, filter_logits, penalize_seen
 from glassformer.io import eval_mode
 
 Streamer = Callable[[int, int], None]  # streamer(input_row, token_id), called once per new token
@@ -212,6 +212,7 @@ class Sampler:
 
     def choose(self, step: int, logits: Tensor, live: list[Hyp], last: bool):
         c = self.config
+        check_finite_scores(logits)
         scores = logits
         if self.banned is not None:
             scores = scores.masked_fill(self.banned, float("-inf"))
@@ -259,11 +260,26 @@ class Sampler:
         return [h.new for h in self.hyps]
 
 
+def check_beams_fit(num_beams: int, inputs: int, family: Family) -> None:
+    """Refuse a beam count whose rows (inputs × beams, each with its KV cache and a row of scores
+    over the vocabulary) cannot fit in the device's memory, before any is allocated."""
+    from glassformer.memory import check_fits, generation_bytes
+
+    config = getattr(getattr(family, "model", None), "config", None)
+    layers = (getattr(config, "n_layers", 0) or 0) + (getattr(config, "decoder_layers", 0) or 0)
+    length = getattr(family, "capacity", None) or getattr(config, "max_len", 0) or 0
+    need = generation_bytes(0, sequences=inputs * num_beams, total_len=length, d_model=getattr(config, "d_model", 0) or 0,
+                            n_layers=layers, vocab_size=family.vocab_size)
+    check_fits(need, family.device, f"num_beams {num_beams} for {inputs} input(s)",
+               "use fewer beams (--beam)")
+
+
 class BeamSearch:
     """``num_beams`` rows per input; see the module docstring."""
 
     def __init__(self, config, family, live, eos, stop, tokenizer, on_step) -> None:
         self.k, self.v, self.lp = config.num_beams, family.vocab_size, config.length_penalty
+        check_beams_fit(self.k, len(live), family)
         self.family, self.eos, self.stop, self.tokenizer, self.on_step = family, eos, stop, tokenizer, on_step
         self.device = family.device
         self.banned = suppress_mask(config.suppress_tokens, self.v, self.device)
@@ -282,6 +298,7 @@ class BeamSearch:
         k, v = self.k, self.v
         a = self.scores.shape[0]  # inputs still searching
         per = self.scores.shape[1]  # rows per input: 1 at the first step, k afterwards
+        check_finite_scores(logits)
         logp = torch.log_softmax(logits, dim=-1)  # (A·per, V)
         if self.banned is not None:  # never chosen; the others keep their probabilities
             logp = logp.masked_fill(self.banned, float("-inf"))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from glassformer.errors import NonFiniteError
 from glassformer.generation.config import GenerationConfig
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -67,12 +68,32 @@ def penalize_seen(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     """logits / temperature. Temperature 0 (greedy) leaves the logits as they are: the argmax
-    does not depend on scale, and dividing by zero would give inf - inf = NaN."""
+    does not depend on scale, and dividing by zero would give inf - inf = NaN.
+
+    When the division overflows (a tiny temperature such as ``1e-30``), the row's largest logit
+    is subtracted first (softmax does not change): the others then go to ``-inf`` instead of the
+    largest to ``+inf``, which is the greedy limit rather than NaN probabilities."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature in (0.0, 1.0):
         return logits
-    return logits / temperature
+    scaled = logits / temperature  # (B, V)
+    if bool(torch.isposinf(scaled).any()) and not bool(torch.isposinf(logits).any()):
+        top = logits.amax(dim=-1, keepdim=True)  # (B, 1)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # an all -inf row stays -inf
+        scaled = (logits - top) / temperature  # (B, V), every finite score <= 0
+    return scaled
+
+
+def check_finite_scores(logits: Tensor) -> None:
+    """Refuse logits holding NaN or +inf (a model whose weights hold NaN/inf, or an overflow):
+    sampling from them would fail inside ``torch.multinomial`` and greedy decoding would pick
+    arbitrary tokens. ``-inf`` is allowed (a suppressed token)."""
+    bad = torch.isnan(logits) | torch.isposinf(logits)  # (B, V)
+    if bool(bad.any()):
+        raise NonFiniteError("the model's next-token scores are NaN or infinite; its weights (or its input) hold "
+                             "NaN/inf values, or a layer overflowed. Check the checkpoint (was training stopped "
+                             "by a diverging loss?)")
 
 
 def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
@@ -124,6 +145,9 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int | None = None, 
 def draw(scores: Tensor, generator: Generators = None) -> Tensor:
     """One token per row from softmax(scores): (B, V) -> (B,). ``generator`` is one
     ``torch.Generator`` for the batch or one per row (see :func:`make_generators`)."""
+    if bool(torch.isneginf(scores).all(dim=-1).any()):
+        raise ValueError("every token is excluded for a row (suppressed, or removed by top-k/top-p); nothing "
+                         "can be drawn")
     probs = scores.softmax(dim=-1)  # (B, V), in fp32
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
@@ -150,6 +174,7 @@ def sample_next(
     validate_sampling(temperature, top_k, top_p)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
+    check_finite_scores(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
     return draw(filter_logits(logits, temperature, top_k, top_p), generator)

@@ -28,6 +28,7 @@ from glassformer.generation.gpt import generate_lists
 from glassformer.generation.loop import first_not_none
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.streaming import TextStreamer, cut_at_stop
+from glassformer.io import check_text
 from glassformer.tokenizers.base import pad_id
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def encode_all(texts: Sequence[str], what: str, encode: Callable[[str], list[int
     """``encode(text)`` of each text; an error names the input that could not be encoded."""
     out = []
     for i, text in enumerate(texts):
+        text = check_text(text, f"{what} {i + 1}")  # a str of valid Unicode (lone surrogates refused)
         try:
             out.append(encode(text))
         except DataError as e:

@@ -238,7 +238,7 @@ def start_writing(config: TrainConfig, process: ProcessContext, setup: Any, fing
     """Rank 0: move a replaced run aside, write the resolved config, the data fingerprint and the
     tokenizer. Returns the :class:`Replaced` run (deleted at the first checkpoint)."""
     out = config.run_dir
-    replaced = Replaced(out)
+    replaced = Replaced(out, fresh=not config.resume)  # a failed fresh start leaves no trace
     if process.is_main:
         if config.overwrite:
             replaced.move_aside()

@@ -3,13 +3,16 @@ notices has changed.
 
 * :class:`RunLock`: an exclusive ``flock`` on ``RUN/.lock`` held for the whole run. The kernel
   drops it when the process ends, however it ends (kill -9 included), so a lock is never
-  stale. The file holds the holder's PID, for the message a second run prints.
+  stale. The file holds the holder's PID, for the message a second run prints. It is opened
+  without following links (a ``.lock`` that is a symlink is refused, never written through),
+  and a lock whose run left nothing removes itself (and the directory, if it made it).
 * :class:`Replaced`: ``--overwrite`` moves the previous run's files into ``RUN/.replaced-PID/``
   and deletes them only once the new run has saved its first checkpoint; a run that fails
-  before that puts them back. A run killed before that leaves them for the next start, which
+  before that removes its own files and puts them back (a fresh run that fails leaves no trace). A run killed before that leaves them for the next start, which
   puts them back (no checkpoint yet) or deletes them (the new run got one).
 * :func:`data_fingerprint` / :func:`check_data_unchanged`: every data file's absolute path,
-  size, modification time and a hash of sampled blocks, written as ``RUN/data.json``; a
+  size, modification time and a SHA-256 of the whole file (of sampled blocks above
+  :data:`WHOLE_HASH_LIMIT`, which the fingerprint and a log line say), written as ``RUN/data.json``; a
   ``--resume`` after a change stops with a line naming the file (or warns, with
   ``--allow-data-change``).
 * :func:`absolute_spec` and :func:`check_out_outside_data`: paths stored absolute, so a run
@@ -20,6 +23,7 @@ notices has changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -46,7 +50,8 @@ _REPLACED = re.compile(r"^\.replaced-(\d+)$")
 
 # What a run writes at the root of --out; --overwrite moves exactly these aside, nothing else.
 RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl",
-             "train_config.json", DATA_NAME, "loss.png", "checkpoints", "attention", "attention.png")
+             "train_config.json", DATA_NAME, "loss.png", "checkpoints", "attention", "attention.png",
+             "summary.json")  # a demo's figures: they belong to the model beside them
 
 
 class RunDirError(GlassformerError, ValueError):
@@ -62,35 +67,74 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
+        self.made_dir = self.made_file = False  # what acquire() created, so release() can tidy it
 
     def acquire(self) -> RunLock:
-        """Take the lock or raise :class:`RunDirError` naming the PID that holds it."""
+        """Take the lock or raise :class:`RunDirError` naming the PID that holds it.
+
+        The lock file is opened with ``O_NOFOLLOW``: a ``.lock`` that is a symbolic link is
+        refused rather than followed (the PID would be written into the file it points to).
+        """
         if fcntl is None or self.fd is not None:
             return self
+        self.made_dir = not self.path.parent.exists()
         make_dirs(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # 0o666 & ~umask, like open()
+        self.made_file = not os.path.lexists(self.path)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666)  # 0o666 & ~umask, like open()
+        except OSError as e:
+            if e.errno == errno.ELOOP or self.path.is_symlink():
+                raise RunDirError(f"{self.path}: is a symbolic link; a run's lock file must be a plain file (remove "
+                                  f"the link, or choose another --out)") from None
+            raise RunDirError(f"{self.path}: cannot open the run's lock file ({e.strerror})") from None
+        if not _is_regular(fd):
+            os.close(fd)
+            raise RunDirError(f"{self.path}: is not a plain file; remove it, or choose another --out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise RunDirError(f"--out {self.path.parent}: another training run (PID {holder}) is writing it; wait for "
-                              f"it to finish or choose another --out") from None
+            raise RunDirError(f"{self.path.parent}: another glassformer process (PID {holder}) is writing it (a "
+                              f"training run, or a convert); wait for it to finish or choose another "
+                              f"directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self.fd = fd
         return self
 
-    def release(self) -> None:
-        if self.fd is not None:
+    def release(self, remove: bool = False) -> None:
+        """Unlock. A lock file this lock created is removed when the directory holds no run files
+        (a run that failed before writing any) or when ``remove`` (a convert, which leaves no lock
+        behind), and so is the directory when this lock made it and it is empty. The file is
+        removed while still locked, so no other process can hold a lock on a removed file."""
+        if self.fd is None:
+            return
+        if self.made_file and self.path.parent.is_dir() and (remove or not _run_files_in(self.path.parent)):
             with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+                self.path.unlink()  # still locked: a process that opens it now gets a new file
+            if self.made_dir:
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()  # only if empty
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
     @property
     def held(self) -> bool:
         return self.fd is not None
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _run_files_in(run_dir: Path) -> list[str]:
+    return [n for n in RUN_FILES if os.path.lexists(run_dir / n)]
 
 
 # ------------------------------------------------------------------------------ --overwrite
@@ -104,16 +148,22 @@ def _remove(path: Path) -> None:
 
 
 class Replaced:
-    """The previous run's files, moved aside by ``--overwrite`` until the new run has a checkpoint."""
+    """The previous run's files, moved aside by ``--overwrite`` until the new run has a checkpoint.
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    ``fresh`` (not a ``--resume``): the new run's own files are removed if it fails before its
+    first checkpoint, so a failed start leaves no trace (and the old run, if any, comes back).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, fresh: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.aside = self.run_dir / f"{REPLACED_PREFIX}{os.getpid()}"
         self.names: list[str] = []
+        self.fresh = fresh
+        self.committed = False  # the new run saved a checkpoint
 
     def move_aside(self) -> bool:
         """Move every run file present into ``.replaced-PID/``; True when there was any."""
-        present = [n for n in RUN_FILES if (self.run_dir / n).exists() or (self.run_dir / n).is_symlink()]
+        present = _run_files_in(self.run_dir)
         if not present:
             return False
         make_dirs(self.aside)
@@ -126,23 +176,31 @@ class Replaced:
 
     def discard(self) -> None:
         """The new run saved a checkpoint: delete the old run for good."""
+        self.committed = True
         if self.names and self.aside.is_dir():
             shutil.rmtree(self.aside, ignore_errors=True)
         self.names = []
 
     def restore(self) -> None:
-        """The new run failed before its first checkpoint: put the old run back."""
-        if not self.names:
+        """The new run failed before its first checkpoint: remove what it wrote (a fresh run) and
+        put the old run back."""
+        if self.committed:
             return
-        restore_dir(self.run_dir, self.aside)
+        if self.names:
+            restore_dir(self.run_dir, self.aside)
+        elif self.fresh:
+            for name in _run_files_in(self.run_dir):
+                _remove(self.run_dir / name)
         self.names = []
 
 
 def restore_dir(run_dir: Path, aside: Path) -> None:
-    """Replace the run files in ``run_dir`` with the ones kept in ``aside``; remove ``aside``."""
+    """Put the run kept in ``aside`` back in ``run_dir``: every run file of the run that replaced it
+    (which never saved a checkpoint) is removed first, so nothing of the two is mixed; then
+    ``aside`` is removed."""
     for name in RUN_FILES:
-        if (aside / name).exists() or (aside / name).is_symlink():
-            _remove(run_dir / name)
+        _remove(run_dir / name)
+        if os.path.lexists(aside / name):
             os.replace(aside / name, run_dir / name)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -223,23 +281,50 @@ def check_out_outside_data(out: Path, spec: str | None) -> None:
 
 # ------------------------------------------------------------------------------ fingerprint
 
-SAMPLE_BLOCK = 1 << 16  # bytes hashed at each sampled position
+WHOLE_HASH_LIMIT = 64 << 20  # files up to this size are hashed whole (~0.1 s per 64 MB)
+SAMPLE_BLOCK = 1 << 16  # bytes hashed at each sampled position of a larger file
 SAMPLES = 16  # positions sampled through a large file (first and last block included)
 
 
-def file_fingerprint(path: Path) -> dict[str, Any]:
-    """Size, mtime and a SHA-256 over sampled blocks (the whole file when it is small)."""
-    st = path.stat()
+def _sampled_digest(f, size: int) -> str:
     digest = hashlib.sha256()
+    span = size - SAMPLE_BLOCK
+    for i in range(SAMPLES):
+        f.seek(span * i // (SAMPLES - 1))
+        digest.update(f.read(SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Size, mtime and a SHA-256 of the whole file; above :data:`WHOLE_HASH_LIMIT` bytes, of
+    :data:`SAMPLES` sampled blocks only (``"hashed": "sampled"``, and a log line says so: an edit
+    between the samples that keeps the size and the mtime goes unnoticed)."""
+    st = path.stat()
+    whole = st.st_size <= WHOLE_HASH_LIMIT
     with open(path, "rb") as f:
-        if st.st_size <= SAMPLE_BLOCK * SAMPLES:
-            digest.update(f.read())
+        if whole:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            sha = digest.hexdigest()
         else:
-            span = st.st_size - SAMPLE_BLOCK
-            for i in range(SAMPLES):
-                f.seek(span * i // (SAMPLES - 1))
-                digest.update(f.read(SAMPLE_BLOCK))
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
+            sha = _sampled_digest(f, st.st_size)
+            log.info("%s: %d bytes, larger than %d MB: its fingerprint hashes %d sampled blocks of %d KB, not the "
+                     "whole file (a change elsewhere is noticed by its size or modification time)",
+                     path, st.st_size, WHOLE_HASH_LIMIT >> 20, SAMPLES, SAMPLE_BLOCK >> 10)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
+            "hashed": "whole" if whole else f"sampled ({SAMPLES} blocks of {SAMPLE_BLOCK} bytes)"}
+
+
+def _legacy_sampled_sha256(path: str, size: int) -> str | None:
+    """The hash a fingerprint from before whole-file hashing stored (``sampled_sha256``)."""
+    try:
+        with open(path, "rb") as f:
+            if size <= SAMPLE_BLOCK * SAMPLES:
+                return hashlib.sha256(f.read()).hexdigest()
+            return _sampled_digest(f, size)
+    except OSError:
+        return None
 
 
 def data_files(spec: str | None) -> list[Path]:
@@ -262,6 +347,18 @@ def write_data_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     atomic_write_json(run_dir / DATA_NAME, fingerprint)
 
 
+def _same_hash(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    if "sha256" in old:
+        return new["sha256"] == old["sha256"]
+    return _legacy_sampled_sha256(new["path"], new["size"]) == old.get("sampled_sha256")  # an older data.json
+
+
+def _hashed_whole(old: dict[str, Any]) -> bool:
+    if "hashed" in old:
+        return old["hashed"] == "whole"
+    return isinstance(old.get("size"), int) and old["size"] <= SAMPLE_BLOCK * SAMPLES
+
+
 def check_data_unchanged(run_dir: Path, spec: str | None, allow_change: bool) -> dict[str, Any]:
     """Compare the data with the fingerprint the run saved; returns the current fingerprint.
 
@@ -279,10 +376,12 @@ def check_data_unchanged(run_dir: Path, spec: str | None, allow_change: bool) ->
         new = after.get(name)
         if new is None:
             problem = f"{name}: was part of the run's data and is gone"
-        elif new["size"] != old.get("size") or new["sampled_sha256"] != old.get("sampled_sha256"):
-            problem = f"{name}: changed since the run started (size {old.get('size')} -> {new['size']} bytes)"
-        elif new["mtime_ns"] != old.get("mtime_ns") and new["size"] > SAMPLE_BLOCK * SAMPLES:
-            problem = f"{name}: was modified since the run started"  # a small file is hashed whole
+        elif new["size"] != old.get("size") or not _same_hash(new, old):
+            sizes = f"size {old.get('size')} -> {new['size']} bytes" if new["size"] != old.get("size") else \
+                "same size, different contents"
+            problem = f"{name}: changed since the run started ({sizes})"
+        elif new["mtime_ns"] != old.get("mtime_ns") and not _hashed_whole(old):
+            problem = f"{name}: was modified since the run started"  # a file hashed whole is judged by its hash
         if problem:
             break
     if problem is None:
