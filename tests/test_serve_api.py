@@ -74,6 +74,30 @@ def test_the_four_steps_are_explains_numbers(env):
         want = four_steps(served.model, ids, ref.layer, ref.head, query, kind=ref.kind, tgt_ids=tgt)
         assert s["raw_scores"] == want.raw_scores.tolist() and s["weights"] == want.weights.tolist()
         assert s["z"] == want.z.tolist() and s["ok"] and s["head"] == ref.label
+        assert s["rotary"] is None  # added positions: no rotation to show
+
+
+def test_the_four_steps_of_a_rotary_model_show_where_the_rotation_enters(tmp_path):
+    """With rotary positions, ``steps`` adds q and the keys before and after their turn; the turned
+    scores are step 2's and the model's (test_llama_tools.py runs it on a Llama directory)."""
+    from conftest import TINY_TEXT, randomize
+    from glassformer.explain.rotary import rotary_view
+    from glassformer.models import GPT, GPTConfig
+    from glassformer.serve import handlers
+    from glassformer.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("char", TINY_TEXT)
+    torch.manual_seed(0)
+    randomize(GPT(GPTConfig.from_name("llama-tiny", vocab_size=tok.vocab_size))).save_pretrained(tmp_path / "rotary")
+    tok.save(tmp_path / "rotary")
+    served = open_models([tmp_path / "rotary"], warm=False)[0]
+    s = handlers.steps(served, TEXT, "1.3", 6)
+    r = s["rotary"]
+    want = rotary_view(served.model, tok.encode(TEXT), 1, 3, 6)
+    assert r["q"] == want.q.tolist() and r["keys_rot"] == want.keys_rot.tolist() and r["kv_head"] == 1
+    assert r["ok"] and r["scores"] == pytest.approx(s["scaled_scores"], rel=1e-5, abs=1e-6)
+    assert r["scores_unrotated"] != pytest.approx(r["scores"], abs=1e-3)  # positions change the scores
+    assert len(r["keys"]) == len(tok.encode(TEXT)) and json.loads(json.dumps(s)) == s  # JSON as it is
 
 
 def test_ablation_changes_predictions_and_matches_switching_the_head_off(env):

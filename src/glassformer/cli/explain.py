@@ -65,7 +65,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "explain", help="the four steps of attention, with real numbers, for one token",
         description="Walk one head through QKᵀ, ÷√d_k, softmax and ·V for one query token, and check the "
-        "result against the model's own attention output (max difference ≤ 1e-5).",
+        "result against the model's own attention output (max difference ≤ 1e-5). With rotary positions "
+        "(Llama, Mistral, Qwen2), also q and k before and after their rotation, and the scores without and "
+        "with positions, checked against the model's own scores.",
     )
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("text", nargs="*", help="the text (the source, for an encoder-decoder); several with --masks")
@@ -172,7 +174,13 @@ def run_explain(args: argparse.Namespace) -> int:
         Console().print(four_steps_table(e.steps, e.k_tokens, e.q_token))
     else:
         sys.stdout.write(format_four_steps(e.steps, e.k_tokens, e.q_token))
-    return 0 if e.steps.ok else 1
+    if e.rotary is not None:
+        from glassformer.explain.rotary import format_rotary_view
+
+        sys.stdout.write("\nwhere the rotation enters (rotary positions, before step 1): q and each k turned by their "
+                         "positions; the scores above are the turned ones\n")
+        sys.stdout.write(format_rotary_view(e.rotary, e.k_tokens) + "\n")
+    return 0 if e.ok else 1
 
 
 def _run_masks(args: argparse.Namespace) -> int:

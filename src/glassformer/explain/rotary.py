@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from glassformer.explain.steps import TOLERANCE
+
 
 @dataclass
 class RotaryView:
@@ -41,6 +43,24 @@ class RotaryView:
     scores: Tensor  # (T,) q_rot · k_rotⱼ / √d_k
     model_scores: Tensor  # (T,) the model's attn.scores row
     max_diff: float  # max |scores - model_scores|
+
+    @property
+    def ok(self) -> bool:
+        """The recomputed scores equal the model's within :data:`~glassformer.explain.steps.TOLERANCE`,
+        relative to the largest score (float32 scores of a wide head carry that many digits)."""
+        return self.max_diff <= TOLERANCE * max(1.0, float(self.model_scores.abs().max()))
+
+    def to_json(self) -> dict:
+        """JSON-ready: every vector as a list of floats (what the explorer's four-steps panel shows)."""
+        def v(t: Tensor) -> list:
+            return t.tolist()
+
+        return {
+            "layer": self.layer, "head": self.head, "kv_head": self.kv_head, "token": self.token,
+            "rotary_dim": self.rotary_dim, "angles": v(self.angles), "q": v(self.q), "q_rot": v(self.q_rot),
+            "keys": v(self.keys), "keys_rot": v(self.keys_rot), "scores_unrotated": v(self.scores_unrotated),
+            "scores": v(self.scores), "model_scores": v(self.model_scores), "max_diff": self.max_diff, "ok": self.ok,
+        }
 
 
 def rotary_view(model: nn.Module, input_ids: Tensor | list[int], layer: int, head: int, token: int) -> RotaryView:
@@ -99,7 +119,7 @@ def format_rotary_view(view: RotaryView, tokens: list[str] | None = None, width:
         name = (tokens[j] if tokens is not None and j < len(tokens) else "")[:10]
         lines.append(f"{j:>4}  {name:<10} {vec(view.keys[j]):<34} {vec(view.keys_rot[j]):<34} "
                      f"{float(view.scores_unrotated[j]):>+9.4f} {float(view.scores[j]):>+15.4f}")
-    lines.append(f"max |q_rot·k_rot/√d - model scores| = {view.max_diff:.2e}")
+    lines.append(f"max |q_rot·k_rot/√d - model scores| = {view.max_diff:.2e}   {'OK' if view.ok else 'MISMATCH'}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from glassformer.explain.capture import attention_set, default_kind, unwrap
+from glassformer.explain.rotary import RotaryView, rotary_view
 from glassformer.explain.steps import FourSteps, four_steps, resolve_kind
 from glassformer.explain.tokens import encode_text, prepare, start_token, token_strings
 from glassformer.explain.trace import greedy_translation
@@ -54,11 +55,18 @@ class ExplainedToken:
     steps: FourSteps
     k_tokens: list[str]  # the positions looked at
     q_token: str  # the query token
+    rotary: RotaryView | None = None  # rotary positions: q and k before and after the turn (else None)
+
+    @property
+    def ok(self) -> bool:
+        """The four steps, and the rotated scores where there are any, equal the model's."""
+        return self.steps.ok and (self.rotary is None or self.rotary.ok)
 
 
 def explain_token(model: nn.Module, tokenizer: Any, text: str, layer: int, head: int, token: int | None = None,
                   kind: str = "auto", target: str | None = None) -> ExplainedToken:
-    """Walk head ``head`` of ``layer`` through the four steps for query ``token`` (default: the last)."""
+    """Walk head ``head`` of ``layer`` through the four steps for query ``token`` (default: the last);
+    with rotary positions, also show q and k before and after their turn (:mod:`.rotary`)."""
     m = unwrap(model)
     kind = resolve_kind(m, kind)
     check_target(m, target)
@@ -72,7 +80,13 @@ def explain_token(model: nn.Module, tokenizer: Any, text: str, layer: int, head:
     if not 0 <= token < len(q_ids):
         raise ValueError(f"--token {token} is out of range: the {kind} queries are positions 0..{len(q_ids) - 1}")
     steps = four_steps(m, ids, layer, head, token, kind=kind, tgt_ids=tgt)
-    return ExplainedToken(steps, token_strings(tokenizer, k_ids), token_strings(tokenizer, q_ids)[token])
+    rotary = rotary_view(m, ids, layer, head, token) if has_rotation(m, kind) else None
+    return ExplainedToken(steps, token_strings(tokenizer, k_ids), token_strings(tokenizer, q_ids)[token], rotary)
+
+
+def has_rotation(model: nn.Module, kind: str) -> bool:
+    """True when the ``kind`` attention turns q and k by their positions (a GPT with rotary positions)."""
+    return getattr(unwrap(model).config, "positions", None) == "rotary" and kind == "decoder-self"
 
 
 def figure_kind(model: nn.Module, kind: str = "auto") -> str:

@@ -68,12 +68,34 @@ class Completion:
     tokens: int  # how many tokens were generated (the eos included)
 
 
+def ids_beyond_tokenizer(model, tokenizer) -> range:
+    """The ids the model can score but the tokenizer cannot write: ``[tokenizer vocab, model vocab)``.
+
+    Real checkpoints pad their embedding to a round size (Qwen2.5-0.5B: 151936 rows for 151665
+    tokenizer ids); those rows were never trained as tokens, and text has no way to show them."""
+    known = getattr(tokenizer, "vocab_size", None)
+    rows = int(model.config.vocab_size)
+    return range(rows, rows) if known is None else range(min(int(known), rows), rows)
+
+
+def within_tokenizer(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
+    """``config`` with the ids beyond the tokenizer (:func:`ids_beyond_tokenizer`) added to
+    ``suppress_tokens``, so they can never be chosen; the config itself when there are none. The
+    decoding loop turns ``suppress_tokens`` into one (V,) mask before the first step."""
+    extra = ids_beyond_tokenizer(model, tokenizer)
+    if not extra:
+        return config
+    log.debug("the model has %d more ids than its tokenizer; they are never generated", len(extra))
+    return config.replace(suppress_tokens=tuple(dict.fromkeys([*config.suppress_tokens, *extra])))
+
+
 def with_special_ids(model, tokenizer, config: GenerationConfig) -> tuple[GenerationConfig, list[int]]:
-    """``config`` with eos and bos filled in (the config's, else the model's, else the tokenizer's),
-    and the eos ids as a list."""
+    """``config`` with eos and bos filled in (the config's, else the model's, else the tokenizer's)
+    and the ids the tokenizer lacks suppressed (:func:`within_tokenizer`), and the eos ids as a list."""
     eos = first_not_none(config.eos_token_id, model.config.eos_token_id, getattr(tokenizer, "eos_id", None))
     eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     bos = first_not_none(config.bos_token_id, model.config.bos_token_id, getattr(tokenizer, "bos_id", None))
+    config = within_tokenizer(model, tokenizer, config)
     return config.replace(eos_token_id=tuple(eos_ids), bos_token_id=bos), eos_ids
 
 

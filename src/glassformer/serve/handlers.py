@@ -27,13 +27,16 @@ from glassformer.errors import GlassformerError
 from glassformer.explain.heads import head_scores, sequence_for_model
 from glassformer.explain.hooks import ablation_hooks
 from glassformer.explain.lens import lens_json, logit_lens
+from glassformer.explain.rotary import rotary_view
 from glassformer.explain.snapshot import load_snapshots, snapshot_weights
 from glassformer.explain.steps import four_steps
+from glassformer.explain.texts import has_rotation
 from glassformer.explain.tokens import start_token, token_strings
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.gpt import generate_lists
 from glassformer.generation.loop import Step
 from glassformer.generation.seq2seq import generate_seq2seq_lists
+from glassformer.generation.text import within_tokenizer
 from glassformer.models.activations import decomposition_names
 
 MAX_TEXT_CHARS = 20_000  # a text longer than this is refused before it is tokenized
@@ -194,7 +197,8 @@ def _role_label(served: Served) -> str:
 
 
 def steps(served: Served, text: str, head: str, query: int, target: str | None = None) -> dict[str, Any]:
-    """The four steps of attention for one head and query position (the numbers ``explain`` prints)."""
+    """The four steps of attention for one head and query position (the numbers ``explain`` prints);
+    ``rotary`` is where rotary positions enter (:mod:`glassformer.explain.rotary`), None without them."""
     m = served.model
     ref = m.parse_head(head)
     enc = encode(served, text, target)
@@ -214,6 +218,8 @@ def steps(served: Served, text: str, head: str, query: int, target: str | None =
         "q": v(s.q), "raw_scores": v(s.raw_scores), "scaled_scores": v(s.scaled_scores),
         "mask": [bool(x) for x in s.mask.tolist()], "weights": v(s.weights), "z": v(s.z), "model_z": v(s.model_z),
         "max_diff": s.max_diff, "weights_max_diff": s.weights_max_diff, "ok": bool(s.ok),
+        # rotary positions: q and the keys before and after their turn, and the scores without / with it
+        "rotary": rotary_view(m, enc.ids, ref.layer, ref.head, query).to_json() if has_rotation(m, ref.kind) else None,
     }
 
 
@@ -344,8 +350,8 @@ def generate(served: Served, text: str, n_steps: int, temperature: float, top_k:
                            + ("; use fill-mask" if m.predicts == "masked" else ""))
     enc = encode(served, text)
     eos = m.config.eos_token_id if m.config.eos_token_id is not None else getattr(tok, "eos_id", None)
-    config = GenerationConfig(max_new_tokens=n_steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                              eos_token_id=eos)
+    config = within_tokenizer(m, tok, GenerationConfig(max_new_tokens=n_steps, temperature=temperature, top_k=top_k,
+                                                       top_p=top_p, seed=seed, eos_token_id=eos))
     found: list[dict[str, Any]] = []
 
     def record(step: Step) -> None:

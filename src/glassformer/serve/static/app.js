@@ -175,8 +175,26 @@ function glassformerExplorer(root, options) {
       box.replaceChildren(t,
         el("p", { text: `4: z = Σ weightⱼ·vⱼ (${s.z.length} numbers): ` + s.z.slice(0, 6).map((x) => fmt(x, 3)).join(" ") + (s.z.length > 6 ? " …" : "") }),
         el("p", { class: s.ok ? "ok" : "bad", text: `checked against the model: max |z − model z| = ${s.max_diff.toExponential(1)}, ` +
-          `max |weights − model weights| = ${s.weights_max_diff.toExponential(1)}` }));
+          `max |weights − model weights| = ${s.weights_max_diff.toExponential(1)}` }),
+        ...(s.rotary ? rotaryPart(s.rotary, keys) : []));
     } catch (e) { box.replaceChildren(el("p", { class: "bad", text: e.message })); }
+  }
+
+  // rotary positions: where the rotation enters, before step 1 (the scores above are the turned ones)
+  function rotaryPart(r, keys) {
+    const vec = (v, n) => "[" + v.slice(0, n || 3).map((x) => fmt(x, 2)).join(" ") + (v.length > (n || 3) ? " …]" : "]");
+    const norm = (v) => fmt(Math.sqrt(v.reduce((a, x) => a + x * x, 0)), 4);
+    const t = el("table", { dataset: { gf: "rotary-table" } }, [el("tr", {}, ["key", "token", "k", "k turned", "q·k/√d", "turned q·k/√d"]
+      .map((h, i) => el("th", { class: i >= 1 && i <= 3 ? "t" : "", text: h })))]);
+    r.scores.forEach((sc, j) => t.append(el("tr", {}, [el("td", { text: String(j) }), el("td", { class: "t", text: show(keys[j].text) }),
+      el("td", { class: "t", text: vec(r.keys[j]) }), el("td", { class: "t", text: vec(r.keys_rot[j]) }),
+      el("td", { text: fmt(r.scores_unrotated[j]) }), el("td", { text: fmt(sc) })])));
+    return [el("p", { class: "t", style: "font-weight:600", text: "where the rotation enters" }),
+      el("p", { class: "hint", text: `rotary positions: before step 1, each pair of dims of q and k turns by position × θ_j ` +
+        `(${r.rotary_dim} of ${r.q.length} dims; key/value head ${r.kv_head}); lengths stay, only angles change; q·k/√d is the score without positions, turned q·k/√d is step 2's` }),
+      el("p", { dataset: { gf: "rotary-q" }, text: `q = ${vec(r.q, 4)} → turned ${vec(r.q_rot, 4)}, |q| = ${norm(r.q)} = ${norm(r.q_rot)}` }),
+      t,
+      el("p", { class: r.ok ? "ok" : "bad", text: `checked against the model's scores: max |q_rot·k_rot/√d − model| = ${r.max_diff.toExponential(1)}` })];
   }
 
   function headChanged() { drawTokens(); drawGrid(); drawHead(); drawSteps(); }
