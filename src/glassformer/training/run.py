@@ -157,6 +157,7 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
         except UnicodeError as e:  # a tokenizer handed bytes that are not text
             raise DataError(f"--data {config.data}: not UTF-8 text ({e}); fix the file or pass --errors replace") from None
         guard.check_probe(config, setup)
+        config = plan_run(config, setup, process.world_size, echo)
         process.barrier()  # every rank has validated before rank 0 writes
         trainer = make_trainer(process, setup.model, config, setup.train_data, setup.val_data, tokenizer=setup.tokenizer,
                                run_dir=out, eval_callbacks=setup.eval_callbacks,
@@ -182,14 +183,46 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
             replaced.restore()  # no checkpoint of the new run yet: the previous run comes back
             raise
         replaced.discard()
+        if setup.on_finish is not None and process.is_main:
+            setup.on_finish(out)
         return result, setup, trainer
     finally:
         lock.release()
 
 
-def next_commands(task: str, out: Path) -> str:
-    """What to try with a trained model (the run directory shell-quoted, ready to paste)."""
-    out = shlex.quote(str(out))
+def plan_run(config: TrainConfig, setup, world_size: int = 1, echo: Callable[[str], None] = print) -> TrainConfig:
+    """Resolve ``--epochs`` and ``--warmup-fraction`` against the data, and say what the run will do."""
+    n = setup.examples if setup.examples is not None else _length(setup.train_data)
+    if config.epochs is not None and n is None:
+        raise ConfigError(f"--epochs: `train {config.task}` draws random windows of its corpus, which has no "
+                          f"epochs; give --max-steps")
+    planned = config.planned(n or 0, world_size)
+    if config.epochs is not None:
+        per_epoch = planned.steps_per_epoch(n, world_size)
+        echo(f"{n:,} training examples, {config.epochs:g} epochs of {per_epoch:,} steps (batch "
+             f"{config.batch_size * config.grad_accum * world_size}) = {planned.max_steps:,} steps; evaluating every "
+             f"{planned.eval_every:,} steps")
+    if config.init:
+        stop = f", early stopping after {config.patience} evaluations without a lower validation loss" \
+            if config.patience else ""
+        echo(f"fine-tuning --init {config.init}: lr {config.lr:g}, {config.schedule} schedule after "
+             f"{planned.warmup_steps} warm-up steps{stop}; the best model is kept")
+    return planned
+
+
+def _length(dataset) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def next_commands(task: str, out: Path, example: str | None = None) -> str:
+    """What to try with a trained model (the run directory shell-quoted, ready to paste); ``example``
+    is a line of the run's own validation data, used as the prompt where it fits."""
+    line = " ".join(example.split())[:120] if example and example.strip() else None
+    q = shlex.quote
+    out = q(str(out))
     lines = {
         # no trailing space: BPE would end the prompt with a lone-space token (text puts spaces before words)
         "gpt": [f'glassformer generate {out} --prompt "The" --max-new-tokens 200',
@@ -202,5 +235,17 @@ def next_commands(task: str, out: Path) -> str:
                     f'glassformer attention {out} "27 Nov 2026" --out cross.png'],
         # the built-in default data is date-order; a classifier of other text takes its own kind of line
         "classifier": [f'glassformer classify {out} --prompt "20 July 2019, then 4 July 1996"'],
+        "embed": [f"glassformer embed {out} --prompt 'A first sentence.' --prompt 'A second sentence.'"],
     }[task]
+    if line is not None:
+        own = {
+            "gpt": f"glassformer generate {out} --prompt {q(line)} --max-new-tokens 200",
+            "bert": f"glassformer fill-mask {out} --prompt {q(line)}",  # the line holds the mask token
+            "seq2seq": f"glassformer translate {out} --prompt {q(line)}",
+            "classifier": f"glassformer classify {out} --prompt {q(line)}",
+            "embed": f"glassformer embed {out} --prompt {q(line)}",
+        }[task]
+        lines = [own, *lines[1:]]
+    if task == "classifier":
+        lines.append(f"glassformer evaluate {out} --data HELD_OUT.csv")
     return "next, try:\n" + "\n".join(f"  {c}" for c in lines)
