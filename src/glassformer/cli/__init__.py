@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lens": ("glassformer.explain.command", "the logit lens: each layer's guess"),
     "ablate": ("glassformer.explain.command", "switch heads off and measure the change"),
     "attribute": ("glassformer.explain.command", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
+    "evaluate": ("glassformer.cli.evaluate", "score a classifier on a labelled file: accuracy, macro-F1, confusion"),
     "convert": ("glassformer.cli.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
 }
 

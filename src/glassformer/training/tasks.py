@@ -280,7 +280,7 @@ def _sentence_transformers_saver(config: TrainConfig) -> Callable[[Path], None]:
         if not (run_dir / "model.safetensors").is_file():
             return  # stopped before its first evaluation: nothing to export
         model, tokenizer = load_model_and_tokenizer(run_dir)
-        save_sentence_transformers(model, tokenizer, run_dir, max_seq_length=config.context, like=config.init)
+        save_sentence_transformers(model, tokenizer, run_dir, like=config.init)
 
     return save
 
