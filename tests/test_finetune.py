@@ -17,7 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_refused, run_main
-from glassformer.data.classification import ClassificationDataset, SentencePairDataset, load_labelled, stratified_split
+from glassformer.data.classification import (
+    ClassificationDataset,
+    SentencePairDataset,
+    load_labelled,
+    stratified_split,
+)
 from glassformer.loading import load_model
 from glassformer.tokenizers import CharTokenizer, build_tokenizer
 from glassformer.training.config import resolve_config
