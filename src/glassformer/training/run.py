@@ -66,6 +66,9 @@ def resolve_run_config(task: str, flags: dict[str, Any], config_file: str | None
                 raise ConfigError(f"--{name.replace('_', '-')} {given[name]!r} differs from the run's "
                                   f"{saved.get(name)!r}; a resumed run keeps its data, tokenizer and model")
         base = {k: v for k, v in saved.items() if k not in PER_INVOCATION}
+        for steps, fraction in (("max_steps", "epochs"), ("warmup_steps", "warmup_fraction")):
+            if steps in given and fraction not in given:  # `--resume --max-steps 4000` means 4000 steps
+                base[fraction] = None
         if not has_checkpoint:
             log.warning("--resume: %s has no checkpoint yet (the run stopped before its first save); "
                         "starting it again from step 0", out)

@@ -1,4 +1,5 @@
-"""One training loop for every objective: GPT, BERT (masked LM), seq2seq and classification.
+"""One training loop for every objective: GPT, BERT (masked LM), seq2seq, classification and
+sentence embeddings (in-batch negatives).
 
 The loop only knows that a dataset hands out batches (``dataset.batch(batch_size, generator)``,
 a dict of the model's forward kwargs plus ``labels``) and that the model returns logits; the
@@ -356,7 +357,7 @@ class Trainer:
                     if eval_now:
                         record.update(self._eval_step(step, reporter))
                         evaluated_at = step
-                        early_stop = cfg.patience is not None and self.evals_since_best >= cfg.patience
+                        early_stop = cfg.patience is not None and self.evals_since_best >= cfg.patience and step < self.max_steps
                     if main and self.metrics is not None:
                         self.metrics.append(record)
                         plot_due = plot_due or eval_now
@@ -370,8 +371,8 @@ class Trainer:
                         reporter.message(f"--max-minutes {cfg.max_minutes:g} reached after step {step}; stopping")
                         break
                     if early_stop:
-                        reporter.message(f"early stop after step {step}: {self.evals_since_best} evaluations without a "
-                                         f"lower validation loss (--patience {cfg.patience}); the best model "
+                        reporter.message(f"early stop after step {step} of {self.max_steps}: {self.evals_since_best} "
+                                         f"evaluation(s) in a row without a lower validation loss (--patience {cfg.patience}); the best model "
                                          f"(val loss {self.best_val_loss:.4f}) is kept")
                         break
                 if self._stop_signal is not None and evaluated_at != self.step:
