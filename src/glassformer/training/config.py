@@ -257,14 +257,24 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # The fine-tuning recipe, on top of the task's defaults whenever ``init`` names a pretrained model:
-# a small learning rate, warmed up over the first 10% of the steps and decayed linearly to zero, a
-# few epochs, the whole validation split at each evaluation, and early stopping on its loss
-# (BERT §A.3: 2-4 epochs at 2e-5 to 5e-5; Mosbach et al., 2021, on warm-up and longer runs).
-# MiniLM-sized encoders take the top of that range (measured in benchmarks/fine_tune.py).
+# a learning rate chosen from the model's width (:func:`finetune_lr`), warmed up over the first 10%
+# of the steps and decayed linearly to zero, a few epochs, the whole validation split at each
+# evaluation, and early stopping on its loss (BERT §A.3: 2-4 epochs; Mosbach et al., 2021, on
+# warm-up and longer runs).
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-4, "min_lr": 0.0, "schedule": "linear", "warmup_fraction": 0.1, "epochs": 3.0, "patience": 2,
+    "lr": 3e-4, "min_lr": 0.0, "schedule": "linear", "warmup_fraction": 0.1, "epochs": 4.0, "patience": 2,
     "batch_size": 16, "weight_decay": 0.01, "eval_batches": 64, "eval_every": 1000,
 }
+
+
+def finetune_lr(width: int | None) -> float:
+    """The fine-tuning learning rate for a model ``width`` (d_model) wide: 3e-4 at MiniLM's 384
+    (the best of 1e-4, 2e-4 and 3e-4 on benchmarks/fine_tune.py's task), falling with the square
+    of the width: 7.5e-5 for BERT-base's 768, 4.2e-5 for BERT-large's 1024 (BERT §A.3 tunes
+    those in 2e-5 .. 5e-5); never above 3e-4."""
+    if not width:
+        return FINETUNE_DEFAULTS["lr"]
+    return min(3e-4, max(1e-5, 3e-4 * (384 / width) ** 2))
 
 
 def _check_model_fields() -> None:
@@ -384,12 +394,13 @@ def _toml_loads(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def resolve_config(task: str, file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "") -> TrainConfig:
+def resolve_config(task: str, file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "",
+                   init_width: int | None = None) -> TrainConfig:
     """defaults < task defaults < fine-tuning recipe (with ``init``) < file < flags -> a validated
     :class:`TrainConfig`. A step count or warmup given without its fraction/epoch counterpart wins
     over the recipe's (``--init X --max-steps 200`` trains 200 steps)."""
     given = {**file_values, **flag_values}
-    recipe = dict(FINETUNE_DEFAULTS) if given.get("init") else {}
+    recipe = {**FINETUNE_DEFAULTS, "lr": finetune_lr(init_width)} if given.get("init") else {}
     if "max_steps" in given and "epochs" not in given:
         recipe.pop("epochs", None)
     if "warmup_steps" in given and "warmup_fraction" not in given:

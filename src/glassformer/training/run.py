@@ -74,21 +74,29 @@ def resolve_run_config(task: str, flags: dict[str, Any], config_file: str | None
                         "starting it again from step 0", out)
             flags = {**flags, "resume": False, "overwrite": True}
         return resolve_config(task, {**base, **file_values}, {**flags, "out": out}, source)
-    if given.get("init") and "context" not in given:
-        flags["context"] = _init_context(str(given["init"]), resolve_config(task, file_values, {}).context)
-    return resolve_config(task, file_values, flags, source)
+    width = None
+    if given.get("init"):
+        data = _init_config(str(given["init"]))
+        width = _first_int(data, ("d_model", "hidden_size", "n_embd"))  # the fine-tuning lr depends on it
+        if "context" not in given:  # the default context, capped at the initial model's max_len
+            limit = _first_int(data, ("max_len", "n_positions", "max_position_embeddings"))
+            default = resolve_config(task, file_values, {}).context
+            flags["context"] = min(default, limit) if limit else default
+    return resolve_config(task, file_values, flags, source, init_width=width)
 
 
-def _init_context(init: str, default: int) -> int:
-    """With --init and no --context: the default context, capped at the initial model's max_len."""
+def _init_config(init: str) -> dict[str, Any]:
+    """The --init model's config.json as a dict ({} when unreadable: reported when the model is loaded)."""
     from glassformer.loading import read_config_dict
 
     try:
-        data = read_config_dict(init)
+        return read_config_dict(init)
     except (OSError, ValueError):
-        return default  # reported properly when the model is loaded
-    limit = next((data[k] for k in ("max_len", "n_positions", "max_position_embeddings") if isinstance(data.get(k), int)), None)
-    return min(default, limit) if limit else default
+        return {}
+
+
+def _first_int(data: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    return next((data[k] for k in keys if isinstance(data.get(k), int) and not isinstance(data.get(k), bool)), None)
 
 
 def _saved_config(run_dir: Path) -> tuple[dict[str, Any], bool]:
