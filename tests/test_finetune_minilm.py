@@ -43,3 +43,21 @@ def test_train_embed_on_minilm_loads_in_sentence_transformers_and_equals_glassfo
     before = st.SentenceTransformer(str(minilm.MODEL_DIR), device="cpu").encode(TEXTS)
     assert np.abs(ours - theirs).max() < 1e-5
     assert np.abs(theirs - before).max() > 1e-3  # the weights did change: the comparison is of the trained model
+
+
+def test_fine_tune_benchmark_smoke_builds_a_disjoint_task_and_reports_every_approach(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fine_tune.py"
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--threads", "1", "--work", str(tmp_path / "w"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["approach"] for r in report["rows"]] == ["minilm", "scratch", "tfidf-word", "tfidf-char"]
+    assert all(0 <= r["accuracy"] <= 1 and r["peak_mb"] > 0 and r["wall_s"] > 0 for r in report["rows"])
+    read = [list(csv.DictReader(open(tmp_path / "w" / name))) for name in ("train.csv", "test.csv")]
+    train, test = ({r["text"] for r in rows} for rows in read)
+    assert not train & test and len({r["label"] for r in read[1]}) == len(report["task"]["per_class"]) >= 2
