@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lens": ("glassformer.cli.explain", "the logit lens: each layer's guess"),
     "ablate": ("glassformer.cli.explain", "switch heads off and measure the change"),
     "attribute": ("glassformer.cli.explain", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
+    "evaluate": ("glassformer.cli.evaluate", "score a classifier on a labelled file: accuracy, macro-F1, confusion"),
     "convert": ("glassformer.cli.convert", "convert a Hugging Face checkpoint to a glassformer directory"),
     "serve": ("glassformer.cli.serve", "the live explorer in the browser: type, click a head, see inside"),
 }

@@ -1,8 +1,11 @@
-"""``glassformer train gpt|bert|seq2seq|classifier``: flags are the :class:`TrainConfig` fields.
+"""``glassformer train gpt|bert|seq2seq|classifier|embed``: flags are the :class:`TrainConfig` fields
+that apply to the task.
 
     glassformer train gpt --data notes.txt --n-layers 4 --d-model 128 --max-steps 2000 --out runs/notes
     glassformer train gpt --config run.yaml --lr 3e-4          # flags win over the file
     glassformer train gpt --out runs/notes --resume --max-steps 4000
+    glassformer train classifier --init all-MiniLM-L6-v2/ --data reviews.csv --text-column review
+    glassformer train embed --init all-MiniLM-L6-v2/ --data pairs.csv      # anchor,positive columns
 
 The run itself is the library's (:mod:`glassformer.training.run`): everything that can be wrong
 with the input is checked before the run directory is touched, so a bad flag, file or ``--init``
@@ -23,6 +26,7 @@ from glassformer.training.config import (
     TASKS,
     ConfigError,
     TrainConfig,
+    applies_to,
     field_help,
     field_types,
     parse_value,
@@ -33,7 +37,12 @@ TASK_HELP = {
     "bert": "a bidirectional encoder (masked-language modelling)",
     "seq2seq": "the paper's encoder-decoder on (source, target) pairs, label smoothing 0.1",
     "classifier": "BERT with a classification head; start from a trained model with --init DIR",
+    "embed": "sentence embeddings from (anchor, positive) pairs, in-batch negatives; saved for sentence-transformers",
 }
+
+RECIPE_NOTE = ("With --init (a pretrained model), the fine-tuning recipe applies: lr 3e-4 for a 384-wide model "
+               "(less for wider ones), linear decay after a 10%% warm-up, 4 epochs, batch 16, early stopping on the "
+               "validation loss (--patience 2); flags win over it.")
 
 def _flag_type(name: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
@@ -52,7 +61,7 @@ def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: t
     import dataclasses
 
     for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+        if f.name in skip or not applies_to(f.name, task):
             continue
         hint = field_types()[f.name]
         flag = "--" + f.name.replace("_", "-")
@@ -69,11 +78,11 @@ def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: t
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a model (gpt, bert, seq2seq, classifier)",
+    parser = subparsers.add_parser("train", help="train a model (gpt, bert, seq2seq, classifier, embed)",
                                    description="Train a model. Flags are the config field names with dashes.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK", parser_class=type(parser))
     for task in TASKS:
-        p = tasks.add_parser(task, help=TASK_HELP[task], description=f"Train {TASK_HELP[task]}.")
+        p = tasks.add_parser(task, help=TASK_HELP[task], description=f"Train {TASK_HELP[task]}. {RECIPE_NOTE}")
         p.add_argument("--config", dest="config_file", default=None, metavar="FILE",
                        help="a YAML or TOML file with config fields; flags given here win over it")
         add_config_flags(p, task)
@@ -109,9 +118,10 @@ def run_command(args: argparse.Namespace) -> int:
               f"glassformer train {config.task} --out {shlex.quote(str(out))} --resume", flush=True)
         return 0
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    print(f"done: {result.step} steps, best val loss {best}; model in {out}/, metrics in {out}/metrics.jsonl, "
+    early = " (stopped early)" if result.early_stopped else ""
+    print(f"done: {result.step} steps{early}, best val loss {best}; model in {out}/, metrics in {out}/metrics.jsonl, "
           f"curve in {out}/loss.png", flush=True)
-    print(next_commands(config.task, out), flush=True)
+    print(next_commands(config.task, out, setup.example), flush=True)
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Text classification (BERT plus a head): labelled files and a built-in task from real text.
+"""Text classification (BERT plus a head): labelled files and a built-in task from real text;
+sentence pairs for both classification (BERT's ``[CLS] a [SEP] b [SEP]``) and contrastive
+sentence-embedding training (:class:`SentencePairDataset`); a seeded, stratified validation split.
 
 The built-in task, ``builtin_classification``, asks "is this snippet English prose or Python
 code?". Prose snippets are paragraphs of the ``python-docs`` corpus (the ``help()`` reference
@@ -33,14 +35,18 @@ BUILTIN_LABELS = ["code", "prose"]
 MAX_CHARS = 160  # longest built-in snippet, in characters
 
 
-class Labelled(NamedTuple):
-    """``(examples, label_names)``: ``(text, label index)`` pairs, and the names of the labels."""
+Text = str | tuple[str, str]  # one text, or a sentence pair
 
-    examples: list[tuple[str, int]]
+
+class Labelled(NamedTuple):
+    """``(examples, label_names)``: ``(text, label index)`` pairs, and the names of the labels.
+    A text is a string, or a ``(first, second)`` pair of strings when read with a pair column."""
+
+    examples: list[tuple[Text, int]]
     label_names: list[str]
 
     @property
-    def texts(self) -> list[str]:
+    def texts(self) -> list[Text]:
         return [text for text, _ in self.examples]
 
     @property
@@ -52,49 +58,78 @@ def _name_order(name: str) -> tuple:
     return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
 
 
+def read_columns(path: str | os.PathLike, columns: Sequence[str], format: str | None = None,
+                 errors: str = "strict") -> list[tuple[str, ...]]:
+    """The named columns of each row of a CSV/TSV (a header row names the columns) or JSON Lines
+    file. A missing column or an empty cell is a DataError naming file, line and column."""
+    path = Path(path)
+    rows: list[tuple[str, ...]] = []
+    header: dict[str, int] | None = None
+    for line, row in iter_rows(path, format, errors):
+        if isinstance(row, dict):
+            for column in columns:
+                if column not in row:
+                    raise DataError(f"{path}:{line}: no field {column!r} (fields: {', '.join(map(repr, row))})")
+            values = tuple(cell(row[c], path, line, c) for c in columns)
+        else:
+            if header is None:
+                header = {c.strip(): i for i, c in enumerate(row)}
+                for column in columns:
+                    if column not in header:
+                        raise DataError(f"{path}:{line}: no column {column!r} in the header "
+                                        f"(columns: {', '.join(map(repr, header))})")
+                continue
+            if len(row) < max(header[c] for c in columns) + 1:
+                raise DataError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
+            values = tuple(row[header[c]] for c in columns)
+        for column, value in zip(columns, values):
+            if not value.strip():
+                raise DataError(f"{path}:{line}: empty {column!r}")
+        rows.append(values)
+    if not rows:
+        raise DataError(f"{path}: no rows" + (" (only a header)" if header else ""))
+    return rows
+
+
 def load_labelled(path: str | os.PathLike, text_column: str = "text", label_column: str = "label",
-                  format: str | None = None, errors: str = "strict") -> Labelled:
-    """Text + label rows from CSV/TSV (a header row names the columns) or JSON Lines.
+                  format: str | None = None, errors: str = "strict", pair_column: str | None = None) -> Labelled:
+    """Text + label rows from CSV/TSV (a header row names the columns) or JSON Lines; with
+    ``pair_column``, each text is the pair ``(text, pair)``.
 
     Label names are sorted (numerically when they are all integers). A missing column, an empty
     text or label, or a label column with a single class is a DataError naming file and line.
     """
     path = Path(path)
-    texts: list[str] = []
-    names: list[str] = []
-    header: dict[str, int] | None = None
-    for line, row in iter_rows(path, format, errors):
-        if isinstance(row, dict):
-            for column in (text_column, label_column):
-                if column not in row:
-                    raise DataError(f"{path}:{line}: no field {column!r} (fields: {', '.join(map(repr, row))})")
-            text, label = cell(row[text_column], path, line, text_column), cell(row[label_column], path, line, label_column)
-        else:
-            if header is None:
-                header = {c.strip(): i for i, c in enumerate(row)}
-                for column in (text_column, label_column):
-                    if column not in header:
-                        raise DataError(f"{path}:{line}: no column {column!r} in the header "
-                                        f"(columns: {', '.join(map(repr, header))})")
-                continue
-            width = max(header[text_column], header[label_column]) + 1
-            if len(row) < width:
-                raise DataError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
-            text, label = row[header[text_column]], row[header[label_column]]
-        if not text.strip():
-            raise DataError(f"{path}:{line}: empty {text_column!r}")
-        if not label.strip():
-            raise DataError(f"{path}:{line}: empty {label_column!r}")
-        texts.append(text)
-        names.append(label.strip())
-    if not texts:
-        raise DataError(f"{path}: no labelled rows" + (" (only a header)" if header else ""))
+    columns = [text_column, *([pair_column] if pair_column else []), label_column]
+    rows = read_columns(path, columns, format, errors)
+    texts: list[Text] = [(r[0], r[1]) if pair_column else r[0] for r in rows]
+    names = [r[-1].strip() for r in rows]
     label_names = sorted(set(names), key=_name_order)
     if len(label_names) < 2:
         raise DataError(f"{path}: the label column {label_column!r} has a single class ({label_names[0]!r}); "
                         f"classification needs at least two")
     index = {name: i for i, name in enumerate(label_names)}
     return Labelled([(t, index[n]) for t, n in zip(texts, names)], label_names)
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices ``(train, val)``: ``val_fraction`` of each class (rounded; at least one of a class
+    with two or more examples, never all of it), drawn at random with ``seed``. A file sorted by
+    label still validates on every class. Both lists keep the original order."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    val: list[int] = []
+    for _, members in sorted(by_class.items()):
+        rng.shuffle(members)
+        n = len(members)
+        k = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
+        val.extend(members[:k])
+    if not val:
+        raise DataError(f"{len(labels)} examples are too few to hold any out for validation")
+    chosen = set(val)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(val)
 
 
 # ---------------------------------------------------------------------- the built-in task
@@ -186,7 +221,49 @@ def builtin_classification(n: int, seed: int = 0) -> Labelled:
     return Labelled(examples, list(BUILTIN_LABELS))
 
 
-# ---------------------------------------------------------------------- dataset
+# ---------------------------------------------------------------------- datasets
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[Text], max_len: int,
+                 where: str) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Model input ids of each text, cut to ``max_len``, and for sentence pairs the segment ids.
+
+    One text reads ``bos ... eos`` (``[CLS] ... [SEP]``) when the tokenizer has both; a pair
+    reads as the tokenizer wraps it (:meth:`~glassformer.tokenizers.base.Tokenizer.wrap`:
+    ``[CLS] a [SEP] b [SEP]``), the longer side cut first (BERT's "longest first").
+    """
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    firsts = [t[0] if isinstance(t, tuple) else t for t in texts]
+    encoded = tokenizer.encode_batch(firsts, add_special_tokens=False)
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise DataError(f"{where}: example {i} has empty text")
+    if not pairs:
+        wrap = tokenizer.bos_id is not None and tokenizer.eos_id is not None
+        body = max_len - 2 if wrap else max_len
+        if body <= 0:
+            raise ValueError(f"max_len={max_len} leaves no room for text")
+        return [[tokenizer.bos_id, *ids[:body], tokenizer.eos_id] if wrap else ids[:body] for ids in encoded], None
+    if not all(isinstance(t, tuple) and len(t) == 2 for t in texts):
+        raise DataError(f"{where}: mixes single texts and sentence pairs")
+    seconds = tokenizer.encode_batch([t[1] for t in texts], add_special_tokens=False)
+    specials = len(tokenizer.wrap([], pair=[]))
+    body = max_len - specials
+    if body < 2:
+        raise ValueError(f"max_len={max_len} leaves no room for a sentence pair")
+    rows, types = [], []
+    for i, (a, b) in enumerate(zip(encoded, seconds)):
+        if not b:
+            raise DataError(f"{where}: example {i} has an empty second text")
+        a, b = list(a), list(b)
+        while len(a) + len(b) > body:  # longest first, one token at a time
+            (a if len(a) >= len(b) else b).pop()
+        first = len(tokenizer.wrap(a))
+        row = tokenizer.wrap(a, pair=b)
+        rows.append(row)
+        types.append([0] * first + [1] * (len(row) - first))
+    return rows, types
+
 
 
 class ClassificationDataset:
@@ -231,16 +308,7 @@ class ClassificationDataset:
                 raise DataError(f"{where}: example {i} has label {y!r}, not one of {self.label_names}")
             self.labels.append(k)
         self.tokenizer, self.max_len = tokenizer, max_len
-        wrap = tokenizer.bos_id is not None and tokenizer.eos_id is not None
-        body = max_len - 2 if wrap else max_len
-        if body <= 0:
-            raise ValueError(f"max_len={max_len} leaves no room for text")
-        self.rows = []
-        for i, ids in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            if not ids:
-                raise DataError(f"{where}: example {i} has empty text")
-            ids = ids[:body]
-            self.rows.append([tokenizer.bos_id, *ids, tokenizer.eos_id] if wrap else ids)
+        self.rows, self.types = encode_texts(tokenizer, list(texts), max_len, where)
         self.sampler = BucketSampler([len(r) for r in self.rows], bucket_factor)
 
     def __len__(self) -> int:
@@ -253,7 +321,10 @@ class ClassificationDataset:
     def collate(self, indices: Sequence[int]) -> dict[str, Tensor]:
         input_ids, attention_mask = pad([self.rows[i] for i in indices], self.tokenizer.pad_id)  # (B, L)
         labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)  # (B,)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.types is not None:  # sentence pairs: segment 0 for [CLS] a [SEP], 1 for b [SEP]
+            batch["token_type_ids"], _ = pad([self.types[i] for i in indices], 0)  # (B, L)
+        return batch
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         return self.collate(self.sampler.sample(batch_size, generator).tolist())
@@ -264,3 +335,48 @@ class ClassificationDataset:
         n_batches = math.ceil(len(order) / batch_size)
         for i in range(n_batches if max_batches is None else min(n_batches, max_batches)):
             yield self.collate(order[i * batch_size: (i + 1) * batch_size])
+
+
+class SentencePairDataset:
+    """(anchor, positive) pairs for contrastive training with in-batch negatives.
+
+    A batch is ``{"input_ids", "attention_mask", "positive_ids", "positive_mask", "labels"}``:
+    row i's positive is row i of the positives, and every other row's positive is a negative for
+    it, so ``labels`` is ``0 .. B-1`` (the loss is :func:`glassformer.training.objectives.contrastive_logits`).
+    Texts are wrapped as the encoder reads them and cut to ``max_len``.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int,
+                 bucket_factor: int = 4, source: str | None = None) -> None:
+        where = source or "the sentence pairs"
+        if len(pairs) < 2:
+            raise DataError(f"{where}: {len(pairs)} pair(s); in-batch negatives need at least two")
+        tokenizer.require("pad", purpose="sentence-pair batches (padding)")
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.pairs = list(pairs)
+        self.anchors, _ = encode_texts(tokenizer, [a for a, _ in pairs], max_len, where)
+        self.positives, _ = encode_texts(tokenizer, [p for _, p in pairs], max_len, where)
+        self.sampler = BucketSampler([max(len(a), len(p)) for a, p in zip(self.anchors, self.positives)], bucket_factor)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def collate(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        input_ids, attention_mask = pad([self.anchors[i] for i in indices], self.tokenizer.pad_id)  # (B, L)
+        positive_ids, positive_mask = pad([self.positives[i] for i in indices], self.tokenizer.pad_id)  # (B, L')
+        labels = torch.arange(len(indices))  # (B,) row i's positive is column i
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "positive_ids": positive_ids,
+                "positive_mask": positive_mask, "labels": labels}
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.collate(self.sampler.sample(min(batch_size, len(self)), generator).tolist())
+
+    def eval_batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict[str, Tensor]]:
+        """Every pair once, in a fixed order (a last batch of one pair is joined to the one before)."""
+        order = list(range(len(self)))
+        starts = list(range(0, len(order), batch_size))
+        if len(starts) > 1 and len(order) - starts[-1] < 2:
+            starts.pop()
+        for k, start in enumerate(starts[: max_batches]):
+            end = starts[k + 1] if k + 1 < len(starts) else len(order)
+            yield self.collate(order[start:end])

@@ -243,3 +243,49 @@ def load_sentence_encoder(directory: str | os.PathLike, map_location: str = "cpu
     if tokenizer is None:
         raise CheckpointError(f"{directory}: no tokenizer.json; sentence vectors start from text")
     return SentenceEncoder(model, tokenizer, read_sentence_config(directory) or SentenceConfig())
+
+
+# ------------------------------------------------------------------------ writing a directory
+
+# tokenizer files sentence-transformers' AutoTokenizer may read besides tokenizer.json, copied from
+# the model a run started from when the run's directory lacks them
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def save_sentence_transformers(model: BERT, tokenizer: Any, directory: str | os.PathLike,
+                               config: SentenceConfig | None = None, *, max_seq_length: int | None = None,
+                               like: str | os.PathLike | None = None) -> Path:
+    """Write ``model`` (a BERT) and ``tokenizer`` as a sentence-transformers directory:
+    the encoder in the Hugging Face BERT layout, ``modules.json`` (Transformer, Pooling,
+    Normalize), ``1_Pooling/config.json`` and ``sentence_bert_config.json``.
+    ``SentenceTransformer(directory)`` loads it, and ``glassformer embed`` gives the same vectors.
+
+    ``config`` defaults to mean pooling and Normalize; ``max_seq_length`` to the model's
+    ``max_len``. ``like``: a directory (the model the run started from) whose pipeline settings
+    and tokenizer files are kept when ``config`` is not given.
+    """
+    from glassformer.interop import save_hf  # the package imports this module
+    from glassformer.io import atomic_write_json, make_dirs
+
+    directory = make_dirs(directory)
+    like_dir = Path(like) if like is not None and Path(like).is_dir() else None
+    if config is None:
+        config = (read_sentence_config(like_dir) if like_dir is not None else None) or SentenceConfig()
+    limit = max_seq_length or config.max_seq_length or model.config.max_len
+    save_hf(model, directory)
+    tokenizer.save(directory)
+    for name in TOKENIZER_EXTRAS:
+        if like_dir is not None and (like_dir / name).is_file() and not (directory / name).is_file():
+            (directory / name).write_bytes((like_dir / name).read_bytes())
+    dim = model.config.d_model
+    pooling = {flag: mode in config.pooling for flag, mode in POOLING_FLAGS.items()}
+    make_dirs(directory / "1_Pooling")
+    atomic_write_json(directory / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, **pooling})
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if config.normalize:
+        make_dirs(directory / "2_Normalize")
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    atomic_write_json(directory / MODULES_FILE, modules)
+    atomic_write_json(directory / SENTENCE_CONFIG_FILE, {"max_seq_length": limit, "do_lower_case": config.do_lower_case})
+    return directory

@@ -5,7 +5,11 @@ dashes: ``--d-model 128``) and the keys of a YAML or TOML file given with ``--co
 resolved config is written into the run directory as ``train_config.json``.
 
 Precedence, lowest first: the field defaults, the task's defaults (:data:`TASK_DEFAULTS`), the
-config file, then flags on the command line.
+fine-tuning recipe when ``init`` names a pretrained model (:data:`FINETUNE_DEFAULTS`), the config
+file, then flags on the command line.
+
+A field's ``tasks`` metadata names the objectives it applies to (``--help`` of ``train bert``
+lists ``--mask-prob``; ``train gpt`` does not); a field without it applies to every task.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from typing import Any, Literal
 
 from glassformer.errors import GlassformerError
 from glassformer.io import read_json
-from glassformer.models.config import ModelConfig, check_value
+from glassformer.models.config import FFN, ModelConfig, Norm, Positions, check_value
 
-Task = Literal["gpt", "bert", "seq2seq", "classifier"]
+Task = Literal["gpt", "bert", "seq2seq", "classifier", "embed"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
 
 
@@ -35,16 +39,17 @@ class ConfigError(GlassformerError, ValueError):
     """A flag, config file or saved run config that cannot be used; names the flag or file."""
 
 
-def opt(default: Any, help: str) -> Any:
-    """A TrainConfig field with its flag help (``--help`` reads it from the field's metadata)."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, tasks: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field with its flag help (``--help`` reads it from the field's metadata) and,
+    when it applies to some objectives only, their names."""
+    return field(default=default, metadata={"help": help, **({"tasks": tasks} if tasks else {})})
 
 
-def model_field(default: Any, help: str) -> Any:
+def model_field(default: Any, help: str, tasks: tuple[str, ...] | None = None) -> Any:
     """A field of the model's config, settable for a run: same name and type as in ModelConfig
     (checked below), passed on by :meth:`TrainConfig.model_kwargs`, the one place a model config
-    is made from a run's settings."""
-    return field(default=default, metadata={"help": help, "model": True})
+    is made from a run's settings. A None default leaves the family's own default."""
+    return field(default=default, metadata={"help": help, "model": True, **({"tasks": tasks} if tasks else {})})
 
 
 @dataclass
@@ -53,13 +58,24 @@ class TrainConfig:
 
     task: Task = opt("gpt", "objective: causal LM, masked LM, seq2seq, or BERT classification")
     # --- data
-    data: str | None = opt(None, "corpus file/dir/glob or built-in name (pairs or labelled file for seq2seq/classifier)")
+    data: str | None = opt(None, "corpus file/dir/glob or built-in name (pairs or labelled file for seq2seq/classifier, "
+                                 "(anchor, positive) rows for embed)")
+    val_data: str | None = opt(None, "a labelled file to validate on, instead of a split of --data",
+                               ("classifier", "embed"))
+    text_column: str = opt("text", "the column (CSV/TSV header) or JSON field holding the text",
+                           ("classifier", "embed"))
+    label_column: str = opt("label", "the column or field holding the label", ("classifier",))
+    text_pair_column: str | None = opt(None, "a second text per row: read as BERT's sentence pair, [CLS] a [SEP] b "
+                                             "[SEP] (classifier); the positive of each anchor (embed)",
+                                       ("classifier", "embed"))
     tokenizer: str = opt("char", "\"char\", \"bpe\", or a tokenizer.json / model directory to reuse")
     vocab_size: int = opt(512, "vocabulary size when training a BPE tokenizer")
-    val_fraction: float = opt(0.1, "the tail of the corpus (or of the examples) held out for evaluation")
+    val_fraction: float = opt(0.1, "held out for evaluation: the tail of a corpus, or a shuffled (for classes: "
+                                   "stratified) sample of the examples drawn with --seed")
     errors: Literal["strict", "replace"] = opt("strict", "what to do with bytes that are not UTF-8")
-    num_examples: int = opt(20000, "examples generated for a built-in seq2seq/classification task")
-    mask_prob: float = opt(0.15, "masked-LM: fraction of tokens to predict (BERT §3.1)")
+    num_examples: int = opt(20000, "examples generated for a built-in seq2seq/classification task",
+                            ("seq2seq", "classifier"))
+    mask_prob: float = opt(0.15, "masked-LM: fraction of tokens to predict (BERT §3.1)", ("bert",))
     # --- model (ignored with --init, which brings its own)
     context: int = opt(128, "tokens per training sequence (longest source/target for seq2seq)")
     max_len: int | None = model_field(None, "positions the model covers; defaults to context")
@@ -68,16 +84,28 @@ class TrainConfig:
     d_model: int = model_field(128, "width of the residual stream")
     d_ff: int | None = model_field(None, "feed-forward inner width; defaults to 4 * d_model; 0: attention-only")
     dropout: float = model_field(0.1, "dropout on sublayer outputs, embeddings and attention weights")
+    # --- after 2017 (the family's own default when unset)
+    positions: Positions | None = model_field(None, "position information: learned or sinusoidal vectors added to the "
+                                                    "embeddings, or rotary (q and k turned by position; GPT only)")
+    norm: Norm | None = model_field(None, "layernorm, or rmsnorm (no centring, no bias)")
+    ffn: FFN | None = model_field(None, "feed-forward: an activation (relu, gelu, ...) or swiglu (gated)")
+    n_kv_heads: int | None = model_field(None, "key/value heads (grouped-query attention; 1 = multi-query)")
+    rope_theta: float | None = model_field(None, "rotary: the base of the frequencies", ("gpt",))
     init: str | None = opt(None, "start from this model directory (a glassformer run or a Hugging Face checkpoint)")
     # --- optimisation
     batch_size: int = opt(32, "sequences per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")
-    max_steps: int = opt(1000, "optimiser steps")
-    max_minutes: float | None = opt(None, "also stop (evaluate, save) after this much training time in this process")
+    max_steps: int = opt(1000, "optimiser steps (unless --epochs is set)")
+    epochs: float | None = opt(None, "passes over the training examples; sets the number of steps (with --init: 3)")
+    max_minutes: float | None = opt(None, "fit the schedule to this much training time in this process (the learning "
+                                          "rate has decayed when it runs out), then stop, evaluate and save")
     lr: float = opt(1e-3, "peak learning rate")
     min_lr: float = opt(1e-4, "the cosine schedule decays to this")
-    schedule: Literal["cosine", "noam", "constant"] = opt("cosine", "after warmup: cosine, inverse sqrt (paper §5.3), flat")
+    schedule: Literal["cosine", "linear", "noam", "constant"] = opt(
+        "cosine", "after warmup: cosine, linear decay (BERT fine-tuning), inverse sqrt (paper §5.3), flat")
     warmup_steps: int = opt(100, "linear warmup from 0 to lr")
+    warmup_fraction: float | None = opt(None, "warmup as a fraction of the run's steps, instead of --warmup-steps "
+                                              "(with --init: 0.1)")
     lr_decay_steps: int | None = opt(None, "the step at which cosine reaches min_lr; defaults to max_steps")
     weight_decay: float = opt(0.1, "AdamW decay on matrices and embeddings; never on biases or LayerNorms")
     beta1: float = opt(0.9, "AdamW β1")
@@ -87,8 +115,10 @@ class TrainConfig:
     # --- evaluation and visibility
     eval_every: int = opt(100, "evaluate, sample, plot and checkpoint every this many steps")
     eval_batches: int = opt(10, "fixed validation batches per evaluation")
+    patience: int | None = opt(None, "stop after this many evaluations without a lower validation loss; the best "
+                                     "model is kept (with --init: 2)")
     log_every: int = opt(10, "a metrics.jsonl line (and a plain log line off a terminal) every this many steps")
-    sample_tokens: int = opt(120, "length of the sample printed at each evaluation (GPT, seq2seq)")
+    sample_tokens: int = opt(120, "length of the sample printed at each evaluation", ("gpt", "seq2seq"))
     snapshot_attention: str | None = opt(None, "a probe sentence whose attention is saved at each evaluation")
     keep_checkpoints: int = opt(2, "step checkpoints kept on disk (the newest ones)")
     progress: Literal["auto", "bar", "plain", "none"] = opt("auto", "progress bar on a terminal, log lines otherwise")
@@ -114,7 +144,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_len", "lr_decay_steps"):
+        for name in ("max_len", "lr_decay_steps", "patience"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_ff is not None and self.d_ff < 0:
@@ -139,6 +169,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, got {value}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be a positive number, got {self.epochs}")
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not self.text_column.strip() or not self.label_column.strip():
+            raise ValueError("text_column and label_column must name a column")
+        if self.task == "embed" and not self.text_pair_column:
+            raise ValueError("train embed needs --text-pair-column: the column holding each anchor's positive")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -170,12 +208,33 @@ class TrainConfig:
     def decay_steps(self) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
 
+    def applies(self, name: str) -> bool:
+        """Whether the field ``name`` means something for this run's task."""
+        return applies_to(name, self.task)
+
     def model_kwargs(self) -> dict[str, Any]:
         """The model-shape fields as ModelConfig keyword arguments (``d_ff`` and ``max_len`` resolved):
         ``GPTConfig(vocab_size=..., **config.model_kwargs())``."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("model")}
         values.update(d_ff=self.ffn_width, max_len=self.max_len or self.context)
-        return values
+        return {k: v for k, v in values.items() if v is not None}  # None: the family's default
+
+    def steps_per_epoch(self, n_examples: int, world_size: int = 1) -> int:
+        """Optimiser steps in one pass over ``n_examples`` (every rank draws its own batches)."""
+        return max(1, math.ceil(n_examples / (self.batch_size * self.grad_accum * world_size)))
+
+    def planned(self, n_examples: int, world_size: int = 1) -> TrainConfig:
+        """The config with its step counts resolved from the data: ``epochs`` -> ``max_steps`` (and
+        an evaluation at least once an epoch), ``warmup_fraction`` -> ``warmup_steps``."""
+        changes: dict[str, Any] = {}
+        max_steps = self.max_steps
+        if self.epochs is not None:
+            per_epoch = self.steps_per_epoch(n_examples, world_size)
+            max_steps = max(1, math.ceil(self.epochs * per_epoch))
+            changes.update(max_steps=max_steps, eval_every=min(self.eval_every, per_epoch))
+        if self.warmup_fraction is not None:
+            changes["warmup_steps"] = int(round(self.warmup_fraction * max_steps))
+        return self.replace(**changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,6 +247,7 @@ class TrainConfig:
 LOCKED_ON_RESUME = (
     "task", "data", "tokenizer", "vocab_size", "val_fraction", "errors", "num_examples", "mask_prob",
     "context", "max_len", "n_layers", "n_heads", "d_model", "d_ff", "init", "seed",
+    "val_data", "text_column", "label_column", "text_pair_column",
 )
 
 # What each objective starts from when neither a file nor a flag says otherwise.
@@ -198,7 +258,30 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "seq2seq": {"context": 48, "beta2": 0.98, "lr": 1e-3, "weight_decay": 0.01, "num_examples": 20000},
     "classifier": {"lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.01, "max_steps": 300, "warmup_steps": 30,
                    "eval_every": 50, "num_examples": 4000},
+    # (anchor, positive) pairs, in-batch negatives; sentence-transformers' column names
+    "embed": {"lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.01, "max_steps": 300, "warmup_steps": 30,
+              "eval_every": 50, "text_column": "anchor", "text_pair_column": "positive"},
 }
+
+# The fine-tuning recipe, on top of the task's defaults whenever ``init`` names a pretrained model:
+# a learning rate chosen from the model's width (:func:`finetune_lr`), warmed up over the first 10%
+# of the steps and decayed linearly to zero, a few epochs, the whole validation split at each
+# evaluation, and early stopping on its loss (BERT §A.3: 2-4 epochs; Mosbach et al., 2021, on
+# warm-up and longer runs).
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "lr": 3e-4, "min_lr": 0.0, "schedule": "linear", "warmup_fraction": 0.1, "epochs": 4.0, "patience": 2,
+    "batch_size": 16, "weight_decay": 0.01, "eval_batches": 64, "eval_every": 1000,
+}
+
+
+def finetune_lr(width: int | None) -> float:
+    """The fine-tuning learning rate for a model ``width`` (d_model) wide: 3e-4 at MiniLM's 384
+    (the best of 1e-4, 2e-4 and 3e-4 on benchmarks/fine_tune.py's task), falling with the square
+    of the width: 7.5e-5 for BERT-base's 768, 4.2e-5 for BERT-large's 1024 (BERT §A.3 tunes
+    those in 2e-5 .. 5e-5); never above 3e-4."""
+    if not width:
+        return FINETUNE_DEFAULTS["lr"]
+    return min(3e-4, max(1e-5, 3e-4 * (384 / width) ** 2))
 
 
 def _check_model_fields() -> None:
@@ -215,6 +298,12 @@ def _check_model_fields() -> None:
 
 
 _check_model_fields()
+
+
+def applies_to(name: str, task: str) -> bool:
+    """Whether the field ``name`` applies to ``task`` (its ``tasks`` metadata; every task when absent)."""
+    tasks = next(f.metadata.get("tasks") for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return tasks is None or task in tasks
 
 
 def field_help(name: str) -> str:
@@ -312,9 +401,18 @@ def _toml_loads(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def resolve_config(task: str, file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "") -> TrainConfig:
-    """defaults < task defaults < file < flags -> a validated :class:`TrainConfig`."""
-    values = {**TASK_DEFAULTS[task], **file_values, **flag_values, "task": task}
+def resolve_config(task: str, file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "",
+                   init_width: int | None = None) -> TrainConfig:
+    """defaults < task defaults < fine-tuning recipe (with ``init``) < file < flags -> a validated
+    :class:`TrainConfig`. A step count or warmup given without its fraction/epoch counterpart wins
+    over the recipe's (``--init X --max-steps 200`` trains 200 steps)."""
+    given = {**file_values, **flag_values}
+    recipe = {**FINETUNE_DEFAULTS, "lr": finetune_lr(init_width)} if given.get("init") else {}
+    if "max_steps" in given and "epochs" not in given:
+        recipe.pop("epochs", None)
+    if "warmup_steps" in given and "warmup_fraction" not in given:
+        recipe.pop("warmup_fraction", None)
+    values = {**TASK_DEFAULTS[task], **recipe, **given, "task": task}
     if file_values.get("task", task) != task:
         raise ValueError(f"{source or 'config file'}: task {file_values['task']!r} does not match `train {task}`")
     try:

@@ -57,8 +57,23 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+# what a task's loss counts: the plot's y-axis
+LOSS_LABELS = {
+    "gpt": "cross-entropy (nats / token)",
+    "bert": "cross-entropy (nats / masked token)",
+    "seq2seq": "cross-entropy (nats / target token)",
+    "classifier": "cross-entropy (nats / example)",
+    "embed": "in-batch contrastive loss (nats / pair)",
+}
+
+
+def loss_label(task: str) -> str:
+    """The y-axis label of ``task``'s loss plot."""
+    return LOSS_LABELS.get(task, "loss")
+
+
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "loss",
-                baseline: float | None = None) -> None:
+                baseline: float | None = None, ylabel: str = "cross-entropy (nats / token)") -> None:
     """Train loss per logged step and val loss per eval, written atomically as a PNG.
 
     Drawn with matplotlib's object API and its Agg canvas, without ``pyplot``'s global figure
@@ -80,7 +95,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     if baseline is not None:
         ax.axhline(baseline, ls="--", color="gray", label="unigram baseline")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -130,6 +145,12 @@ class Reporter:
         elif self.mode == "plain" and log_line:
             log.info("step %d/%d | loss %s | lr %.2e | %s tok/s | ETA %s",
                      step, self.total, loss_txt, lr, f"{tokens_per_s:,.0f}", format_duration(eta_s))
+
+    def set_total(self, total_steps: int) -> None:
+        """The run's new length (``--max-minutes`` shortened it)."""
+        self.total = total_steps
+        if self.mode == "bar":
+            self._progress.update(self._task, total=total_steps)
 
     def message(self, text: str) -> None:
         """An eval report or a sample, printed above the bar (or logged)."""

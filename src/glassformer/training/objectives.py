@@ -6,6 +6,10 @@ class for classification. The trainer needs *sums* and *counts*, not means, so t
 accumulation divides by the number of target tokens in the whole optimiser step; a mean per
 micro-batch would weigh a short micro-batch's tokens more than a long one's.
 
+Sentence embeddings (``train embed``) are trained the sentence-transformers way, with in-batch
+negatives (Henderson et al., 2017; ``MultipleNegativesRankingLoss``): the "logits" of anchor i are
+its cosine similarities to every positive of the batch, times a scale of 20, and its label is i.
+
 Seq2seq uses label smoothing ε_ls = 0.1 ("Attention Is All You Need", §5.4): it hurts
 perplexity but helps accuracy and BLEU. Validation loss is always reported without smoothing, so
 it stays a true negative log-likelihood (perplexity = e^loss).
@@ -21,10 +25,28 @@ from torch import Tensor, nn
 
 from glassformer.io import IGNORE_INDEX
 
-INPUT_ID_KEYS = ("input_ids", "src_ids", "tgt_ids")
+INPUT_ID_KEYS = ("input_ids", "src_ids", "tgt_ids", "positive_ids")
 
 # what each task calls its model
-TASK_FAMILY = {"gpt": "gpt", "bert": "bert", "seq2seq": "transformer", "classifier": "bert"}
+TASK_FAMILY = {"gpt": "gpt", "bert": "bert", "seq2seq": "transformer", "classifier": "bert", "embed": "bert"}
+
+CONTRASTIVE_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default (cosine / 0.05)
+
+
+def sentence_vectors(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean-pooled, L2-normalised sentence vectors (B, C) of an encoder's last hidden states: the
+    Pooling + Normalize modules a saved embedding model declares."""
+    from glassformer.interop.sentence_transformers import pool
+
+    hidden = model(input_ids, attention_mask, head="none").last_hidden_state  # (B, T, C)
+    return F.normalize(pool(hidden.float(), attention_mask, ("mean",)), dim=-1)  # (B, C)
+
+
+def contrastive_logits(model: nn.Module, inputs: dict[str, Tensor], scale: float = CONTRASTIVE_SCALE) -> Tensor:
+    """(B, B) scaled cosine similarities of each anchor (row) to each positive (column)."""
+    anchors = sentence_vectors(model, inputs["input_ids"], inputs["attention_mask"])  # (B, C)
+    positives = sentence_vectors(model, inputs["positive_ids"], inputs["positive_mask"])  # (B, C)
+    return scale * anchors @ positives.T  # (B, B)
 
 
 @dataclass
@@ -90,7 +112,7 @@ def compute_loss(model: nn.Module, batch: dict[str, Tensor], label_smoothing: fl
         mean = model(**inputs, labels=labels, return_logits=False).loss  # Σ loss / max(count, 1)
         count = (labels != IGNORE_INDEX).sum()
         return LossSum(mean * count.clamp_min(1), count, None)
-    logits = model(**inputs).logits
+    logits = contrastive_logits(model, inputs) if "positive_ids" in inputs else model(**inputs).logits
     if logits is None:
         raise ValueError("the model returned no logits; it has no head for this objective")
     if logits.shape[:-1] != labels.shape:

@@ -59,6 +59,8 @@ class Schedule:
       flat after that.
     - ``noam``: the paper's ``d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)`` (§5.3), rescaled so
       its peak (at the end of warmup) equals ``lr``; floored at ``min_lr``.
+    - ``linear``: linear warmup to ``lr``, then a straight line down to ``min_lr`` at
+      ``decay_steps`` (BERT's fine-tuning schedule), flat after that.
     - ``constant``: linear warmup, then ``lr``.
     """
 
@@ -86,6 +88,8 @@ class Schedule:
         if step >= self.decay_steps:
             return self.min_lr
         progress = (step - warm) / max(self.decay_steps - warm, 1)
+        if self.kind == "linear":
+            return self.lr - progress * (self.lr - self.min_lr)
         return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
@@ -95,6 +99,25 @@ class Schedule:
             group["lr"] = lr
         return lr
 
+    def fitted(self, max_steps: int, new_max_steps: int) -> Schedule:
+        """The same schedule squeezed from ``max_steps`` into ``new_max_steps``: the decay ends
+        where the run now ends (warmup and a decay point set apart from the end keep their share)."""
+        scale = new_max_steps / max(max_steps, 1)
+        decay = new_max_steps if self.decay_steps >= max_steps else max(1, round(self.decay_steps * scale))
+        warm = min(self.warmup_steps, max(0, round(self.warmup_steps * scale)))
+        return Schedule(self.kind, self.lr, self.min_lr, warm, decay)
+
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lr": self.lr, "min_lr": self.min_lr,
                 "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps}
+
+
+def steps_within(budget_s: float, elapsed_s: float, steps_done: int, max_steps: int) -> int:
+    """How many steps a run can take in ``budget_s`` seconds, at the pace of its ``steps_done``
+    steps so far (``elapsed_s``, evaluations included), never more than ``max_steps``; at least
+    one more than done. What ``--max-minutes`` fits the schedule to."""
+    if steps_done <= 0 or elapsed_s <= 0:
+        return max_steps
+    per_step = elapsed_s / steps_done
+    affordable = steps_done + int((budget_s - elapsed_s) / per_step)
+    return max(steps_done + 1, min(max_steps, affordable))

@@ -66,26 +66,37 @@ def resolve_run_config(task: str, flags: dict[str, Any], config_file: str | None
                 raise ConfigError(f"--{name.replace('_', '-')} {given[name]!r} differs from the run's "
                                   f"{saved.get(name)!r}; a resumed run keeps its data, tokenizer and model")
         base = {k: v for k, v in saved.items() if k not in PER_INVOCATION}
+        for steps, fraction in (("max_steps", "epochs"), ("warmup_steps", "warmup_fraction")):
+            if steps in given and fraction not in given:  # `--resume --max-steps 4000` means 4000 steps
+                base[fraction] = None
         if not has_checkpoint:
             log.warning("--resume: %s has no checkpoint yet (the run stopped before its first save); "
                         "starting it again from step 0", out)
             flags = {**flags, "resume": False, "overwrite": True}
         return resolve_config(task, {**base, **file_values}, {**flags, "out": out}, source)
-    if given.get("init") and "context" not in given:
-        flags["context"] = _init_context(str(given["init"]), resolve_config(task, file_values, {}).context)
-    return resolve_config(task, file_values, flags, source)
+    width = None
+    if given.get("init"):
+        data = _init_config(str(given["init"]))
+        width = _first_int(data, ("d_model", "hidden_size", "n_embd"))  # the fine-tuning lr depends on it
+        if "context" not in given:  # the default context, capped at the initial model's max_len
+            limit = _first_int(data, ("max_len", "n_positions", "max_position_embeddings"))
+            default = resolve_config(task, file_values, {}).context
+            flags["context"] = min(default, limit) if limit else default
+    return resolve_config(task, file_values, flags, source, init_width=width)
 
 
-def _init_context(init: str, default: int) -> int:
-    """With --init and no --context: the default context, capped at the initial model's max_len."""
+def _init_config(init: str) -> dict[str, Any]:
+    """The --init model's config.json as a dict ({} when unreadable: reported when the model is loaded)."""
     from glassformer.loading import read_config_dict
 
     try:
-        data = read_config_dict(init)
+        return read_config_dict(init)
     except (OSError, ValueError):
-        return default  # reported properly when the model is loaded
-    limit = next((data[k] for k in ("max_len", "n_positions", "max_position_embeddings") if isinstance(data.get(k), int)), None)
-    return min(default, limit) if limit else default
+        return {}
+
+
+def _first_int(data: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    return next((data[k] for k in keys if isinstance(data.get(k), int) and not isinstance(data.get(k), bool)), None)
 
 
 def _saved_config(run_dir: Path) -> tuple[dict[str, Any], bool]:
@@ -157,6 +168,7 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
         except UnicodeError as e:  # a tokenizer handed bytes that are not text
             raise DataError(f"--data {config.data}: not UTF-8 text ({e}); fix the file or pass --errors replace") from None
         guard.check_probe(config, setup)
+        config = plan_run(config, setup, process.world_size, echo)
         process.barrier()  # every rank has validated before rank 0 writes
         trainer = make_trainer(process, setup.model, config, setup.train_data, setup.val_data, tokenizer=setup.tokenizer,
                                run_dir=out, eval_callbacks=setup.eval_callbacks,
@@ -182,14 +194,46 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
             replaced.restore()  # no checkpoint of the new run yet: the previous run comes back
             raise
         replaced.discard()
+        if setup.on_finish is not None and process.is_main:
+            setup.on_finish(out)
         return result, setup, trainer
     finally:
         lock.release()
 
 
-def next_commands(task: str, out: Path) -> str:
-    """What to try with a trained model (the run directory shell-quoted, ready to paste)."""
-    out = shlex.quote(str(out))
+def plan_run(config: TrainConfig, setup, world_size: int = 1, echo: Callable[[str], None] = print) -> TrainConfig:
+    """Resolve ``--epochs`` and ``--warmup-fraction`` against the data, and say what the run will do."""
+    n = setup.examples if setup.examples is not None else _length(setup.train_data)
+    if config.epochs is not None and n is None:
+        raise ConfigError(f"--epochs: `train {config.task}` draws random windows of its corpus, which has no "
+                          f"epochs; give --max-steps")
+    planned = config.planned(n or 0, world_size)
+    if config.epochs is not None:
+        per_epoch = planned.steps_per_epoch(n, world_size)
+        echo(f"{n:,} training examples, {config.epochs:g} epochs of {per_epoch:,} steps (batch "
+             f"{config.batch_size * config.grad_accum * world_size}) = {planned.max_steps:,} steps; evaluating every "
+             f"{planned.eval_every:,} steps")
+    if config.init:
+        stop = f", early stopping after {config.patience} evaluations without a lower validation loss" \
+            if config.patience else ""
+        echo(f"fine-tuning --init {config.init}: lr {config.lr:g}, {config.schedule} schedule after "
+             f"{planned.warmup_steps} warm-up steps{stop}; the best model is kept")
+    return planned
+
+
+def _length(dataset) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def next_commands(task: str, out: Path, example: str | None = None) -> str:
+    """What to try with a trained model (the run directory shell-quoted, ready to paste); ``example``
+    is a line of the run's own validation data, used as the prompt where it fits."""
+    line = " ".join(example.split())[:120] if example and example.strip() else None
+    q = shlex.quote
+    out = q(str(out))
     lines = {
         # no trailing space: BPE would end the prompt with a lone-space token (text puts spaces before words)
         "gpt": [f'glassformer generate {out} --prompt "The" --max-new-tokens 200',
@@ -202,5 +246,17 @@ def next_commands(task: str, out: Path) -> str:
                     f'glassformer attention {out} "27 Nov 2026" --out cross.png'],
         # the built-in default data is date-order; a classifier of other text takes its own kind of line
         "classifier": [f'glassformer classify {out} --prompt "20 July 2019, then 4 July 1996"'],
+        "embed": [f"glassformer embed {out} --prompt 'A first sentence.' --prompt 'A second sentence.'"],
     }[task]
+    if line is not None:
+        own = {
+            "gpt": f"glassformer generate {out} --prompt {q(line)} --max-new-tokens 200",
+            "bert": f"glassformer fill-mask {out} --prompt {q(line)}",  # the line holds the mask token
+            "seq2seq": f"glassformer translate {out} --prompt {q(line)}",
+            "classifier": f"glassformer classify {out} --prompt {q(line)}",
+            "embed": f"glassformer embed {out} --prompt {q(line)}",
+        }[task]
+        lines = [own, *lines[1:]]
+    if task == "classifier":
+        lines.append(f"glassformer evaluate {out} --data HELD_OUT.csv")
     return "next, try:\n" + "\n".join(f"  {c}" for c in lines)

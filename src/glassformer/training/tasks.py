@@ -7,7 +7,11 @@ Each objective reads its own kind of data:
 | gpt        | a corpus (``python-docs``)          | random windows, next token    | GPT                 |
 | bert       | a corpus (``python-docs``)          | dynamic 80/10/10 masking      | BERT + MLM head     |
 | seq2seq    | pairs file or built-in (``dates``)  | padded, length-bucketed pairs | Transformer         |
-| classifier | labelled file or built-in           | text + label                  | BERT + class head   |
+| classifier | labelled file or built-in           | text (or pair) + label        | BERT + class head   |
+| embed      | (anchor, positive) file             | pairs, in-batch negatives     | BERT, mean pooling  |
+
+Classification and embedding examples are split for validation at random with the run's seed,
+stratified by class (or come from ``--val-data``).
 
 Everything that can be wrong with the input (files, flags, ``--init``) is found here, before the
 trainer touches the run directory.
@@ -49,6 +53,9 @@ class TrainingSetup:
     baseline: float | None = None  # unigram cross-entropy on the validation tokens (LM tasks), nats
     summary: str = ""  # one line about the data, for the start-of-run report
     label_names: list[str] | None = None  # classification: the class names, in label order
+    examples: int | None = None  # training examples (classification, pairs), for --epochs
+    example: str | None = None  # a line of the validation data, for the "next, try" hints
+    on_finish: Callable[[Path], None] | None = None  # called with the run directory when training ends (rank 0)
 
 
 def prepare(config: TrainConfig, resume_dir: Path | None = None) -> TrainingSetup:
@@ -65,7 +72,8 @@ def prepare(config: TrainConfig, resume_dir: Path | None = None) -> TrainingSetu
         tokenizer = _load_tokenizer(resume_dir if (resume_dir / "tokenizer.json").is_file() else resume_from)
     elif config.init:
         init_model, tokenizer = _load_init(config)
-    builders = {"gpt": _lm_data, "bert": _lm_data, "seq2seq": _seq2seq_data, "classifier": _classifier_data}
+    builders = {"gpt": _lm_data, "bert": _lm_data, "seq2seq": _seq2seq_data, "classifier": _classifier_data,
+                "embed": _embed_data}
     setup = builders[config.task](config, tokenizer)
     torch.manual_seed(config.seed)  # the model's initial weights come from the run's seed
     if resume_from is not None:
@@ -137,8 +145,14 @@ def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
                               source_name=f"{spec} (validation split, --val-fraction {config.val_fraction})")
         callbacks, gen = [], None
     baseline = unigram_cross_entropy(train, val, tokenizer.vocab_size)
+    words = tokenizer.decode([int(t) for t in val[:48]], skip_special_tokens=True).split()[:8]
+    if config.task == "bert" and len(words) >= 2 and tokenizer.mask_id is not None:  # a fill-mask prompt
+        words[len(words) // 2] = tokenizer.id_to_token(tokenizer.mask_id)
+    example = " ".join(words) or None
     summary = f"{spec}: {len(train):,} training and {len(val):,} validation tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size})"
-    return TrainingSetup(None, tokenizer, train_data, val_data, callbacks, gen, baseline, summary)
+    # an epoch of a corpus: its training tokens once, as windows of --context tokens
+    return TrainingSetup(None, tokenizer, train_data, val_data, callbacks, gen, baseline, summary,
+                         examples=max(1, len(train) // config.context), example=example)
 
 
 def _induction_data(config: TrainConfig, tokenizer) -> TrainingSetup:
@@ -183,24 +197,92 @@ def _seq2seq_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     gen = {"max_new_tokens": config.context, "beam": 1, "eos_token_id": tokenizer.eos_id}
     summary = f"{spec}: {len(train):,} training and {len(val):,} validation pairs ({tokenizer.kind}, vocab {tokenizer.vocab_size})"
     return TrainingSetup(None, tokenizer, train_data, val_data, [_seq2seq_sampler(tokenizer, val[:3], config)], gen,
-                         None, summary)
+                         None, summary, examples=len(train), example=val[0][0])
+
+
+def _texts_of(examples: list) -> list[str]:
+    """Every string of ``(text or pair, label)`` examples, for training a tokenizer."""
+    return [s for text, _ in examples for s in (text if isinstance(text, tuple) else (text,))]
+
+
+def _labelled_file(config: TrainConfig, path: str):
+    from glassformer.data import load_labelled
+
+    return load_labelled(path, text_column=config.text_column, label_column=config.label_column,
+                         errors=config.errors, pair_column=config.text_pair_column)
 
 
 def _classifier_data(config: TrainConfig, tokenizer) -> TrainingSetup:
-    from glassformer.data import BUILTIN_CLASSIFICATION, ClassificationDataset, load_labelled
+    from glassformer.data import BUILTIN_CLASSIFICATION, ClassificationDataset
+    from glassformer.data.classification import stratified_split
 
     spec = config.data or DEFAULT_DATA["classifier"]
     if spec in BUILTIN_CLASSIFICATION:
         examples, names = BUILTIN_CLASSIFICATION[spec](config.num_examples, seed=config.seed)
     else:
-        examples, names = load_labelled(spec, errors=config.errors)
-    train, val = split_examples(examples, config.val_fraction, spec)
+        examples, names = _labelled_file(config, spec)
+    if config.val_data:
+        train, (val, val_names) = examples, _labelled_file(config, config.val_data)
+        unknown = sorted(set(val_names) - set(names))
+        if unknown:
+            raise DataError(f"--val-data {config.val_data}: label {unknown[0]!r} is not in --data {spec} "
+                            f"(its labels: {', '.join(names)})")
+        index = {name: i for i, name in enumerate(names)}
+        val = [(text, index[val_names[y]]) for text, y in val]
+        where = config.val_data
+    else:
+        train_idx, val_idx = stratified_split([y for _, y in examples], config.val_fraction, config.seed)
+        train, val = [examples[i] for i in train_idx], [examples[i] for i in val_idx]
+        where = f"{spec} (a stratified {config.val_fraction:g} of it, --seed {config.seed})"
     if tokenizer is None:
-        tokenizer = make_tokenizer(config, [text for text, _ in examples])
+        tokenizer = make_tokenizer(config, _texts_of(examples))
     train_data = ClassificationDataset(train, tokenizer, config.context, label_names=names, source=f"{spec} (training)")
-    val_data = ClassificationDataset(val, tokenizer, config.context, label_names=names, source=f"{spec} (validation)")
-    summary = f"{spec}: {len(train):,} training and {len(val):,} validation examples, {len(names)} classes ({', '.join(names)})"
-    return TrainingSetup(None, tokenizer, train_data, val_data, [], None, None, summary, list(names))
+    val_data = ClassificationDataset(val, tokenizer, config.context, label_names=names, source=f"{where} (validation)")
+    summary = (f"{spec}: {len(train):,} training examples, {len(val):,} validation examples from {where}; "
+               f"{len(names)} classes ({', '.join(names)})")
+    example = val[0][0] if isinstance(val[0][0], str) else None  # `classify` reads single texts
+    return TrainingSetup(None, tokenizer, train_data, val_data, [], None, None, summary, list(names),
+                         examples=len(train), example=example)
+
+
+def _embed_data(config: TrainConfig, tokenizer) -> TrainingSetup:
+    """(anchor, positive) rows of ``--data`` (columns ``--text-column``, ``--text-pair-column``)."""
+    from glassformer.data.classification import SentencePairDataset, read_columns, stratified_split
+
+    if not config.data:
+        raise DataError("train embed needs --data: a CSV/TSV or JSON Lines file of (anchor, positive) pairs")
+    columns = (config.text_column, config.text_pair_column)
+    pairs = [tuple(r) for r in read_columns(config.data, columns, errors=config.errors)]
+    if config.val_data:
+        train, val = pairs, [tuple(r) for r in read_columns(config.val_data, columns, errors=config.errors)]
+        where = config.val_data
+    else:
+        train_idx, val_idx = stratified_split([0] * len(pairs), config.val_fraction, config.seed)
+        train, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+        where = f"{config.data} (a random {config.val_fraction:g} of it, --seed {config.seed})"
+    if tokenizer is None:
+        tokenizer = make_tokenizer(config, [s for p in pairs for s in p])
+    train_data = SentencePairDataset(train, tokenizer, config.context, source=f"{config.data} (training)")
+    val_data = SentencePairDataset(val, tokenizer, config.context, source=f"{where} (validation)")
+    summary = (f"{config.data}: {len(train):,} training pairs, {len(val):,} validation pairs from {where}; "
+               f"in-batch negatives, batch {config.batch_size}")
+    return TrainingSetup(None, tokenizer, train_data, val_data, [], None, None, summary, None,
+                         examples=len(train), example=val[0][0], on_finish=_sentence_transformers_saver(config))
+
+
+def _sentence_transformers_saver(config: TrainConfig) -> Callable[[Path], None]:
+    """Rewrite the best model at the run's root as a sentence-transformers directory."""
+
+    def save(run_dir: Path) -> None:
+        from glassformer.interop.sentence_transformers import save_sentence_transformers
+        from glassformer.loading import load_model_and_tokenizer
+
+        if not (run_dir / "model.safetensors").is_file():
+            return  # stopped before its first evaluation: nothing to export
+        model, tokenizer = load_model_and_tokenizer(run_dir)
+        save_sentence_transformers(model, tokenizer, run_dir, like=config.init)
+
+    return save
 
 
 # ----------------------------------------------------------------------------------- model
@@ -227,6 +309,8 @@ def _build_model(config: TrainConfig, setup: TrainingSetup, init_model: Pretrain
     tok = setup.tokenizer
     if config.task == "classifier":
         return _classifier_model(config, setup, init_model)
+    if config.task == "embed":
+        return _encoder_model(config, setup, init_model)
     if init_model is not None:
         log.info("model from --init %s; the model-shape flags are ignored", config.init)
         return init_model
@@ -237,6 +321,21 @@ def _build_model(config: TrainConfig, setup: TrainingSetup, init_model: Pretrain
     if config.task == "bert":
         return BERT(BERTConfig(**common, mask_token_id=tok.mask_id))
     return Transformer(TransformerConfig(**common, decoder_start_token_id=tok.bos_id))
+
+
+def _encoder_model(config: TrainConfig, setup: TrainingSetup, init_model: PretrainedModel | None) -> BERT:
+    """A BERT without heads for sentence vectors: ``--init``'s encoder, or a new one."""
+    tok = setup.tokenizer
+    if init_model is None:
+        return BERT(BERTConfig(vocab_size=tok.vocab_size, **config.model_kwargs(), pad_token_id=tok.pad_id,
+                               mask_token_id=tok.mask_id, mlm_head=False, num_labels=0))
+    base = init_model.config.to_dict()
+    base.update(num_labels=0, label_names=[], mlm_head=False)
+    model = BERT(BERTConfig.from_dict(base))
+    missing, _ = model.load_state_dict(init_model.state_dict(), strict=False)
+    if missing:
+        raise CheckpointError(f"--init {config.init}: has no weight {missing[0]!r}; not a compatible BERT")
+    return model
 
 
 def _classifier_model(config: TrainConfig, setup: TrainingSetup, init_model: PretrainedModel | None) -> BERT:

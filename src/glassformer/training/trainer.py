@@ -1,4 +1,5 @@
-"""One training loop for every objective: GPT, BERT (masked LM), seq2seq and classification.
+"""One training loop for every objective: GPT, BERT (masked LM), seq2seq, classification and
+sentence embeddings (in-batch negatives).
 
 The loop only knows that a dataset hands out batches (``dataset.batch(batch_size, generator)``,
 a dict of the model's forward kwargs plus ``labels``) and that the model returns logits; the
@@ -12,7 +13,11 @@ optimiser step:
 
 Every ``eval_every`` steps: evaluate on fixed validation batches, run the eval callbacks
 (samples, attention snapshots), keep the best model at the run directory's root, redraw the loss
-curve and save a checkpoint. Ctrl-C or SIGTERM finishes the step, saves, and returns.
+curve and save a checkpoint; with ``patience``, stop once that many evaluations in a row brought
+no lower validation loss. Ctrl-C or SIGTERM finishes the step, saves, and returns. With
+``max_minutes`` the schedule is fitted to the time: early in the run and at each evaluation the
+steps that fit in the budget (at the pace so far) become the run's length, and the learning rate
+decays to its floor by then.
 
 The trainer holds the run's state and the loop; evaluation is in :mod:`.evaluation`, the order
 in which ranks gather and save checkpoints in :mod:`.saving`, catching signals in :mod:`.signals`.
@@ -46,10 +51,11 @@ from glassformer.training.monitor import (
     PLOT_NAME,
     MetricsLog,
     Reporter,
+    loss_label,
     plot_losses,
 )
 from glassformer.training.objectives import compute_loss, count_input_tokens, count_targets
-from glassformer.training.optim import Schedule, build_optimizer
+from glassformer.training.optim import Schedule, build_optimizer, steps_within
 from glassformer.training.runtime import (
     ProcessContext,
     autocast,
@@ -74,6 +80,7 @@ class TrainResult:
     last_val_loss: float | None
     stopped_by: str | None  # "SIGINT"/"SIGTERM" when a signal ended the run early
     run_dir: Path | None
+    early_stopped: bool = False  # --patience evaluations without a better validation loss
 
 
 class Trainer:
@@ -132,6 +139,8 @@ class Trainer:
         # a model that can compute its loss without keeping the (B, T, V) logits does (a GPT: glassformer.linear)
         self.loss_in_model = getattr(self.model, "loss_without_logits", False) and not config.smoothing
         self.schedule = Schedule.from_config(config)
+        self.max_steps = config.max_steps  # --max-minutes may shorten it (see _fit_to_time)
+        self.evals_since_best = 0  # evaluations since the validation loss last improved (--patience)
         self.generator = torch.Generator().manual_seed(self.process.data_seed(config.seed))
         self.step = 0
         self.best_val_loss: float | None = None
@@ -233,6 +242,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(), "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss, "tokens_seen": self.tokens_seen,
             "elapsed_s": self._elapsed(), "train_config": self.config.to_dict(),
+            "evals_since_best": self.evals_since_best,
             "world_size": self.process.world_size,
         }
 
@@ -269,6 +279,7 @@ class Trainer:
         self.last_val_loss = state.get("last_val_loss")
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.evals_since_best = int(state.get("evals_since_best", 0))
         per_rank = self.config.batch_size * self.config.grad_accum
         self.process.restore_rank_streams(path, state, self.generator, self.config.seed, self.step, per_rank)
         if self.metrics is not None and self.process.is_main:
@@ -298,14 +309,15 @@ class Trainer:
         self.model.train()
         self._t0 = time.perf_counter()
         self._lr = self.schedule(self.step + 1)
-        reporter = Reporter(cfg.progress, cfg.max_steps, self.step, enabled=main)
+        reporter = Reporter(cfg.progress, self.max_steps, self.step, enabled=main)
+        start_step, early_stop, fit_at = self.step, False, None
         win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
         step_time_ema = None
         evaluated_at = None
         plotted_at, plot_due = self._t0, False  # the loss plot: last drawn, and evaluations since
         try:
             with catch_stop_signals(self._signal_caught):
-                while self.step < cfg.max_steps:
+                while self.step < self.max_steps:
                     if self.process.world_size == 1:  # alone: a signal caught anywhere (even mid-eval) stops now
                         self._stop_signal = self._stop_signal or self._caught_signal
                     if self._stop_signal is not None:
@@ -325,12 +337,19 @@ class Trainer:
                     if loss is not None:
                         win_loss, win_count = win_loss + loss * count, win_count + count
                     win_tokens, win_time = win_tokens + n_tokens, win_time + dt
-                    eval_now = step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time
+                    if cfg.max_minutes is not None and self.process.world_size == 1:
+                        # first fit once 5% of the budget (at least 3 steps) has shown the pace
+                        early = fit_at is None and step - start_step >= 3 and \
+                            time.perf_counter() - self._t0 >= 0.05 * cfg.max_minutes * 60
+                        if early or (fit_at is not None and step % cfg.eval_every == 0):
+                            fit_at = step
+                            self._fit_to_time(step - start_step, reporter)
+                    eval_now = step % cfg.eval_every == 0 or step == self.max_steps or out_of_time
                     log_now = step % cfg.log_every == 0 or eval_now or self._stop_signal is not None
                     tps = win_tokens / win_time if win_time > 0 else 0.0
                     # the console shows the loss metrics.jsonl records: the mean over the window so far
                     window_loss = win_loss / win_count if win_count else None
-                    reporter.step(step, window_loss, self._lr, tps, (cfg.max_steps - step) * step_time_ema, log_now)
+                    reporter.step(step, window_loss, self._lr, tps, (self.max_steps - step) * step_time_ema, log_now)
                     if not log_now:
                         continue
                     record = {"step": step, "train_loss": window_loss,
@@ -338,6 +357,7 @@ class Trainer:
                     if eval_now:
                         record.update(self._eval_step(step, reporter))
                         evaluated_at = step
+                        early_stop = cfg.patience is not None and self.evals_since_best >= cfg.patience and step < self.max_steps
                     if main and self.metrics is not None:
                         self.metrics.append(record)
                         plot_due = plot_due or eval_now
@@ -349,6 +369,11 @@ class Trainer:
                     win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
                     if out_of_time:
                         reporter.message(f"--max-minutes {cfg.max_minutes:g} reached after step {step}; stopping")
+                        break
+                    if early_stop:
+                        reporter.message(f"early stop after step {step} of {self.max_steps}: {self.evals_since_best} "
+                                         f"evaluation(s) in a row without a lower validation loss (--patience {cfg.patience}); the best model "
+                                         f"(val loss {self.best_val_loss:.4f}) is kept")
                         break
                 if self._stop_signal is not None and evaluated_at != self.step:
                     if win_tokens and main and self.metrics is not None:  # steps the signal kept from being logged
@@ -362,12 +387,30 @@ class Trainer:
                     self._plot()
         finally:
             reporter.close()
-        return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir)
+        return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir,
+                           early_stop)
+
+    def _fit_to_time(self, steps_done: int, reporter: Reporter) -> None:
+        """Shorten the run to the steps that fit in ``max_minutes`` at the pace so far, and squeeze
+        the schedule into them so the learning rate has decayed when the time runs out."""
+        budget = self.config.max_minutes * 60  # training time in this process, as the stop rule counts it
+        elapsed = time.perf_counter() - self._t0
+        fits = steps_within(budget, elapsed, steps_done, self.max_steps - self.step + steps_done)
+        new_max = self.step - steps_done + fits
+        if new_max >= self.max_steps:
+            return
+        # keep a little room for the last evaluation and save
+        new_max = max(self.step + 1, int(self.step + (new_max - self.step) * 0.95))
+        self.schedule = self.schedule.fitted(self.max_steps, new_max)
+        reporter.message(f"--max-minutes {self.config.max_minutes:g}: {self.max_steps} steps do not fit; the run "
+                         f"ends at step {new_max}, its learning rate decayed by then")
+        self.max_steps = new_max
+        reporter.set_total(new_max)
 
     def _plot(self) -> None:
         """Redraw the run's loss plot from metrics.jsonl (rank 0)."""
         plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, baseline=self.baseline,
-                    title=f"{self.config.task}: cross-entropy")
+                    title=f"{self.config.task}: validation and training loss", ylabel=loss_label(self.config.task))
 
     def _eval_step(self, step: int, reporter: Reporter) -> dict[str, Any]:
         """Evaluate, report, run callbacks, keep the best model. Returns fields for metrics.jsonl.
@@ -385,6 +428,7 @@ class Trainer:
             raise TrainingDiverged(self._diverged_message(val, step).replace("training loss", "validation loss"))
         self.last_val_loss = val
         improved = self.best_val_loss is None or val < self.best_val_loss
+        self.evals_since_best = 0 if improved else self.evals_since_best + 1
         if improved:
             self.best_val_loss = val
             if self.process.is_main and self.run_dir is not None:
