@@ -44,3 +44,13 @@ def test_rotary_on_bert_is_refused_in_one_line(corpus, tmp_path, capsys):
                          "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "rotary" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_flag_of_another_task_is_ignored_with_one_warning(corpus, tmp_path, capsys, caplog):
+    flags = [f for f in tiny_flags(corpus) if f not in ("--sample-tokens", "0")]
+    code, err = run_cli(["train", "bert", *flags, "--sample-tokens", "5", "--max-steps", "1", "--out", str(tmp_path / "b")],
+                        capsys)
+    assert code == 0, err
+    assert "--sample-tokens does not apply to `train bert`; ignored" in caplog.text
+    assert "sample_tokens" not in json.loads((tmp_path / "b" / "train_config.json").read_text()) or \
+        json.loads((tmp_path / "b" / "train_config.json").read_text())["sample_tokens"] != 5

@@ -203,7 +203,8 @@ def test_flag_help_comes_from_field_metadata_and_model_fields_are_the_model_conf
     # the model-shape fields are ModelConfig's own, and become a model config unchanged
     model_hints = typing.get_type_hints(ModelConfig)
     marked = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("model")]
-    assert {"n_layers", "n_heads", "d_model", "d_ff", "max_len", "dropout"} == set(marked)
+    assert {"n_layers", "n_heads", "d_model", "d_ff", "max_len", "dropout", "positions", "norm", "ffn", "n_kv_heads",
+            "rope_theta"} == set(marked)
     assert all(name in model_hints for name in marked)
     cfg = TrainConfig(d_model=64, n_layers=3, context=48)
     gpt = GPTConfig(vocab_size=50, **cfg.model_kwargs())

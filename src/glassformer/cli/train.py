@@ -55,13 +55,29 @@ def _flag_type(name: str) -> Callable[[str], Any]:
     return convert
 
 
+class NotForThisTask(argparse.Action):
+    """A flag of another task: not in this task's ``--help``; given anyway, one warning line, no effect."""
+
+    def __init__(self, option_strings, dest, task: str, nargs=None, **kwargs) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", **kwargs)
+        self.task = task
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import logging
+
+        logging.getLogger(__name__).warning("%s does not apply to `train %s`; ignored", option_string, self.task)
+
+
 def add_config_flags(parser: argparse.ArgumentParser, task: str = "gpt", skip: tuple[str, ...] = ("task",)) -> None:
     """One flag per TrainConfig field (``--d-model``), its help from the field's metadata; unset flags
     stay absent from the namespace."""
     import dataclasses
 
     for f in dataclasses.fields(TrainConfig):
-        if f.name in skip or not applies_to(f.name, task):
+        if f.name in skip:
+            continue
+        if not applies_to(f.name, task):  # kept off the help, and accepted with a warning (scripts share flag sets)
+            parser.add_argument("--" + f.name.replace("_", "-"), action=NotForThisTask, task=task, help=argparse.SUPPRESS)
             continue
         hint = field_types()[f.name]
         flag = "--" + f.name.replace("_", "-")
