@@ -25,6 +25,7 @@ in which ranks gather and save checkpoints in :mod:`.saving`, catching signals i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -152,6 +153,17 @@ class Trainer:
         self._stop_signal: str | None = None  # the signal every rank agreed to stop on
         self.metrics = MetricsLog(self.run_dir / METRICS_NAME) if self.run_dir is not None else None
         self.after_save: list[Callable[[Path], None]] = []  # called with each checkpoint saved (rank 0)
+        # seconds this process spent outside the steps, by kind; each metrics.jsonl row has the totals so far
+        self.overhead_s = {"eval": 0.0, "callbacks": 0.0, "best_model": 0.0, "checkpoint": 0.0, "plot": 0.0, "log": 0.0}
+
+    @contextlib.contextmanager
+    def spent(self, kind: str):
+        """Add the seconds of the block to ``overhead_s[kind]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.overhead_s[kind] += time.perf_counter() - t
 
     # ----------------------------------------------------------------------------- one step
 
@@ -359,13 +371,19 @@ class Trainer:
                         evaluated_at = step
                         early_stop = cfg.patience is not None and self.evals_since_best >= cfg.patience and step < self.max_steps
                     if main and self.metrics is not None:
-                        self.metrics.append(record)
+                        # wall clock, and this process's seconds outside the steps so far (by kind)
+                        record.update(time=round(time.time(), 3),
+                                      overhead_s={k: round(v, 4) for k, v in self.overhead_s.items()})
+                        with self.spent("log"):
+                            self.metrics.append(record)
                         plot_due = plot_due or eval_now
                         if plot_due and time.perf_counter() - plotted_at >= PLOT_EVERY_S:
-                            self._plot()
+                            with self.spent("plot"):
+                                self._plot()
                             plotted_at, plot_due = time.perf_counter(), False
                     if eval_now:
-                        self.save_checkpoint()
+                        with self.spent("checkpoint"):
+                            self.save_checkpoint()
                     win_loss, win_count, win_tokens, win_time = 0.0, 0, 0, 0.0
                     if out_of_time:
                         reporter.message(f"--max-minutes {cfg.max_minutes:g} reached after step {step}; stopping")
@@ -384,7 +402,8 @@ class Trainer:
                     reporter.message(f"{self._stop_signal}: stopped after step {self.step}; saved {path}; "
                                      f"continue with --resume --out {self.run_dir}")
                 if plot_due:  # the run's last evaluations, drawn once
-                    self._plot()
+                    with self.spent("plot"):
+                        self._plot()
         finally:
             reporter.close()
         return TrainResult(self.step, self.best_val_loss, self.last_val_loss, self._stop_signal, self.run_dir,
@@ -417,7 +436,8 @@ class Trainer:
 
         Every rank evaluates its part; rank 0 saves and samples from the whole model (under FSDP
         a CPU copy gathered from the shards: a collective, so every rank asks for it)."""
-        result = self.evaluate()
+        with self.spent("eval"):
+            result = self.evaluate()
         whole, device = self.process.full_model(self.model, self.device, step)
         if not result:  # no validation data: the newest model stands in for the best
             if self.process.is_main and self.run_dir is not None:
@@ -432,10 +452,12 @@ class Trainer:
         if improved:
             self.best_val_loss = val
             if self.process.is_main and self.run_dir is not None:
-                self.save_model(self.run_dir, whole)
+                with self.spent("best_model"):
+                    self.save_model(self.run_dir, whole)
         reporter.message(f"step {step}: val loss {val:.4f} (accuracy {result['val_accuracy']:.1%})"
                          + (" - best so far, saved" if improved else ""))
         if self.process.is_main and self.eval_callbacks:
             view = EvalView(whole, device, self.tokenizer, self.run_dir, self.config)
-            evaluation.run_eval_callbacks(self.eval_callbacks, view, step, reporter.message)
+            with self.spent("callbacks"):
+                evaluation.run_eval_callbacks(self.eval_callbacks, view, step, reporter.message)
         return {"val_loss": val, "val_accuracy": result["val_accuracy"]}
