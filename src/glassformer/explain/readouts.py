@@ -155,7 +155,7 @@ def resolve_label(model: nn.Module, name: str) -> int:
         return int(name)
     if name.startswith("LABEL_") and name[6:].isdigit() and int(name[6:]) < len(labels):
         return int(name[6:])
-    raise InterventionError(f"--label {name!r} is not a class of this model; its classes are {', '.join(labels)}")
+    raise InterventionError(f"class {name!r} is not one of this model's; its classes are {', '.join(labels)}")
 
 
 __all__ = ["READOUT_CHOICES", "Readout", "choose_readout", "class_rows", "cosine", "kl", "mask_position",
