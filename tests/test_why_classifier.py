@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from conftest import assert_refused, randomize, run_main, save_tiny_models
-from glassformer.explain.class_attribution import class_attribution, class_logit_parts, stream_names, stream_parts
+from glassformer.explain.class_attribution import (
+    class_attribution,
+    class_logit_parts,
+    stream_names,
+    stream_parts,
+)
 from glassformer.explain.hooks import ablate_heads
 from glassformer.explain.insight import ablation, attribution_report
 from glassformer.explain.patching import patching

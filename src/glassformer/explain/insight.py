@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from glassformer.explain.hooks import InterventionError, ablation_hooks, parse_heads
-from glassformer.explain.readouts import choose_readout, class_rows, cosine, kl, mask_position, top_tokens
 from glassformer.explain.lens import model_token_logits, require_readout
+from glassformer.explain.readouts import choose_readout, class_rows, cosine, kl, mask_position, top_tokens
 from glassformer.explain.tokens import encode_text, start_token, token_strings
 
 SAMPLE_TEXT = "The cat sat on the mat. The cat sat on the"  # the model view's default text: a repeat, for induction
