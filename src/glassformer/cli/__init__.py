@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "heads": ("glassformer.cli.explain", "what each attention head does"),
     "lens": ("glassformer.cli.explain", "the logit lens: each layer's guess"),
     "ablate": ("glassformer.cli.explain", "switch heads off and measure the change"),
+    "patch": ("glassformer.cli.explain", "activation patching: copy one activation from a clean text into a corrupted one"),
     "attribute": ("glassformer.cli.explain", "which heads and feed-forward blocks wrote a token's logit (direct logit attribution)"),
     "evaluate": ("glassformer.cli.evaluate", "score a classifier on a labelled file: accuracy, macro-F1, confusion"),
     "convert": ("glassformer.cli.convert", "convert a Hugging Face checkpoint to a glassformer directory"),

@@ -1,5 +1,5 @@
 """``glassformer explain`` and ``glassformer attention``; the parsers of ``heads``, ``lens``,
-``ablate`` and ``attribute`` too (run by :mod:`glassformer.cli.insight`). The work is the library's
+``ablate``, ``patch`` and ``attribute`` too (run by :mod:`glassformer.cli.insight`). The work is the library's
 (:mod:`glassformer.explain.texts`, :mod:`glassformer.explain.insight`); this module reads the line.
 
     glassformer explain MODEL "text" [--layer L] [--head H] [--token I] [--kind K] [--target T]
@@ -61,7 +61,7 @@ def _insight(name: str):
 
 
 def register(subparsers: Any) -> None:
-    """Add ``explain``, ``attention``, ``heads``, ``lens``, ``ablate`` and ``attribute``."""
+    """Add ``explain``, ``attention``, ``heads``, ``lens``, ``ablate``, ``patch`` and ``attribute``."""
     p = subparsers.add_parser(
         "explain", help="the four steps of attention, with real numbers, for one token",
         description="Walk one head through QKᵀ, ÷√d_k, softmax and ·V for one query token, and check the "
@@ -110,7 +110,7 @@ def _command(subparsers: Any, name: str, summary: str, description: str, run, te
 
 
 def _register_insight(subparsers: Any) -> None:
-    """``heads``, ``lens``, ``ablate`` and ``attribute``: run by :mod:`glassformer.cli.insight`."""
+    """``heads``, ``lens``, ``ablate``, ``patch`` and ``attribute``: run by :mod:`glassformer.cli.insight`."""
     h = _command(subparsers, "heads", "what each attention head does: previous-token, induction, duplicate-token, sink",
                  f"Score every head's role ({ROLE_HELP}) and print a layers × heads table of each head's top role "
                  "and score. --json gives every score.", _insight("run_heads"), text_help=None)
@@ -133,26 +133,68 @@ def _register_insight(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="also draw the grid as FILE.png")
     p.add_argument("--k", type=int, default=5, help="top tokens kept per cell (JSON)")
 
-    a = _command(subparsers, "ablate", "switch heads off and see how the prediction changes",
+    a = _command(subparsers, "ablate", "switch heads off and see how the output changes",
                  "Silence heads (their output before W^O set to zero, or to its mean with --mode mean) and compare "
-                 "the predicted distribution before and after: top tokens and KL(before ‖ after). GPT: the next "
-                 "token; BERT: the first [MASK]; encoder-decoder: the next target token.", _insight("run_ablate"))
+                 "what the model reads out before and after. A classifier: its class probabilities and KL(before ‖ "
+                 "after); GPT: the next token; BERT with its masked-LM head: the first [MASK]; encoder-decoder: the "
+                 "next target token (top tokens and KL); an embedding model (sentence-transformers, train embed): the "
+                 "cosine similarity of the sentence vector before and after (--pair: of the similarity to a second "
+                 "text).", _insight("run_ablate"))
     a.add_argument("--head", action="append", required=True, metavar="HEAD",
                    help="a head as `heads` labels it: encoder.L.H, decoder.L.H or cross.L.H; a bare L.H (e.g. 1.3) "
                    "means the model's main attention (GPT's and the encoder-decoder's decoder self-attention, "
                    "BERT's encoder self-attention); repeatable")
     a.add_argument("--mode", choices=["zero", "mean"], default="zero")
     a.add_argument("--top", type=int, default=5, help="top tokens shown")
+    _readout_flag(a)
+    a.add_argument("--pair", default=None, metavar="TEXT",
+                   help="embedding model: a second text; report its cosine similarity to the text before and after")
     a.add_argument("--json", action="store_true")
 
-    t = _command(subparsers, "attribute", "direct logit attribution: which heads and FFN blocks wrote a token's logit",
-                 "Each head's and each feed-forward block's direct contribution to one token's logit at the last "
-                 "position, through the final LayerNorm with its scale frozen at the actual input; the embeddings "
-                 "and biases are the stated remainder, and everything sums to the logit. Pre-LN models (GPT) only.",
+    p = subparsers.add_parser(
+        "patch", help="activation patching: which activation carries the difference between two texts",
+        description="Run the clean text, the corrupted text, and the corrupted text with one named activation "
+        "(--site, e.g. encoder.1.attn.z or decoder.0.resid_post) taken from the clean run. The texts must tokenise "
+        "to the same length. Reports, for each run: a classifier's class probabilities, a language model's top "
+        "tokens, and the logit difference logit(A) − logit(B) (A: the clean answer, B: the corrupted one) with the "
+        "share patching restores; an embedding model's cosine similarity to the clean and corrupted vectors.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--clean", required=True, metavar="TEXT", help="the text whose activation is copied")
+    p.add_argument("--corrupted", required=True, metavar="TEXT", help="the text the model runs on")
+    p.add_argument("--site", required=True, metavar="NAME",
+                   help="a named activation, {stack}.{layer}.{site}: e.g. encoder.1.attn.z, decoder.0.resid_post")
+    p.add_argument("--positions", type=int, nargs="+", default=None, metavar="T",
+                   help="patch only these positions (default: all)")
+    p.add_argument("--target", default=None, help="encoder-decoder: the decoder's text so far (both runs)")
+    p.add_argument("--label", default=None, help="classifier: the class A of the logit difference (default: the clean one)")
+    p.add_argument("--token", default=None, help="language model: the token A of the logit difference (default: the clean one)")
+    p.add_argument("--vs", default=None, metavar="B", help="the class or token B (default: the corrupted run's answer)")
+    p.add_argument("--top", type=int, default=5, help="top tokens shown")
+    _readout_flag(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_insight("run_patch"))
+
+    t = _command(subparsers, "attribute", "which heads and FFN blocks wrote a token's or a class's logit",
+                 "Each head's and each feed-forward block's share of one logit. --token: a token's logit at the last "
+                 "position, directly through the final LayerNorm with its scale frozen (pre-LN models, GPT). --label: "
+                 "a classifier's class logit, every LayerNorm's scale frozen and the pooler's tanh shared by DeepLIFT's "
+                 "rescale rule (the default for a classifier: its predicted class). --vs B: the logit difference "
+                 "logit(A) − logit(B). The direct parts sum to the logit exactly; --method ablation shows instead each "
+                 "part's total effect (the logit minus the logit with it switched off), which does not sum.",
                  _insight("run_attribute"), "the text (the prompt)")
     t.add_argument("--token", default=None, help="the token whose logit to explain (default: the model's top prediction)")
+    t.add_argument("--label", default=None, help="classifier: the class whose logit to explain (name or index)")
+    t.add_argument("--vs", default=None, metavar="B", help="explain logit(A) − logit(B): a token, or a class with --label")
+    t.add_argument("--method", choices=["direct", "ablation"], default="direct",
+                   help="direct: shares that sum to the logit; ablation: each part's total effect (one run each)")
     t.add_argument("--top", type=int, default=10, help="largest parts listed")
     t.add_argument("--json", action="store_true")
+
+
+def _readout_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--readout", choices=["auto", "classes", "tokens", "embedding"], default="auto",
+                   help="what to compare (default: what the model's forward gives: a classifier's classes, a language "
+                   "model's tokens, an encoder's sentence vector)")
 
 
 # ----------------------------------------------------------------------------------- explain

@@ -1,10 +1,11 @@
-"""``glassformer heads | lens | ablate | attribute``: the runners of the parsers in
+"""``glassformer heads | lens | ablate | patch | attribute``: the runners of the parsers in
 :mod:`glassformer.cli.explain` (imported when one of these commands runs, so ``--help`` stays light).
 
     glassformer heads MODEL [--json] [--out heads.html] [--kind encoder-self|decoder-self]
     glassformer lens MODEL "text" [--json] [--out lens.png] [--k 5]
-    glassformer ablate MODEL "text" --head HEAD [--head HEAD ...] [--mode zero|mean] [--json]
-    glassformer attribute MODEL "text" [--token WORD] [--json]
+    glassformer ablate MODEL "text" --head HEAD [--head HEAD ...] [--mode zero|mean] [--pair TEXT] [--json]
+    glassformer patch MODEL --clean TEXT --corrupted TEXT --site NAME [--positions T ...] [--json]
+    glassformer attribute MODEL "text" [--token WORD | --label CLASS] [--vs B] [--method direct|ablation] [--json]
 
 HEAD is a label as ``heads`` prints it (``encoder.1.3``, ``decoder.1.3``, ``cross.1.3``) or a bare
 ``1.3`` for the model's main attention. The work is :mod:`glassformer.explain.insight`'s.
@@ -82,7 +83,8 @@ def run_ablate(args: argparse.Namespace) -> int:
             raise InterventionError(f"--head {spec!r}: write it as LAYER.HEAD (e.g. 1.3) or ATTENTION.LAYER.HEAD "
                                     "(e.g. cross.1.3)")
     model, tokenizer = insight.load(args.model)
-    result = insight.ablation(model, tokenizer, args.text, args.head, mode=args.mode, top=args.top, target=args.target)
+    result = insight.ablation(model, tokenizer, args.text, args.head, mode=args.mode, top=args.top, target=args.target,
+                              readout=args.readout, pooling=_pooling(args), pair=args.pair)
     result["model"] = args.model
     if args.json:
         _emit_json(result)
@@ -91,11 +93,36 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pooling(args: argparse.Namespace) -> tuple[str, ...]:
+    """The sentence pooling the model directory declares, when the readout may be a sentence vector."""
+    from glassformer.explain.readouts import sentence_pooling
+
+    return sentence_pooling(args.model) if args.readout in ("auto", "embedding") else ("mean",)
+
+
+def run_patch(args: argparse.Namespace) -> int:
+    from glassformer.explain.patching import format_patching, patching
+
+    if args.label is not None and args.token is not None:
+        raise InterventionError("give --label (a class of a classifier) or --token (a token), not both")
+    model, tokenizer = insight.load(args.model)
+    result = patching(model, tokenizer, args.clean, args.corrupted, args.site, args.positions, target=args.target,
+                      readout=args.readout, pooling=_pooling(args), answer=args.label or args.token, vs=args.vs,
+                      top=args.top)
+    result["model"] = args.model
+    if args.json:
+        _emit_json(result)
+    else:
+        sys.stdout.write(format_patching(result))
+    return 0
+
+
 def run_attribute(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InterventionError(f"--top must be >= 1, got {args.top}")
     model, tokenizer = insight.load(args.model)
-    a, name = insight.attribution_report(model, tokenizer, args.text, args.token, args.target)
+    a, name = insight.attribution_report(model, tokenizer, args.text, args.token, args.target, label=args.label,
+                                         vs=args.vs, method=args.method)
     if args.json:
         _emit_json({"model": args.model, "text": args.text, **insight.attribution_json(a, name)})
     else:
@@ -103,4 +130,4 @@ def run_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_ablate", "run_attribute", "run_heads", "run_lens"]
+__all__ = ["run_ablate", "run_attribute", "run_heads", "run_lens", "run_patch"]

@@ -44,6 +44,9 @@ class AttributionError(InterventionError):
     """A model or request for which direct logit attribution is not well defined."""
 
 
+FINAL_NORM_NOTE = "direct effects through the final LayerNorm, its scale frozen at the actual input"
+
+
 @dataclass
 class Attribution:
     """Every direct contribution to one logit at one position (batch row 0)."""
@@ -58,6 +61,10 @@ class Attribution:
     check_error: float  # |sum of everything - logit|
     label: str = "decoder"  # the head labels of ``heads``: f"{label}.{layer}.{head}" (glassformer.models.family)
     cross_label: str | None = None  # and of ``cross_heads``
+    kind: str = "token"  # what ``token_id`` is: a "token" of the vocabulary or a "class" of a classifier
+    method: str = "direct"  # "direct": shares that sum to the logit; "ablation": total effects (they do not sum)
+    note: str = FINAL_NORM_NOTE  # how the numbers were made, in words (printed with them)
+    vs_id: int | None = None  # set: the numbers are of logit(token_id) - logit(vs_id)
 
     @property
     def total(self) -> float:
@@ -101,7 +108,7 @@ def direct_logit_attribution(
         why += [] if model.readout_is_linear else ["reads the stream with a non-linear head"]
         raise AttributionError(
             f"direct logit attribution needs a pre-LN model with a linear head; this {type(model).__name__} "
-            + " and ".join(why)
+            + " and ".join(why) + " (--method ablation gives each part's total effect instead)"
         )
     v = model.config.vocab_size
     if isinstance(token_id, bool) or not 0 <= int(token_id) < v:

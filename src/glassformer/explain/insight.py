@@ -13,13 +13,15 @@ For the encoder-decoder, the text is the source and ``target`` the decoder's tex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from glassformer.explain.hooks import InterventionError, ablate_heads, parse_heads
+from glassformer.explain.hooks import InterventionError, ablation_hooks, parse_heads
 from glassformer.explain.lens import model_token_logits, require_readout
+from glassformer.explain.readouts import choose_readout, class_rows, cosine, kl, mask_position, top_tokens
 from glassformer.explain.tokens import encode_text, start_token, token_strings
 
 SAMPLE_TEXT = "The cat sat on the mat. The cat sat on the"  # the model view's default text: a repeat, for induction
@@ -100,56 +102,84 @@ def prediction_position(model: nn.Module, tokenizer: Any, ids: list[int]) -> int
     """Where the prediction ablation compares is read: the last position, or the first mask token
     of a masked-LM (``model.predicts == "masked"``)."""
     require_readout(model, "ablate (it compares the prediction)")
-    if model.predicts == "next":
-        return -1
-    mask = getattr(tokenizer, "mask_id", None)
-    if mask is None:
-        mask = getattr(model.config, "mask_token_id", None)
-    if mask is None or mask not in ids:
-        raise InterventionError(f"for a masked-LM {type(model).__name__}, put a mask token (e.g. [MASK]) in the text: "
-                                "ablate compares its prediction")
-    return ids.index(mask)
+    return -1 if model.predicts == "next" else mask_position(model, tokenizer, ids)
 
 
 @torch.no_grad()
 def ablation(model: nn.Module, tokenizer: Any, text: str, heads: list[str], *, mode: str = "zero", top: int = 5,
-             target: str | None = None) -> dict[str, Any]:
-    """Silence ``heads`` (labels) and compare the predicted distribution before and after: the top
-    tokens and KL(before ‖ after). JSON-ready; ``heads`` lists the labels acted on, ``attention``
-    their attentions (a bare ``L.H`` is the model's main attention)."""
+             target: str | None = None, readout: str = "auto", pooling: Sequence[str] = ("mean",),
+             pair: str | None = None) -> dict[str, Any]:
+    """Silence ``heads`` (labels) and compare what the model reads out before and after
+    (:mod:`glassformer.explain.readouts`): the top tokens and KL(before ‖ after) for a language
+    model, the class probabilities and KL for a classifier, the cosine similarity of the sentence
+    vectors for an embedding model (and, with ``pair``, the similarity to a second text before and
+    after). JSON-ready; ``heads`` lists the labels acted on (none: nothing changes, exactly)."""
     if top < 1:
         raise InterventionError(f"--top must be >= 1, got {top}")
-    refs = parse_heads(model, heads)  # refuse bad heads before running anything
+    refs = parse_heads(model, heads) if heads else []  # refuse bad heads before running anything
     ids, tgt = text_inputs(model, tokenizer, text, target)
-    pos = prediction_position(model, tokenizer, ids)
+    r = choose_readout(model, tokenizer, ids, readout, pooling, tgt)
+    if pair is not None and r.kind != "embedding":
+        raise InterventionError("--pair compares two sentence vectors; it is for an embedding model (--readout embedding)")
     x = torch.tensor([ids])
     kwargs: dict[str, Any] = {} if tgt is None else {"tgt_ids": _batch(tgt)}
-    before = model_token_logits(model, model(x, **kwargs))[0, pos].double().log_softmax(-1)
-    after = model_token_logits(model, ablate_heads(model, x, refs, mode=mode, **kwargs))[0, pos].double().log_softmax(-1)
-    kl = float((before.exp() * (before - after)).sum())
-
-    def best(logp):
-        p, i = logp.exp().topk(min(top, logp.shape[-1]))
-        return [{"token": s, "id": int(j), "p": round(float(q), 6)} for s, j, q in zip(names(tokenizer, i.tolist()), i, p)]
-
-    result = {"model": None, "text": text, "heads": [ref.label for ref in refs],
-              "attention": list(dict.fromkeys(ref.kind for ref in refs)), "mode": mode,
-              "position": pos if pos >= 0 else len(ids) + pos if tgt is None else len(tgt) - 1,
-              "before": best(before), "after": best(after), "kl_before_after": kl}
+    hooks = ablation_hooks(model, refs, mode) if refs else {}
+    before = r.read(model, model(x, **kwargs))[0]
+    after = r.read(model, model.run_with_hooks(x, hooks=hooks, **kwargs))[0]
+    result: dict[str, Any] = {"model": None, "text": text, "heads": [ref.label for ref in refs],
+                              "attention": list(dict.fromkeys(ref.kind for ref in refs)), "mode": mode,
+                              "readout": r.kind, "measures": r.measures}
+    if r.kind == "classes":
+        rows = class_rows(r, {"before": before, "after": after})
+        b, a = int(before.argmax()), int(after.argmax())
+        result.update(classes=rows, kl_before_after=kl(before, after), predicted_before=r.labels[b],
+                      predicted_after=r.labels[a],
+                      top_class={"label": r.labels[b], "p_before": rows[b]["p_before"], "p_after": rows[b]["p_after"]})
+        return result
+    if r.kind == "embedding":
+        result.update(cosine_before_after=cosine(before, after), pooling=list(r.pooling))
+        if pair is not None:
+            y = torch.tensor([text_inputs(model, tokenizer, pair, None)[0]])
+            other_before = r.read(model, model(y))[0]
+            other_after = r.read(model, model.run_with_hooks(y, hooks=hooks))[0]
+            result["pair"] = {"text": pair, "cosine_before": cosine(before, other_before),
+                              "cosine_after": cosine(after, other_after)}
+        return result
+    pos = r.position
+    result.update(position=pos, before=top_tokens(tokenizer, before, top), after=top_tokens(tokenizer, after, top),
+                  kl_before_after=kl(before, after))
     top_id = int(before.argmax())
+    pb, pa = before.double().softmax(-1)[top_id], after.double().softmax(-1)[top_id]
     result["top_token"] = {"token": names(tokenizer, [top_id])[0], "id": top_id,
-                           "p_before": round(float(before[top_id].exp()), 6), "p_after": round(float(after[top_id].exp()), 6)}
+                           "p_before": round(float(pb), 6), "p_after": round(float(pa), 6)}
     return result
 
 
 def format_ablation(result: dict[str, Any]) -> str:
     """The before/after table of :func:`ablation`, ending with a newline."""
+    heads = ", ".join(result["heads"]) or "none"
+    where = f" ({result['mode']}; {', '.join(result['attention'])} attention)" if result["heads"] else ""
+    if result.get("readout") == "classes":
+        lines = [f"ablated heads {heads}{where}; class probabilities before and after"]
+        rows = [("class", "before", "after")] + [(c["label"], f"{c['p_before']:.3f}", f"{c['p_after']:.3f}")
+                                                 for c in result["classes"]]
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append(f"KL(before ‖ after) = {result['kl_before_after']:.4f} nats; predicted "
+                     f"{result['predicted_before']!r} -> {result['predicted_after']!r}")
+        return "\n".join(lines) + "\n"
+    if result.get("readout") == "embedding":
+        lines = [f"ablated heads {heads}{where}; sentence vector ({'+'.join(result['pooling'])} pooling)",
+                 f"cosine(before, after) = {result['cosine_before_after']:.6f}"]
+        if "pair" in result:
+            p = result["pair"]
+            lines.append(f"cosine with {p['text']!r}: {p['cosine_before']:.6f} -> {p['cosine_after']:.6f}")
+        return "\n".join(lines) + "\n"
     rows = [("before", "p", "after", "p")]
     for b, a in zip(result["before"], result["after"]):
         rows.append((repr(b["token"]), f"{b['p']:.3f}", repr(a["token"]), f"{a['p']:.3f}"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    lines = [f"ablated heads {', '.join(result['heads'])} ({result['mode']}; {', '.join(result['attention'])} attention); "
-             f"prediction at position {result['position']}"]
+    lines = [f"ablated heads {heads}{where}; prediction at position {result['position']}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     tt = result["top_token"]
     lines.append(f"KL(before ‖ after) = {result['kl_before_after']:.4f} nats; {tt['token']!r}: "
@@ -183,42 +213,105 @@ def resolve_token(tokenizer: Any, word: str) -> int:
     raise InterventionError(f"--token {word!r} is {len(pieces)} tokens {pieces}; give a single token (or #ID)")
 
 
+ATTRIBUTION_METHODS = ("direct", "ablation")
+
+
 @torch.no_grad()
 def attribution_report(model: nn.Module, tokenizer: Any, text: str, token: str | None = None,
-                       target: str | None = None):
-    """Direct logit attribution of ``token`` (default: the model's top prediction) at the last
-    position: ``(attribution, token display string)``."""
+                       target: str | None = None, *, label: str | None = None, vs: str | None = None,
+                       method: str = "direct"):
+    """Each head's and block's share of one logit: ``(attribution, display name)``.
+
+    The logit is a class's (``label``, a class name or index; the default for a classifier is its
+    predicted class) or a token's at the last position (``token``; default the top prediction), or
+    with ``vs`` the difference logit(label or token) − logit(vs). ``method="direct"`` splits it into
+    parts that sum to it exactly (a pre-LN language model through its final norm; a classifier as
+    :mod:`glassformer.explain.class_attribution` states); ``"ablation"`` gives each part's total
+    effect (the logit minus the logit without that part), which does not sum."""
     from glassformer.explain.attribution import direct_logit_attribution
+    from glassformer.explain.class_attribution import ablation_effects, class_attribution, difference
+    from glassformer.explain.readouts import resolve_label
+
+    if method not in ATTRIBUTION_METHODS:
+        raise InterventionError(f"unknown method {method!r}; choose {', '.join(ATTRIBUTION_METHODS)}")
+    if label is not None and token is not None:
+        raise InterventionError("give --label (a class of a classifier) or --token (a token), not both")
+    ids, tgt = text_inputs(model, tokenizer, text, target)
+    x = torch.tensor([ids])
+    kwargs = {} if tgt is None else {"tgt_ids": _batch(tgt)}
+    if label is not None or (token is None and model.readout_kind == "classes"):
+        labels = model.class_labels
+        if label is not None:
+            target_id = resolve_label(model, label)
+        else:
+            target_id = int(model.class_readout(model(x).last_hidden_state)[0].argmax())
+        vs_id = None if vs is None else resolve_label(model, vs)
+        if vs_id == target_id:
+            raise InterventionError(f"--vs {vs!r} is the class being explained; name another class")
+        name = labels[target_id] + ("" if vs_id is None else f" − {labels[vs_id]}")
+        if method == "direct":
+            return class_attribution(model, x, target_id, vs_id), name
+
+        def class_metric(out) -> float:
+            logits = model.class_readout(out.last_hidden_state)[0].float()
+            return float(logits[target_id] - (logits[vs_id] if vs_id is not None else 0.0))
+
+        return ablation_effects(model, (x,), kwargs, class_metric, target=target_id, position=0, kind="class",
+                                vs=vs_id), name
 
     require_readout(model, "attribute")
-    ids, tgt = text_inputs(model, tokenizer, text, target)
-    kwargs = {} if tgt is None else {"tgt_ids": _batch(tgt)}
     if token is None:
-        token_id = int(model_token_logits(model, model(torch.tensor([ids]), **kwargs))[0, -1].argmax())
+        token_id = int(model_token_logits(model, model(x, **kwargs))[0, -1].argmax())
     else:
         token_id = resolve_token(tokenizer, token)
-    a = direct_logit_attribution(model, torch.tensor([ids]), token_id, tgt_ids=_batch(tgt))
-    return a, names(tokenizer, [token_id])[0]
+    vs_id = None if vs is None else resolve_token(tokenizer, vs)
+    if vs_id == token_id:
+        raise InterventionError(f"--vs {vs!r} is the token being explained; name another token")
+    name = names(tokenizer, [token_id])[0]
+    if vs_id is not None:
+        name = f"{name!r} − {names(tokenizer, [vs_id])[0]!r}"
+    if method == "direct":
+        a = direct_logit_attribution(model, x, token_id, tgt_ids=_batch(tgt))
+        if vs_id is not None:
+            a = difference(a, direct_logit_attribution(model, x, vs_id, tgt_ids=_batch(tgt)))
+        return a, name
+    pos = prediction_position(model, tokenizer, ids)
+
+    def token_metric(out) -> float:
+        logits = model_token_logits(model, out)[0, pos].float()
+        return float(logits[token_id] - (logits[vs_id] if vs_id is not None else 0.0))
+
+    t = len(tgt) if tgt is not None else len(ids)
+    return ablation_effects(model, (x,), kwargs, token_metric, target=token_id, position=pos % t, kind="token",
+                            vs=vs_id), name
 
 
 def attribution_json(a, name: str) -> dict[str, Any]:
     """JSON-ready attribution (rounded to 6 digits)."""
-    return {
-        "token": name, "token_id": a.token_id, "position": a.position, "logit": a.logit,
-        "heads": [[round(float(v), 6) for v in row] for row in a.heads], "head_labels": a.label,
+    what = "label" if a.kind == "class" else "token"
+    out = {
+        what: name, f"{what}_id": a.token_id, "kind": a.kind, "method": a.method, "position": a.position,
+        "logit": a.logit, "heads": [[round(float(v), 6) for v in row] for row in a.heads], "head_labels": a.label,
         "ffn": [round(float(v), 6) for v in a.ffn],
         "cross_heads": None if a.cross_heads is None else [[round(float(v), 6) for v in row] for row in a.cross_heads],
-        "remainder": {k: round(v, 6) for k, v in a.remainder.items()}, "sum": a.total, "check_error": a.check_error,
-        "note": "direct effects through the final LayerNorm, its scale frozen at the actual input",
+        "remainder": {k: round(v, 6) for k, v in a.remainder.items()}, "note": a.note,
     }
+    if a.vs_id is not None:
+        out["vs_id"] = a.vs_id
+    if a.method == "direct":
+        out.update(sum=a.total, check_error=a.check_error)
+    return out
 
 
 def format_attribution(a, name: str, text: str, top: int = 10) -> str:
     """The attribution table (a row per layer: its heads and its FFN block), ending with a newline."""
     if top < 1:
         raise InterventionError(f"--top must be >= 1, got {top}")
-    out = [f"direct logit attribution of {name!r} (id {a.token_id}) after {text!r}: logit {a.logit:.4f}",
-           "(through the final LayerNorm with its scale frozen at the actual input)", ""]
+    what = f"class {name}" if a.kind == "class" else repr(name) if a.vs_id is None else name
+    where = "" if a.kind == "class" else f" (id {a.token_id})" if a.vs_id is None else ""
+    value = "logit difference" if a.vs_id is not None else "logit"
+    title = "direct logit attribution" if a.method == "direct" else "ablation effects (zero each part)"
+    out = [f"{title} of {what}{where} after {text!r}: {value} {a.logit:.4f}", f"({a.note})", ""]
     layers, heads = a.heads.shape
     header = ["layer"] + [f"head {h}" for h in range(heads)] + ["ffn"]
     rows = [header] + [[f"{a.label}.{layer}"] + [f"{float(v):+.3f}" for v in a.heads[layer]] + [f"{float(a.ffn[layer]):+.3f}"]
@@ -228,11 +321,15 @@ def format_attribution(a, name: str, text: str, top: int = 10) -> str:
                  for layer in range(layers)]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    out += ["", "remainder: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.remainder.items()),
-            f"sum of all parts {a.total:.4f} = logit {a.logit:.4f} (difference {a.check_error:.1e})",
-            "largest: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.ranked(top))]
+    out.append("")
+    if a.method == "direct":
+        out += ["remainder: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.remainder.items()),
+                f"sum of all parts {a.total:.4f} = {value} {a.logit:.4f} (difference {a.check_error:.1e})"]
+    else:
+        out.append(f"each number: the {value} minus the {value} with that part switched off; they do not add up")
+    out.append("largest: " + ", ".join(f"{k} {v:+.3f}" for k, v in a.ranked(top)))
     return "\n".join(out) + "\n"
 
 
-__all__ = ["SAMPLE_TEXT", "ablation", "attribution_json", "attribution_report", "format_ablation", "format_attribution",
+__all__ = ["ATTRIBUTION_METHODS", "SAMPLE_TEXT", "ablation", "attribution_json", "attribution_report", "format_ablation", "format_attribution",
            "lens_predicts", "lens_report", "load", "prediction_position", "resolve_token", "score_heads", "text_inputs"]

@@ -12,6 +12,9 @@ every question from them:
     model.forward_inputs(ids, tgt_ids)   -> (args, kwargs) for ``model(*args, **kwargs)``
     model.readout(x)             final norm + head: logits from a residual stream
     model.predicts               "next" (GPT, seq2seq), "masked" (BERT's MLM head), "none"
+    model.readout_kind           what the "why" tools compare: "classes" (a classification head),
+                                 "next" / "masked" (token logits), "embedding" (a sentence vector)
+    model.class_readout(h)       the classification head on the final stream: (B, T, C) -> (B, num_labels)
 
 **One naming rule for heads.** A head is ``{label}.{layer}.{head}`` where the label is the stack of a
 self-attention (``encoder``, ``decoder``) or ``cross`` for encoder-decoder attention:
@@ -24,12 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from glassformer.errors import GlassformerError
 from glassformer.models.outputs import AttentionKind
 
 Predicts = Literal["next", "masked", "none"]
+ReadoutKind = Literal["classes", "next", "masked", "embedding", "none"]
 
 # kind -> (stack, site, label, causal): where the activations of that attention are named
 KIND_SITES: dict[str, tuple[str, str, str, bool]] = {
@@ -98,6 +103,8 @@ class FamilyProtocol:
     head_module: ClassVar[str | None] = None  # attribute of the unembedding: "lm_head", "generator", "mlm_head"
     needs_target: ClassVar[bool] = False  # forward needs the decoder input (the encoder-decoder)
     next_token: ClassVar[bool] = True  # logits at position t predict token t+1 (False: the token at t)
+    classifier_module: ClassVar[str] = "classifier"  # attribute of a sequence-classification head, if the model has one
+    pooler_module: ClassVar[str] = "pooler"  # attribute of the pooler the classification head reads (tanh dense), if any
 
     # -------------------------------------------------------------------------- anatomy
 
@@ -217,3 +224,52 @@ class FamilyProtocol:
             raise HeadError(f"this {type(self).__name__} has no language-model head; it cannot read out tokens")
         norm = self.final_norm(stack)
         return head(norm(x) if norm is not None else x)
+
+    # -------------------------------------------------------------------------- what else it reads out
+
+    def classifier_head(self) -> nn.Module | None:
+        """The sequence-classification head (a linear map to the classes), or None."""
+        return getattr(self, self.classifier_module, None)
+
+    @property
+    def has_classifier(self) -> bool:
+        """The model has a sequence-classification head (BERT with ``num_labels > 0``)."""
+        return self.classifier_head() is not None
+
+    @property
+    def class_labels(self) -> list[str]:
+        """The names of the classes (``LABEL_i`` where unnamed); empty without a classification head."""
+        if not self.has_classifier:
+            return []
+        config = self.config  # type: ignore[attr-defined]
+        n = int(config.num_labels)
+        return list(getattr(config, "label_names", None) or [f"LABEL_{i}" for i in range(n)])
+
+    def class_readout(self, h: Tensor) -> Tensor:
+        """Class logits from the stream leaving the last layer, h (B, T, C) -> (B, num_labels): the first
+        position ([CLS]) through the pooler, tanh(W_p h + b_p), then the classification head (what
+        the forward pass does, dropout off)."""
+        head = self.classifier_head()
+        if head is None:
+            raise HeadError(f"this {type(self).__name__} has no classification head (num_labels=0)")
+        pooler = getattr(self, self.pooler_module, None)
+        x = h[:, 0]  # (B, C) the [CLS] position
+        return head(torch.tanh(pooler(x)) if pooler is not None else x)  # (B, num_labels)
+
+    @property
+    def readouts(self) -> tuple[ReadoutKind, ...]:
+        """Everything this model's output can be read as, the default first: ``"classes"`` (a
+        classification head: what its forward returns), ``"next"`` / ``"masked"`` (token logits),
+        ``"embedding"`` (an encoder-only model: a pooled sentence vector, as ``BERT.embed``)."""
+        kinds: list[ReadoutKind] = ["classes"] if self.has_classifier else []
+        if self.predicts != "none":
+            kinds.append(self.predicts)
+        if self.stacks == ("encoder",):
+            kinds.append("embedding")
+        return tuple(kinds)
+
+    @property
+    def readout_kind(self) -> ReadoutKind:
+        """What the "why" tools (ablate, patch, attribute) compare by default: the first of
+        :attr:`readouts`, or ``"none"``."""
+        return self.readouts[0] if self.readouts else "none"

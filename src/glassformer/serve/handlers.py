@@ -24,9 +24,11 @@ import torch
 from torch import Tensor
 
 from glassformer.errors import GlassformerError
+from glassformer.explain.class_attribution import DIRECT_NOTE, class_logit_parts
 from glassformer.explain.heads import head_scores, sequence_for_model
 from glassformer.explain.hooks import ablation_hooks
 from glassformer.explain.lens import lens_json, logit_lens
+from glassformer.explain.readouts import Readout, class_rows, cosine, kl, resolve_label, sentence_pooling
 from glassformer.explain.rotary import rotary_view
 from glassformer.explain.snapshot import load_snapshots, snapshot_weights
 from glassformer.explain.steps import four_steps
@@ -87,6 +89,7 @@ def describe(served: Served, index: int) -> dict[str, Any]:
         "max_len": served.max_len, "vocab_size": int(m.config.vocab_size),
         "mask_token": _mask_token(served), "has_history": _has_history(served.path),
         "can_attribute": bool(getattr(m.config, "norm_first", False)) and m.predicts != "none" and m.readout_is_linear,
+        "readout": m.readout_kind, "classes": m.class_labels,  # a classifier: ablation and attribution by class
     }
 
 
@@ -268,8 +271,12 @@ def lens(served: Served, text: str, k: int, target: str | None = None) -> dict[s
 def attribution(served: Served, text: str, token: str | int | None, position: int | None,
                 target: str | None = None) -> dict[str, Any]:
     """Direct logit attribution of one token's logit at one position, from the activation cache:
-    each part's share through the final norm with its scale frozen (they add up to the logit)."""
+    each part's share through the final norm with its scale frozen (they add up to the logit).
+    A classifier: ``token`` names a class (its name or index; default the predicted one), and the
+    parts are its class logit's (:mod:`glassformer.explain.class_attribution`)."""
     m = served.model
+    if m.readout_kind == "classes":
+        return _class_attribution(served, text, token)
     enc = encode(served, text, target)
     pos = _position(served, enc, position)
     args, kwargs = enc.args(m)
@@ -296,6 +303,28 @@ def attribution(served: Served, text: str, token: str | int | None, position: in
     }
 
 
+def _class_attribution(served: Served, text: str, label: str | int | None) -> dict[str, Any]:
+    m = served.model
+    enc = encode(served, text)
+    labels, shares, logits = class_logit_parts(m, torch.tensor([enc.ids]))  # (N, K), (K,)
+    if label is None or label == "":
+        k = int(logits.argmax())
+    elif isinstance(label, int):
+        if not 0 <= label < len(m.class_labels):
+            raise RequestError(f"class {label} is out of range 0..{len(m.class_labels) - 1}")
+        k = label
+    else:
+        k = resolve_label(m, label)
+    constant = float(shares[-1, k])  # the classifier's bias: no part wrote it
+    rows = sorted(zip(labels[:-1], shares[:-1, k].tolist()), key=lambda kv: -abs(kv[1]))
+    return {
+        "token": {"id": k, "text": m.class_labels[k]}, "class": m.class_labels[k], "position": 0,
+        "logit": float(logits[k]), "constant": constant, "note": DIRECT_NOTE,
+        "check_error": abs(float(shares[:, k].sum()) - float(logits[k])),
+        "parts": [{"label": name, "value": round(float(v), 6)} for name, v in rows],
+    }
+
+
 # ------------------------------------------------------------------------------ ablation
 
 
@@ -316,12 +345,20 @@ def ablate(served: Served, text: str, heads: list[str], mode: str, k: int, posit
         def grab(x: Tensor) -> None:
             caught["x"] = x
 
-        m.run_with_hooks(*args, hooks={**extra, final: grab} if final not in extra else extra, **kwargs)
+        caught["out"] = m.run_with_hooks(*args, hooks={**extra, final: grab} if final not in extra else extra, **kwargs)
         return caught["x"][0]  # (T, C) the stream that reaches the final norm
 
-    before, after = run({}), run(hooks)
+    before, out_before = run({}), caught["out"]
+    after, out_after = run(hooks), caught["out"]
     result: dict[str, Any] = {"heads": [r.label for r in refs], "mode": mode, "position": pos,
                               "stream_change": float((after[pos] - before[pos]).norm() / before[pos].norm().clamp_min(1e-12))}
+    if m.has_classifier:  # class probabilities before and after (what the classifier answers)
+        read = Readout("classes", labels=tuple(m.class_labels))
+        cb, ca = read.read(m, out_before)[0], read.read(m, out_after)[0]
+        result.update(classes=class_rows(read, {"before": cb, "after": ca}), kl_classes=kl(cb, ca))
+    elif m.readout_kind == "embedding":  # a sentence-embedding model: how far its vector turned
+        read = Readout("embedding", pooling=sentence_pooling(str(served.path)))
+        result["cosine"] = cosine(read.read(m, out_before)[0], read.read(m, out_after)[0])
     if m.predicts == "none":
         return result  # no head to read tokens with: the change of the final stream is what there is
     lb, la = m.readout(before).float(), m.readout(after).float()  # (T, V)

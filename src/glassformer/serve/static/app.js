@@ -225,12 +225,18 @@ function glassformerExplorer(root, options) {
       const r = await api("ablate", body);
       if (seq !== state.seq) return;
       const out = [controls];
+      if (r.classes) {  // a classifier: its class probabilities before and after
+        out.push(el("p", { dataset: { gf: "kl-classes" }, text: `class probabilities: KL(before ‖ after) = ${fmt(r.kl_classes)} nats` }));
+        out.push(el("table", { dataset: { gf: "classes" } }, [el("tr", {}, ["class", "p before", "p after"].map((h, i) => el("th", { class: i ? "" : "t", text: h }))),
+          ...r.classes.map((c) => el("tr", {}, [el("td", { class: "t", text: c.label }), el("td", { text: fmt(c.p_before) }), el("td", { text: fmt(c.p_after) })]))]));
+      }
+      if (r.cosine !== undefined) out.push(el("p", { dataset: { gf: "cosine" }, text: `sentence vector: cosine(before, after) = ${fmt(r.cosine, 6)}` }));
       if (r.before) {
         out.push(el("p", { dataset: { gf: "kl" }, text: `position ${r.position}: KL(before ‖ after) = ${fmt(r.kl)} nats` +
           (r.loss_before !== undefined ? `; loss on the text ${fmt(r.loss_before)} → ${fmt(r.loss_after)}` : "") }));
         out.push(el("div", { class: "pair" }, [el("div", {}, [el("p", { text: "before" }), predictionTable(r.before, "before")]),
                                                 el("div", {}, [el("p", { text: "after" }), predictionTable(r.after, "after")])]));
-      } else {
+      } else if (!r.classes) {
         out.push(el("p", { dataset: { gf: "kl" }, text: `no language-model head: the final stream at position ${r.position} changed by ${fmt(100 * r.stream_change, 1)}%` }));
       }
       box.replaceChildren(...out);
@@ -257,8 +263,9 @@ function glassformerExplorer(root, options) {
 
   async function drawAttribution(token) {
     const box = $("attribution");
-    if (!state.info.can_attribute) { box.replaceChildren(el("p", { class: "hint", text: "needs a pre-norm model with a linear head (GPT-style)" })); return; }
-    const input = el("input", { type: "text", placeholder: "target token (empty: the top guess)", dataset: { gf: "attr-token" } });
+    const byClass = state.info.readout === "classes";  // a classifier: a class logit's parts
+    if (!state.info.can_attribute && !byClass) { box.replaceChildren(el("p", { class: "hint", text: "needs a pre-norm model with a linear head (GPT-style) or a classifier" })); return; }
+    const input = el("input", { type: "text", placeholder: byClass ? `class: ${state.info.classes.join(", ")} (empty: the predicted one)` : "target token (empty: the top guess)", dataset: { gf: "attr-token" } });
     input.value = token || "";
     input.addEventListener("change", () => drawAttribution(input.value));
     const body = { model: state.model, text: state.text, token: token || null };
@@ -270,8 +277,9 @@ function glassformerExplorer(root, options) {
       const top = r.parts.slice(0, 12), most = Math.max(1e-9, ...top.map((p) => Math.abs(p.value)));
       const t = el("table", {}, top.map((p) => el("tr", {}, [el("td", { class: "t", text: p.label }), el("td", { text: fmt(p.value, 3) }),
         el("td", { class: "t" }, [el("span", { class: "bar" + (p.value < 0 ? " neg" : ""), style: `width:${Math.round(120 * Math.abs(p.value) / most)}px` })])])));
-      box.replaceChildren(el("div", { class: "controls" }, [input]),
-        el("p", { text: `logit of ${show(r.token.text)} (id ${r.token.id}) at position ${r.position}: ${fmt(r.logit, 3)} = parts + ${fmt(r.constant, 3)}` }), t);
+      const what = r.class !== undefined ? `logit of class ${show(r.class)}` : `logit of ${show(r.token.text)} (id ${r.token.id}) at position ${r.position}`;
+      box.replaceChildren(...[el("div", { class: "controls" }, [input]),
+        el("p", { text: `${what}: ${fmt(r.logit, 3)} = parts + ${fmt(r.constant, 3)}` }), r.note ? el("p", { class: "hint", text: r.note }) : null, t].filter((x) => x));
     } catch (e) { box.replaceChildren(el("div", { class: "controls" }, [input]), el("p", { class: "bad", text: e.message })); }
   }
 
