@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import random
+import time
 import types
 from pathlib import Path
 
@@ -115,7 +116,7 @@ class FakeClock:
 
 
 def test_max_minutes_fits_the_schedule_so_the_run_ends_decayed(corpus, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("glassformer.training.trainer.time", types.SimpleNamespace(perf_counter=FakeClock().perf_counter))
+    monkeypatch.setattr("glassformer.training.trainer.time", types.SimpleNamespace(perf_counter=FakeClock().perf_counter, time=time.time))
     run = tmp_path / "run"
     code, out, err = run_main(capsys, "train", "gpt", "--data", corpus, "--out", run, *TINY, "--max-steps", "100000",
                               "--max-minutes", "0.1", "--schedule", "linear", "--min-lr", "0", "--lr", "1e-3",
