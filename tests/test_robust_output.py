@@ -40,3 +40,48 @@ def test_the_attention_matrix_has_axis_labels_naming_queries_and_keys(dirs, tmp_
     dom = dump_dom(path)
     # the first view of the encoder-decoder: the encoder's self-attention over the source
     assert 'id="matrix-x">keys: source tokens 0–' in dom and 'id="matrix-y">queries: source tokens 0–' in dom, dom[-3000:]
+
+
+# ------------------------------------------------------------------------------ silent results named
+
+
+def test_generate_warns_when_the_prompt_is_longer_than_the_model_reads(dirs, caplog):
+    from glassformer.generation.config import GenerationConfig
+    from glassformer.generation.text import generate_texts
+
+    model, tok = load_model_and_tokenizer(dirs["gpt"])
+    config = GenerationConfig(max_new_tokens=1, eos_token_id=())
+    with caplog.at_level("WARNING"):
+        generate_texts(model, tok, ["the cat sat", "the cat " * 10], config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"prompt 2 has 80 tokens, more than the {model.config.max_len} the model reads; "
+                        f"generating from its last 48"], warnings
+
+
+def test_init_names_the_shape_flags_it_ignores(dirs, tmp_path, caplog):
+    from glassformer.training import guard
+    from glassformer.training.config import TrainConfig
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    config = TrainConfig(task="gpt", data=str(corpus), init=str(dirs["gpt"]), d_model=96, n_layers=2, n_heads=8,
+                         context=16, out=str(tmp_path / "run"))
+    with caplog.at_level("WARNING"):
+        guard.check_memory(config)
+    assert f"--init {dirs['gpt']} keeps its own shape; ignored: --n-heads 8 (it has 4), --d-model 96 (it has 32)" \
+        in caplog.text  # --n-layers 2 is the model's own: not named
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        guard.check_memory(config.replace(d_model=32, n_heads=4, n_layers=6))
+    assert caplog.text.endswith("ignored: --n-layers 6 (it has 2)\n"), caplog.text
+
+
+def test_demo_real_runs_with_its_default_of_no_training_time():
+    import argparse
+
+    from glassformer.demos.common import DemoRun
+
+    args = argparse.Namespace(out=None, overwrite=False, minutes=None, max_steps=None, seed=0, progress="none")
+    assert DemoRun.from_args("real", args, default_minutes=0.0).minutes == 0.0
+    with pytest.raises(ValueError, match="--minutes 0.0: must be a finite, positive"):
+        DemoRun.from_args("real", argparse.Namespace(**{**vars(args), "minutes": 0.0}), default_minutes=0.0)

@@ -24,7 +24,7 @@ from typing import TextIO
 from glassformer.data.batching import pad
 from glassformer.errors import DataError, GlassformerError
 from glassformer.generation.config import GenerationConfig
-from glassformer.generation.gpt import generate_lists
+from glassformer.generation.gpt import generate_lists, window_keep
 from glassformer.generation.loop import first_not_none
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.streaming import TextStreamer, cut_at_stop
@@ -139,6 +139,11 @@ def generate_texts(
     """
     require_task(model, "generate")
     ids = encode_all(prompts, "prompt", lambda t: tokenizer.encode(t, add_special_tokens=False))
+    max_len = model.config.max_len
+    for i, p in enumerate(ids):  # the sliding window would drop its beginning unseen: say so, as translate does
+        if len(p) > max_len:
+            log.warning("prompt %d has %d tokens, more than the %d the model reads; generating from its last %d",
+                        i + 1, len(p), max_len, window_keep(max_len))
     config, eos_ids = with_special_ids(model, tokenizer, config)
     results: list[Completion] = []
 
