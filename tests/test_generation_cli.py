@@ -64,7 +64,7 @@ def test_generate_bad_input_is_one_line_and_exit_2(dirs, capsys, tmp_path):
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--beam", 2, "--temperature", 1, match="beam search")
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--temperature", -1, match="temperature")
     assert_refused(capsys, "generate", g, "--prompt", "hi", "--top-p", 0, match="top_p")
-    assert_refused(capsys, "generate", dirs["bert"], "--prompt", "hi", match="needs a gpt model")
+    assert_refused(capsys, "generate", dirs["bert"], "--prompt", "hi", match="generate needs a decoder-only model")
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -107,7 +107,7 @@ def test_translate_matches_the_api_and_beam_runs(dirs, capsys, monkeypatch):
     assert code == 0 and out.count("\n") == 1
     assert_refused(capsys, "translate", dirs["seq2seq"], "--prompt", "a", "--beam", 2, "--temperature", 1,
                    match="beam search")
-    assert_refused(capsys, "translate", dirs["gpt"], "--prompt", "a", match="needs a transformer model")
+    assert_refused(capsys, "translate", dirs["gpt"], "--prompt", "a", match="translate needs an encoder-decoder")
     assert_refused(capsys, "translate", dirs["seq2seq"], "--prompt", "", match="source 1 is empty")
 
 

@@ -105,7 +105,7 @@ def test_gpt2_logits_match_and_cached_continuation(tmp_path, batch, tie):
 
 def test_bert_model_hidden_states_with_padding_and_segments(tmp_path, batch, caplog):
     hf = randomize(BertModel(bert_config()))
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         ours = load_hf(save(hf, tmp_path), expect=BERT)
     assert (ours.config.pooler, ours.config.mlm_head, ours.config.num_labels) == (True, False, 0)
     assert "not in the checkpoint: masked-LM head" in caplog.text  # absent heads are reported

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _setup(args, command: str):
     texts = read_inputs(args)
-    model, tokenizer = load(args, "bert", command)
+    model, tokenizer = load(args, command)
     return texts, model, tokenizer
 
 
@@ -75,9 +75,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from glassformer.generation.text import classify_texts  # torch: only when running
 
     texts, model, tokenizer = _setup(args, "classify")
-    if model.config.num_labels <= 0:
-        raise ValueError(f"{args.model_dir}: this BERT has no classification head (num_labels=0); "
-                         "train one with `glassformer train classifier`")
 
     def show(i: int, result: dict) -> None:
         if args.json:

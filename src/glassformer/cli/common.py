@@ -14,9 +14,6 @@ import os
 import shlex
 import sys
 
-# the command(s) that use a model of each family, for "wrong family" errors
-FAMILY_COMMANDS = {"gpt": ("generate",), "transformer": ("translate",), "bert": ("fill-mask", "classify", "embed")}
-
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """MODEL_DIR, ``--prompt`` (repeatable; else stdin) and ``--batch-size``."""
@@ -49,24 +46,18 @@ def suggest(command: str, model_dir: str | os.PathLike, *rest: str) -> str:
     return " ".join(["glassformer", command, *(shlex.quote(str(a)) for a in (model_dir, *rest))])
 
 
-def check_family(found: str, family: str, command: str, model_dir: str | os.PathLike) -> None:
-    """Refuse a model of the wrong family, suggesting the command that fits it."""
-    if found == family:
-        return
-    fits = FAMILY_COMMANDS.get(found)
-    hint = " or ".join(suggest(c, model_dir, "--prompt", "TEXT") for c in fits) if fits else "another command"
-    raise ValueError(f"{command} needs a {family} model; {model_dir} holds a {found} model (try: {hint})")
-
-
-def load(args: argparse.Namespace, family: str, command: str):
-    """(model, tokenizer) from MODEL_DIR, refusing a model of the wrong family. The tokenizer
-    knows how to wrap the model's input (:meth:`~glassformer.tokenizers.base.Tokenizer.wrap`)."""
-    from glassformer.loading import load_model_and_tokenizer  # torch: only when running
+def load(args: argparse.Namespace, command: str):
+    """(model, tokenizer) from MODEL_DIR, refusing before any work a model that cannot do
+    ``command`` (asked of the model itself: :func:`~glassformer.generation.text.require_task`),
+    with the commands that fit it. The tokenizer knows how to wrap the model's input
+    (:meth:`~glassformer.tokenizers.base.Tokenizer.wrap`)."""
+    from glassformer.generation.text import require_task  # torch: only when running
+    from glassformer.loading import load_model_and_tokenizer
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
-    check_family(model.config.model_type, family, command, args.model_dir)
+    require_task(model, command, str(args.model_dir), lambda task: suggest(task, args.model_dir, "--prompt", "TEXT"))
     return model, tokenizer
 
 

@@ -58,7 +58,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stream and --json do not mix; pass --no-stream with --json")
     if stream and config.num_beams > 1:
         raise ValueError("--stream shows one sequence as it grows; beam search chooses at the end (use --no-stream)")
-    model, tokenizer = load(args, "gpt", "generate")
+    model, tokenizer = load(args, "generate")
     n = len(prompts)
     rows = config.num_beams * (1 if stream else min(n, args.batch_size))
     model = optimize_for_decoding(model, batch_size=rows)
@@ -89,7 +89,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, args.model_dir)
     texts = read_inputs(args)
-    model, tokenizer = load(args, "transformer", "translate")
+    model, tokenizer = load(args, "translate")
     limit = max_new_tokens_limit(model)
     if given(args, "max_new_tokens") and config.max_new_tokens > limit:  # only the user's own request is worth a word
         log.warning("--max-new-tokens %d: this decoder holds %d positions; generating at most %d tokens",

@@ -26,6 +26,27 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def check_heads_memory(model, n: int, batch: int) -> None:
+    """Refuse, before anything is drawn, a ``--batch`` × ``--n`` whose activations cannot fit: each
+    of the ``batch`` rows of about 2n tokens keeps every layer's attention pattern (H, T, T), its
+    residual streams and a row of logits per position (a generous estimate)."""
+    from glassformer.memory import FP32, MemoryLimitError, available_bytes, format_bytes
+
+    free = available_bytes(next(model.parameters()).device)
+    if free is None:
+        return
+    t = 2 * n + 2  # the random tokens, repeated, and the tokenizer's framing
+    specs = model.attentions_spec()
+    row = sum(s.n_layers * s.n_heads * t * t * 2 for s in specs) * FP32  # scores and probabilities
+    row += (sum(s.n_layers for s in specs) * 16 * model.config.d_model + 2 * model.config.vocab_size) * t * FP32
+    if batch * row <= free:
+        return
+    fits = free // row
+    hint = f"use --batch {fits} or less" if fits else "use a smaller --n"
+    raise MemoryLimitError(f"--batch {batch} with --n {n}: scoring the heads needs about {format_bytes(batch * row)} "
+                           f"but {format_bytes(free)} is available; {hint}")
+
+
 def run_heads(args: argparse.Namespace) -> int:
     from glassformer.explain.heads import format_heads
 
@@ -36,6 +57,7 @@ def run_heads(args: argparse.Namespace) -> int:
     if args.n < 2 or args.batch < 1:
         raise InterventionError("--n must be >= 2 and --batch >= 1")
     model, tokenizer = insight.load(args.model, require_tokenizer=args.out is not None)
+    check_heads_memory(model, args.n, args.batch)
     kind = None if getattr(args, "kind", "auto") == "auto" else args.kind
     scores = insight.score_heads(model, tokenizer, n=args.n, batch=args.batch, seed=args.seed, kind=kind)
     if args.json:

@@ -48,9 +48,10 @@ class DemoRun:
         out = Path(args.out) if args.out is not None else Path("runs") / f"demo-{name}"
         # the default run directory belongs to the demo: each demo replaces its previous run there
         overwrite = bool(args.overwrite) or (default_out and (out / "train_config.json").is_file())
-        minutes = args.minutes if getattr(args, "minutes", None) is not None else default_minutes
-        if not math.isfinite(minutes) or minutes <= 0:
-            raise ValueError(f"--minutes {minutes}: must be a finite, positive number of minutes")
+        given = getattr(args, "minutes", None)
+        if given is not None and (not math.isfinite(given) or given <= 0):  # the user's; a default may be 0 (real)
+            raise ValueError(f"--minutes {given}: must be a finite, positive number of minutes")
+        minutes = given if given is not None else default_minutes
         return cls(name, out, overwrite, minutes, args.max_steps, args.seed, args.progress)
 
     @classmethod

@@ -43,7 +43,7 @@ def require_readout(model: nn.Module, what: str) -> None:
     if model.predicts == "none":
         raise InterventionError(
             f"this {type(model).__name__} has no language-model head (no {model.head_module}: a sentence-embedding "
-            f"checkpoint such as all-MiniLM-L6-v2 ships the encoder only, a classifier its label head); {what} needs one"
+            f"checkpoint such as all-MiniLM-L6-v2 ships the encoder only, a classifier its label head); {what} needs one; explain, attention and heads work without it"
         )
 
 

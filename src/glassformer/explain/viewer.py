@@ -32,6 +32,7 @@ from glassformer.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+CONTINUATION = 4  # tokens a GPT adds to the prompt by default: enough to see, few enough to stay on topic
 QUANT = 65535  # uint16 levels: a quantisation error of at most 0.5 / 65535 < 1e-5
 PLACEHOLDER = "__GLASSFORMER_DATA__"
 LARGE_PAGE = 64 * 2**20  # above this many bytes of weights, suggest viewing fewer layers
@@ -106,7 +107,7 @@ def viewer_data(
 ) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data.
 
-    GPT: ``text`` is the prompt; the model continues it by ``max_new_tokens`` (default 16; 0 for
+    GPT: ``text`` is the prompt; the model continues it by ``max_new_tokens`` (default :data:`CONTINUATION`; 0 for
     none) and the head view covers prompt + generated tokens. BERT: the head view of ``text``. Encoder-decoder: ``text``
     is the source; the target is ``target`` when given, else the model's own generation.
     ``layers`` limits the head view to some layers (smaller files for big models).
@@ -119,7 +120,7 @@ def viewer_data(
     trace = None
     prepared = prepare(m, tokenizer, text, target if seq2seq else None)
     if max_new_tokens is None:  # GPT: a short continuation; seq2seq: room for a whole translation
-        max_new_tokens = 16 if not seq2seq else max(1, min(m.config.max_len - 1, (3 * len(prepared.input_ids)) // 2 + 8))
+        max_new_tokens = CONTINUATION if not seq2seq else max(1, min(m.config.max_len - 1, (3 * len(prepared.input_ids)) // 2 + 8))
     if continues and max_new_tokens > 0:
         trace = _trace(m, tokenizer, prepared.input_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
         prepared.input_ids = trace.context_ids

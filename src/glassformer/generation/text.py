@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from glassformer.data.batching import pad
-from glassformer.errors import DataError
+from glassformer.errors import DataError, GlassformerError
 from glassformer.generation.config import GenerationConfig
-from glassformer.generation.gpt import generate_lists
+from glassformer.generation.gpt import generate_lists, window_keep
 from glassformer.generation.loop import first_not_none
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.streaming import TextStreamer, cut_at_stop
@@ -57,6 +57,40 @@ def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
 def device_of(model):
     """The device the model's parameters live on."""
     return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- what a model can do, asked of the family protocol
+
+# each text task and what it needs of the model
+NEEDS = {"generate": "a decoder-only model with a next-token head", "translate": "an encoder-decoder",
+         "fill-mask": "a masked-LM head", "classify": "a classification head", "embed": "an encoder-only model"}
+
+
+class TaskError(GlassformerError, ValueError):
+    """A model that lacks what a task needs (a language-model head, a classifier, an encoder ...)."""
+
+
+def tasks_of(model) -> list[str]:
+    """The text tasks ``model`` can do, in :data:`NEEDS` order: read from what it predicts, whether it
+    needs a target, its stacks and its classifier (not from its family's name)."""
+    can = {"generate": model.predicts == "next" and not model.needs_target,
+           "translate": model.predicts == "next" and model.needs_target,
+           "fill-mask": model.predicts == "masked",
+           "classify": getattr(model, "classifier", None) is not None,
+           "embed": tuple(model.stacks) == ("encoder",)}
+    return [task for task in NEEDS if can[task]]
+
+
+def require_task(model, task: str, where: str = "this model",
+                 suggest: Callable[[str], str] | None = None) -> None:
+    """Refuse, before any work, a model that cannot do ``task``: say what it lacks and what it can
+    do instead (``suggest(task)`` spells an alternative; default: the task's name)."""
+    can = tasks_of(model)
+    if task in can:
+        return
+    fits = " or ".join(map(suggest or str, can)) if can else None
+    hint = f"try: {fits}" if fits else "no text task fits it; explain, attention and heads look inside it"
+    raise TaskError(f"{task} needs {NEEDS[task]}, which {where} lacks (it holds a {type(model).__name__}); {hint}")
 
 
 @dataclass
@@ -125,7 +159,13 @@ def generate_texts(
     as its tokens arrive (``before(i, prompt)`` is called first); otherwise ``batch_size``
     prompts run together. ``on_result(i, completion)`` is called as each result is ready.
     """
+    require_task(model, "generate")
     ids = encode_all(prompts, "prompt", lambda t: tokenizer.encode(t, add_special_tokens=False))
+    max_len = model.config.max_len
+    for i, p in enumerate(ids):  # the sliding window would drop its beginning unseen: say so, as translate does
+        if len(p) > max_len:
+            log.warning("prompt %d has %d tokens, more than the %d the model reads; generating from its last %d",
+                        i + 1, len(p), max_len, window_keep(max_len))
     config, eos_ids = with_special_ids(model, tokenizer, config)
     results: list[Completion] = []
 
@@ -160,6 +200,7 @@ def translate_texts(
 ) -> list[str]:
     """Translate each text with an encoder-decoder; sources are encoded as the model was trained
     (:meth:`~glassformer.tokenizers.base.Tokenizer.encode_source`)."""
+    require_task(model, "translate")
     rows = encode_all(texts, "source", tokenizer.encode_source)
     max_len = model.config.max_len
     for i, r in enumerate(rows):
@@ -243,6 +284,7 @@ def fill_mask_texts(model, tokenizer, texts: Sequence[str], *, top_k: int = 5, b
     ``on_result(i, masks)`` is called as each text's result is ready."""
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    require_task(model, "fill-mask")
     mask_id = mask_id_of(model, tokenizer)
     if mask_id is None:
         raise DataError("the tokenizer has no mask token; fill-mask needs one")
@@ -271,9 +313,7 @@ def fill_mask_texts(model, tokenizer, texts: Sequence[str], *, top_k: int = 5, b
 def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, on_result=None) -> list[dict]:
     """For each text, ``{"label", "probabilities"}`` (every label's probability, rounded to 6 places).
     ``on_result(i, result)`` is called as each text's result is ready."""
-    if model.config.num_labels <= 0:
-        raise ValueError("this BERT has no classification head (num_labels=0); "
-                         "train one with `glassformer train classifier`")
+    require_task(model, "classify")
     rows = _encode_inputs(tokenizer, texts, model.config.max_len)
     results: list[dict] = []
     for start, ids, mask in _padded_batches(model, tokenizer, rows, batch_size):
@@ -299,6 +339,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32,
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    require_task(model, "embed")
     sentence = read_sentence_config(model_dir) if model_dir is not None else None  # None without modules.json
     if sentence is not None:
         lower_text = sentence.do_lower_case and not apply_lower_case(tokenizer)

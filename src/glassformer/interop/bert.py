@@ -171,11 +171,11 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> B
     model.load_weights(state, source=source)
     heads = {"pooler": config.pooler, "masked-LM head": config.mlm_head,
              f"classifier ({config.num_labels} labels)" if config.num_labels else "classifier": config.num_labels > 0}
-    log.info("%s: BERT encoder loaded with %s%s", source,
+    log.debug("%s: BERT encoder loaded with %s%s", source,
              ", ".join(h for h, on in heads.items() if on) or "no heads",
              "; not in the checkpoint: " + ", ".join(h for h, on in heads.items() if not on) if not all(heads.values()) else "")
     if dropped_nsp:
-        log.info("%s: the next-sentence-prediction head (cls.seq_relationship) has no glassformer counterpart; dropped", source)
+        log.debug("%s: the next-sentence-prediction head (cls.seq_relationship) has no glassformer counterpart; dropped", source)
     return model
 
 

@@ -126,7 +126,7 @@ def config_from_hf(cfg: HFConfig) -> GPTConfig:
     fields["qkv_bias"] = kind == "qwen2"  # Qwen2's q, k, v projections always have biases
     window = cfg.get("sliding_window", int, None) if kind == "mistral" else None
     if window is not None and window < fields["max_len"]:
-        log.info("%s: sliding_window=%d: max_len capped at the window, where full attention is the same", cfg.path, window)
+        log.debug("%s: sliding_window=%d: max_len capped at the window, where full attention is the same", cfg.path, window)
         fields["max_len"] = window
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         fields[name] = in_vocab(cfg, name, fields["vocab_size"])

@@ -196,7 +196,7 @@ def load(cfg: HFConfig, weights: dict[str, Tensor], source: str, directory) -> T
     keymap.refuse_leftovers(theirs, source, "Transformer", name)
     model.load_weights(state, source=source)
     if not config.tie_embeddings:
-        log.info("%s: encoder, decoder and output embeddings are not all tied in this checkpoint; "
+        log.debug("%s: encoder, decoder and output embeddings are not all tied in this checkpoint; "
                  "glassformer keeps three separate matrices", source)
     return model
 

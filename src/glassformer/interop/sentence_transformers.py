@@ -86,7 +86,7 @@ def pooling_modes(config: dict[str, Any], path: Path) -> tuple[str, ...]:
     if bad or not modes:
         raise CheckpointError(f"{path}: pooling {bad or 'none'} is not supported; choose among {', '.join(POOLING_MODES)}")
     if config.get("include_prompt") is False:
-        log.info("%s: include_prompt=false only matters with prompts, which glassformer does not add", path)
+        log.debug("%s: include_prompt=false only matters with prompts, which glassformer does not add", path)
     return modes
 
 

@@ -42,8 +42,14 @@ class CharTokenizer(Tokenizer):
         chars = list(chars)
         specials = list(specials)
         for c in chars:
-            if len(c) != 1:
+            if not isinstance(c, str) or len(c) != 1:
                 raise ValueError(f"a character vocabulary holds single characters, got {c!r}")
+        for t in specials:
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"a special token is a non-empty string, got {t!r}")
+        if special_roles is not None and not (isinstance(special_roles, dict) and all(
+                isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in special_roles.items())):
+            raise ValueError(f"special_roles maps role names to tokens, got {special_roles!r}")
         if len(set(chars)) != len(chars) or len(set(specials)) != len(specials):
             raise ValueError("the vocabulary repeats an entry")
         clash = set(specials) & set(chars)

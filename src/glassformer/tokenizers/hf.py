@@ -16,6 +16,7 @@ frequent byte pairs into longer tokens. Decoding joins the bytes and reads them 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,6 +74,20 @@ class HFTokenizer(Tokenizer):
         self.special_tokens = discover_specials(tokenizer.token_to_id, self._overrides)
         self.kind = type(tokenizer.model).__name__.lower()  # "bpe", "wordpiece", "unigram", "wordlevel"
         self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.source = "the tokenizer"  # its file, once loaded from one (named in errors)
+
+    @contextlib.contextmanager
+    def _rust_errors(self):
+        """A panic inside the Rust library (a pre-tokenizer regex that gives up on an input:
+        "retry-limit-in-match over") as a DataError naming the tokenizer file. pyo3's
+        PanicException derives from BaseException, so ``except Exception`` does not see it."""
+        try:
+            yield
+        except BaseException as e:
+            if type(e).__name__ != "PanicException":
+                raise
+            raise DataError(f"{self.source} failed on this text ({str(e).strip()}); its pre-tokenizer or "
+                            "normalizer cannot handle it (a regex that backtracks without end?)") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, special_tokens: dict[str, str] | None = None) -> HFTokenizer:
@@ -92,12 +107,15 @@ class HFTokenizer(Tokenizer):
         apply_config_settings(tok, config)
         roles = config_roles(config)
         roles.update(special_tokens or {})
-        return cls(tok, roles, declared_max_length(path.parent))
+        loaded = cls(tok, roles, declared_max_length(path.parent))
+        loaded.source = str(path)
+        return loaded
 
     # ------------------------------------------------------------------ text <-> ids
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        with self._rust_errors():
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_for_model(self, text: str, max_length: int | None = None, *, what: str = "the text") -> list[int]:
         """``encode(text)`` cut to the smaller of ``max_length`` and :attr:`model_max_length`.
@@ -106,7 +124,8 @@ class HFTokenizer(Tokenizer):
         ``transformers`` does with ``truncation=True, max_length=...``.
         """
         limit = length_limit(max_length, self.model_max_length)
-        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        with self._rust_errors():
+            encoding = self.tokenizer.encode(text, add_special_tokens=False)
         n_special = self.tokenizer.num_special_tokens_to_add(False)
         total = len(encoding.ids) + n_special
         if limit is not None and total > limit:
@@ -119,7 +138,8 @@ class HFTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         # runs on all cores inside the Rust library; the "fast" variant skips offset tracking
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)  # fast: tokenizers >= 0.21
-        encodings = encode(list(texts), add_special_tokens=add_special_tokens)
+        with self._rust_errors():
+            encodings = encode(list(texts), add_special_tokens=add_special_tokens)
         return [e.ids for e in encodings]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

@@ -162,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not -(2**63) <= self.seed < 2**63:  # torch seeds are 64-bit
+            raise ValueError(f"seed must be below 2**63 (and above -2**63), got {self.seed}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "val_fraction", "mask_prob",
                      "dropout", "max_minutes", "label_smoothing"):
             value = getattr(self, name)

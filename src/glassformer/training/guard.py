@@ -15,6 +15,7 @@ Under torchrun, rank 0 alone locks and writes; every rank learns whether the loc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -114,6 +115,7 @@ def _model_config(config: TrainConfig) -> tuple[Any, int | None]:
 
     Checks a resumed checkpoint's or a glassformer ``--init``'s weights against their config first.
     """
+    from glassformer.io import read_json
     from glassformer.loading import is_glassformer_dir
     from glassformer.models.config import CONFIG_CLASSES
 
@@ -123,19 +125,35 @@ def _model_config(config: TrainConfig) -> tuple[Any, int | None]:
         source = Path(config.init)
         if not is_glassformer_dir(source):
             check_hf_weights(source, device)
-            from glassformer.io import read_json
-
+            warn_ignored_shape(config, None)
             return None, hf_parameter_estimate(read_json(source / "config.json"))
+        warn_ignored_shape(config, read_json(source / "config.json"))
     if source is not None:
         check_weights_file(source, device, training=True)
-        from glassformer.io import read_json
-
         return read_json(source / "config.json"), None
     vocab = config.vocab_size if config.tokenizer == "bpe" else CHAR_VOCAB_GUESS
     try:
         return CONFIG_CLASSES[TASK_FAMILY[config.task]](vocab_size=vocab, **config.model_kwargs()), None
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+
+
+SHAPE_FIELDS = ("n_layers", "n_heads", "d_model", "d_ff", "max_len")
+
+
+def warn_ignored_shape(config: TrainConfig, init_config: dict[str, Any] | None) -> None:
+    """``--init`` fixes the model's shape: one warning line naming every shape flag set to another
+    value than the ``--init`` model's (``init_config``; None for a Hugging Face directory, whose
+    values are not compared), instead of training a model the flags did not ask for in silence."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    ignored = []
+    for name in SHAPE_FIELDS:
+        value, have = getattr(config, name), (init_config or {}).get(name)
+        if value is None or value == defaults[name] or value == have:
+            continue
+        ignored.append(f"--{name.replace('_', '-')} {value}" + (f" (it has {have})" if have is not None else ""))
+    if ignored:
+        log.warning("--init %s keeps its own shape; ignored: %s", config.init, ", ".join(ignored))
 
 
 def check_memory(config: TrainConfig) -> None:
