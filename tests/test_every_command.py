@@ -82,10 +82,10 @@ BOTH = {"explain", "attention-png", "attention-html", "heads", "serve", "convert
 WORKS = {
     "gpt": BOTH | {"generate", "lens", "ablate", "attribute", "attribute-token"},
     "bert-mlm": BOTH | {"fill-mask", "embed", "lens"},
-    "bert-headless": BOTH | {"embed"},
-    "classifier": BOTH | {"classify", "embed"},
+    "bert-headless": BOTH | {"embed", "ablate"},  # ablate compares the sentence vectors (cosine)
+    "classifier": BOTH | {"classify", "embed", "ablate", "attribute"},  # class probabilities, a class logit
     "seq2seq": BOTH - {"convert-hf"} | {"translate", "lens", "ablate"},  # the tiny one's positions are not Marian's
-    "minilm": BOTH - {"convert-hf"} | {"embed", "convert"},  # a Hugging Face directory converts the other way
+    "minilm": BOTH - {"convert-hf"} | {"embed", "convert", "ablate"},  # a Hugging Face directory converts the other way
 }
 TEXT_TASKS = {"generate", "translate", "fill-mask", "classify", "embed"}
 

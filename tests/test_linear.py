@@ -212,3 +212,36 @@ def test_gpt_loss_without_logits_equals_the_loss_from_logits(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps the usual path, logits included
         mixed = model(ids, labels=labels, return_logits=False)
     assert mixed.logits is not None and torch.isfinite(mixed.loss)
+
+
+def test_importing_and_running_a_model_does_not_load_the_compiler():
+    """torch._dynamo costs 1-2 s of every command's start-up; nothing on the eager path loads it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    code = ("import sys, torch\nfrom glassformer.models import GPT, GPTConfig\n"
+            "m = GPT(GPTConfig.from_name('gpt-tiny', vocab_size=5000))\nids = torch.randint(0, 5000, (1, 8))\n"
+            "m(ids, labels=ids, return_logits=False).loss.backward()\nprint('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC},
+                         capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert out == "False"
+
+
+@pytest.mark.slow
+def test_the_fused_loss_inside_a_compiled_model_equals_eager():
+    from glassformer.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt-tiny", vocab_size=5000, dropout=0.0))  # above FUSED_MIN_VOCAB
+    ids, labels = torch.randint(0, 5000, (2, 16)), torch.randint(0, 5000, (2, 16))
+    eager = model(ids, labels=labels, return_logits=False).loss
+    eager.backward()
+    grad = model.tok_emb.weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model)(ids, labels=labels, return_logits=False).loss
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(model.tok_emb.weight.grad, grad, atol=1e-6, rtol=1e-5)

@@ -54,10 +54,14 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, labels:
     if weight.shape[0] < FUSED_MIN_VOCAB:
         z = F.linear(h2, weight, bias).float()  # (N, V)
         return F.cross_entropy(z, y, ignore_index=ignore_index, reduction="sum")
+    if torch.compiler.is_compiling():
+        # kept out of the compiled graph (a chunk loop with a data-dependent branch: it runs eagerly
+        # inside a compiled model). Disabled here, while tracing, not by a decorator: that would load
+        # torch._dynamo on import and add 1-2 s to every command's start-up.
+        return torch.compiler.disable(fused_linear_cross_entropy)(h2, weight, bias, y, ignore_index)
     return fused_linear_cross_entropy(h2, weight, bias, y, ignore_index)
 
 
-@torch.compiler.disable  # a chunk loop with a data-dependent branch: it runs eagerly inside a compiled model
 def fused_linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                                ignore_index: int) -> Tensor:
     """:func:`linear_cross_entropy` for h (N, C) and labels (N,), always chunked and fused."""
