@@ -88,9 +88,12 @@ def test_generate_continues_as_transformers_generate(llama, capsys):
     code, out, err = run_main(capsys, "generate", d, "--prompt", TEXT, "--max-new-tokens", "8", "--json")
     assert code == 0, err
     got = json.loads(out)
-    prompt = tok.encode(TEXT, add_special_tokens=False).ids  # generate continues the text as written
+    prompt = tok.encode(TEXT).ids  # as transformers' tokenizer(TEXT) gives it: the template's <|begin_of_text|> first
+    assert prompt[0] == tok.token_to_id(BOS)
+    x = torch.tensor([prompt])
     with torch.no_grad():
-        new = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0)[0, len(prompt):]
+        new = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
+                          pad_token_id=tok.token_to_id(EOS))[0, len(prompt):]
     eos = tok.token_to_id(EOS)
     new = new.tolist()[: new.tolist().index(eos)] if eos in new.tolist() else new.tolist()
     assert got["completion"] == tok.decode(new, skip_special_tokens=True) and got["completion"]

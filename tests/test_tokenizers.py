@@ -264,3 +264,25 @@ def test_build_tokenizer_kinds():
         build_tokenizer("word", text, None)
     with pytest.raises(DataError, match="empty"):
         build_tokenizer("bpe", [""], 300)
+
+
+def test_a_prompt_keeps_the_templates_leading_tokens_and_never_a_closing_one(tmp_path):
+    """A Llama-style template (``<s> $A``) starts every prompt with its bos, as transformers' tokenizer does;
+    a BERT-style one (``[CLS] $A [SEP]``) keeps [CLS] but never the closing [SEP]; no template: plain ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from glassformer.interop import load_hf_tokenizer
+
+    vocab = {"[CLS]": 0, "[SEP]": 1, "<s>": 2, "[UNK]": 3, "a": 4, "b": 5}
+    for name, template, want in [("llama", "<s> $A", [2, 4, 5]), ("bert", "[CLS] $A [SEP]", [0, 4, 5]), ("none", None, [4, 5])]:
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        if template:
+            specials = [(t, vocab[t]) for t in ("[CLS]", "[SEP]", "<s>") if t in template]
+            tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
+        d = tmp_path / name
+        d.mkdir()
+        tok.save(str(d / "tokenizer.json"))
+        ours = load_hf_tokenizer(d)
+        ours.own_template = True  # a model trained on the tokenizer's template (set by the loader for HF dirs)
+        assert ours.encode_prompt("a b") == want, name

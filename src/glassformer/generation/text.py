@@ -160,7 +160,7 @@ def generate_texts(
     prompts run together. ``on_result(i, completion)`` is called as each result is ready.
     """
     require_task(model, "generate")
-    ids = encode_all(prompts, "prompt", lambda t: tokenizer.encode(t, add_special_tokens=False))
+    ids = encode_all(prompts, "prompt", tokenizer.encode_prompt)
     max_len = model.config.max_len
     for i, p in enumerate(ids):  # the sliding window would drop its beginning unseen: say so, as translate does
         if len(p) > max_len:

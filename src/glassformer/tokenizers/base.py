@@ -147,6 +147,19 @@ class Tokenizer(ABC):
             ids = ids[: limit - 1] + ids[-1:]
         return ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids a decoder continues for a prompt: with the tokenizer's own template (a model trained
+        on it), its leading special tokens and the text (Llama's ``<s>`` / ``<|begin_of_text|>``), never
+        a closing one; otherwise the plain ids (GPT-2's template adds nothing either way)."""
+        ids = self.encode(text, add_special_tokens=False)
+        if not self.own_template:
+            return ids
+        full = self.encode(text, add_special_tokens=True)
+        for start in range(len(full) - len(ids) + 1):
+            if full[start:start + len(ids)] == ids:
+                return full[:start + len(ids)]  # (leading specials, text): what comes after is dropped
+        return ids
+
     def encode_source(self, text: str) -> list[int]:
         """The ids an encoder-decoder reads for a source text: the tokenizer's own template when
         the model was trained on it (Marian's ``... </s>``), else plain ids, as our seq2seq data has."""
