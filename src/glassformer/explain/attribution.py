@@ -44,7 +44,7 @@ class AttributionError(InterventionError):
     """A model or request for which direct logit attribution is not well defined."""
 
 
-FINAL_NORM_NOTE = "direct effects through the final LayerNorm, its scale frozen at the actual input"
+FINAL_NORM_NOTE = "direct effects through the final norm, its scale frozen at the actual input"
 
 
 @dataclass
@@ -146,4 +146,6 @@ def direct_logit_attribution(
                          None if cross_spec is None else head_table(cross_spec), remainder, 0.0,
                          self_spec.label, None if cross_spec is None else cross_spec.label)
     result.check_error = abs(result.total - logit)
+    norm = model.final_norm(stack)
+    result.note = f"direct effects through the final {type(norm).__name__}, its scale frozen at the actual input"
     return result

@@ -77,7 +77,8 @@ def mask_position(model: nn.Module, tokenizer: Any, ids: list[int]) -> int:
     if mask is None:
         mask = getattr(model.config, "mask_token_id", None)
     if mask is None or mask not in ids:
-        raise InterventionError(f"for a masked-LM {type(model).__name__}, put a mask token (e.g. [MASK]) in the text: "
+        shown = tokenizer.decode([mask]) if mask is not None else "the mask token"
+        raise InterventionError(f"for a masked-LM {type(model).__name__}, put a mask token ({shown}) in the text: "
                                 "ablate and patch compare its prediction")
     return ids.index(mask)
 
