@@ -8,7 +8,7 @@ caches) are multiplied by one row in turn, so every matrix comes from memory, as
 Reported: GB/s of matrix read (median of ``--repeats``), for
 
 - ``F.linear`` with W in the usual (out, in) rows, and with W column-major ((in, out) storage);
-- :func:`glassformer.linear.split_inner_linear`: column-major W, the inner dimension cut into one
+- :func:`glassformer.generation.layout.split_inner_linear`: column-major W, the inner dimension cut into one
   slice per torch thread (what :class:`glassformer.linear.Linear` does for one row);
 - summing a buffer of the same size: the read bandwidth the products are measured against.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from glassformer.linear import split_inner_linear  # noqa: E402
+from glassformer.generation.layout import split_inner_linear  # noqa: E402
 
 SETS = {  # name -> the (out, in) shapes multiplied in turn
     "GPT-2 layer matrices": [(2304, 768), (768, 768), (3072, 768), (768, 3072)],
