@@ -34,6 +34,17 @@ SKIP = {
         "starts the live explorer, which serves until Ctrl-C (tests/test_serve_*.py drive it)",
     "curl -s localhost:8000/api/steps -H 'Content-Type: application/json' \\":
         "talks to the server the block above starts (tests/test_serve_api.py checks /api/steps)",
+    "glassformer train gpt --data corpus.txt --out runs/llama-style \\":
+        "the user's corpus and minutes of training (tests/test_train_post2017.py runs these flags for 30 steps)",
+    "# reviews.csv: a header row, then one text and one label per row; the columns are yours to name":
+        "the user's own reviews.csv (tests/test_finetune.py and test_finetune_minilm.py run the recipe on files they make)",
+    "python benchmarks/fine_tune.py --threads 2 --json runs/fine_tune.json":
+        "the measured benchmark, minutes (tests/test_finetune_minilm.py runs its smoke mode)",
+    'glassformer generate path/to/SmolLM2-135M --prompt "The capital of France is" --max-new-tokens 20':
+        "a checkpoint the user downloaded (tests/test_llama_tools.py runs these commands on a synthetic Llama directory)",
+    'glassformer ablate runs/reviews "a good film" --head 1.0          # class probabilities before/after, KL':
+        "runs/reviews, the fine-tuned model of the user's CSV (tests/test_why_classifier.py runs ablate, patch and "
+        "attribute on a fine-tuned classifier)",
 }
 
 
