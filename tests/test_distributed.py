@@ -32,6 +32,12 @@ FIELDS = dict(n_layers=2, n_heads=2, d_model=32, context=32, batch_size=4, grad_
               sample_tokens=0, progress="none", log_every=1, dropout=0.0, lr=1e-2, warmup_steps=2, seed=7,
               eval_every=4)
 TOL = 1e-5
+# Two ranks' all-reduced mean gradient and one process's gradient of the whole batch are equal in
+# exact arithmetic, not in floats: the sums run in another order, and the kernels may block a
+# 4-row and an 8-row batch differently. Adam divides by sqrt(v), so those 1e-7 differences grow
+# over the steps: below 1e-5 in the loss by step 8 on AVX2 (AMD EPYC), 2e-4 on AVX-512 + AMX
+# (Intel Xeon). Batches drawn wrong change the very first loss, which is held to TOL.
+TOL_ACROSS_WORLD_SIZES = 1e-3
 
 
 def flags(corpus: str) -> list[str]:
@@ -142,10 +148,11 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(launched,
     assert [r["step"] for r in rows] == list(range(1, 9))  # rank 0 alone wrote the metrics
     want, want_val = reference_losses(corpus, root / "cache", monkeypatch)
     got = [r["train_loss"] for r in rows]
-    assert max(abs(a - b) for a, b in zip(got, want)) < TOL, (got, want)
+    assert abs(got[0] - want[0]) < TOL  # the first step: the same batches and weights, before any update
+    assert max(abs(a - b) for a, b in zip(got, want)) < TOL_ACROSS_WORLD_SIZES, (got, want)
     for r in rows:
         if "val_loss" in r:
-            assert abs(r["val_loss"] - want_val[r["step"]]) < TOL
+            assert abs(r["val_loss"] - want_val[r["step"]]) < TOL_ACROSS_WORLD_SIZES
     assert got[-1] < got[0] - 0.3  # and it learnt something: not a trivially equal flat curve
     # only rank 0 reports: one "done" per phase that ran to the end (all but the signalled one)
     assert stdout.count("done: ") == len(phases(root, str(corpus))) - 1
