@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="glassformer-demo-bert-") as init:
         untrained_model(init, args.seed)
         demo, cfg = DemoRun.begin("bert", args, MINUTES, DESCRIPTION, timer, lambda steps: config(steps, init),
-                                  low=200, high=2500)
+                                  low=500, high=2500)
         trained = train_and_load(demo, cfg)
     if trained is None:
         return 0  # stopped early: said so

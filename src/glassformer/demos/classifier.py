@@ -121,7 +121,7 @@ def predict(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
-    demo, cfg = DemoRun.begin("classifier", args, MINUTES, DESCRIPTION, timer, config, low=100, high=2000)
+    demo, cfg = DemoRun.begin("classifier", args, MINUTES, DESCRIPTION, timer, config, low=300, high=2000)
     if (trained := train_and_load(demo, cfg)) is None:
         return 0  # stopped early: said so
     result, setup, model, tokenizer = trained

@@ -136,7 +136,7 @@ def bits_per_char(model, tokenizer, tokens: np.ndarray, context: int, batch_size
 
 
 def run(args: argparse.Namespace) -> int:
-    demo, cfg = DemoRun.begin("gpt", args, MINUTES, DESCRIPTION, timer, config, low=100, high=900)
+    demo, cfg = DemoRun.begin("gpt", args, MINUTES, DESCRIPTION, timer, config, low=200, high=900)
     if (trained := train_and_load(demo, cfg)) is None:
         return 0  # stopped early: said so
     result, setup, model, tokenizer = trained  # the best checkpoint, as a user loads it

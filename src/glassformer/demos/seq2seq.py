@@ -73,7 +73,7 @@ def positional_majority(targets: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from glassformer.data import builtin_pairs
 
-    demo, cfg = DemoRun.begin("seq2seq", args, MINUTES, DESCRIPTION, timer, config, low=100, high=3000)
+    demo, cfg = DemoRun.begin("seq2seq", args, MINUTES, DESCRIPTION, timer, config, low=600, high=3000)
     if (trained := train_and_load(demo, cfg)) is None:
         return 0  # stopped early: said so
     result, setup, model, tokenizer = trained
