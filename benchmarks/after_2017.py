@@ -21,7 +21,9 @@ every run gets the same training time and a faster model takes more steps. ``--m
 (``--cap``; by default the demo's, 900 steps per 2.25 minutes, which one thread does not reach; the
 report flags a run that does), from which the warm-up (cap / 10, squeezed with the schedule: about
 a tenth of the steps a run takes) and the evaluation interval (cap / 5) follow, as in the demo. No
-samples during training (``--sample-tokens 0``) and no compilation, for every run alike.
+samples during training (``--sample-tokens 0``) and no compilation, for every run alike. The
+dtype is the demo's (``auto``: bf16 autocast on a CPU with AMX, fp32 elsewhere; the report says
+which) unless ``--dtype`` sets it.
 
 Each run's model (the best checkpoint, as a user loads it) is then scored on the whole validation
 split in bits per character (``demos.gpt.bits_per_char``: the tokenizers are the same for every
@@ -68,7 +70,7 @@ def configs(n_heads: int, d_model: int) -> dict[str, dict]:
     return {"2017": {}, **changes, "all": every}
 
 
-def base_flags(cap: int, smoke: bool) -> list[str]:
+def base_flags(cap: int, smoke: bool, dtype: str | None = None) -> list[str]:
     """``glassformer train gpt`` flags of the demo's data, model and optimiser, with a cap of ``cap`` steps."""
     from glassformer.demos import gpt
 
@@ -77,7 +79,7 @@ def base_flags(cap: int, smoke: bool) -> list[str]:
                   n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, batch_size=cfg.batch_size,
                   lr=cfg.lr, min_lr=cfg.min_lr, dropout=cfg.dropout, eval_batches=cfg.eval_batches,
                   max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, eval_every=cfg.eval_every,
-                  log_every=cfg.log_every, sample_tokens=0, dtype=cfg.dtype, progress="none")
+                  log_every=cfg.log_every, sample_tokens=0, dtype=dtype or cfg.dtype, progress="none")
     if smoke:
         values.update(eval_batches=2)
     return [*flag_list(values), "--no-compile"]
@@ -172,7 +174,8 @@ def summarise(name: str, runs: list[dict], base_mean: float | None) -> dict:
 
 
 def print_report(result: dict) -> None:
-    print(f"\n{result['minutes']:g} min per run, seeds {result['seeds']}, cap {result['cap']} steps; "
+    print(f"\n{result['minutes']:g} min per run, seeds {result['seeds']}, cap {result['cap']} steps, autocast "
+          f"{result['autocast']}; "
           f"bits/char on the whole validation split (unigram: {result['unigram_bits_per_char']:.3f})")
     print("| config | flags | params | steps (mean) | val bits/char (mean ± sd) | range | vs 2017 |")
     print("| --- | --- | ---: | ---: | ---: | --- | ---: |")
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=int, help="--max-steps of every run (default: the demo's cap, 900 steps per 2.25 "
                                                 "minutes, which one CPU thread does not reach)")
     parser.add_argument("--configs", help="comma-separated subset of 2017,rotary,rmsnorm,swiglu,gqa,all")
+    parser.add_argument("--dtype", help="auto, float32 or bfloat16 (default: the demo's, auto: bf16 autocast on a CPU "
+                                            "with AMX, else fp32)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds per run, one seed: the structure only")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--keep", help="keep the run directories here (default: a temporary folder)")
@@ -203,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.score:
         print(json.dumps(score(Path(args.score))))
         return 0
+    import torch
+
     from glassformer.demos import gpt
+    from glassformer.training.runtime import resolve_dtype
 
     if args.smoke:
         args.minutes, args.cap = 0.1, args.cap or 30
@@ -218,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--configs: unknown {sorted(unknown)}; choose from {list(table)}", file=sys.stderr)
             return 2
         table = {k: v for k, v in table.items() if k in args.configs.split(",")}
-    flags = base_flags(cap, args.smoke) + ["--max-minutes", f"{args.minutes:g}"]
+    flags = base_flags(cap, args.smoke, args.dtype) + ["--max-minutes", f"{args.minutes:g}"]
+    autocast = str(resolve_dtype(args.dtype or demo.dtype, torch.device("cpu")) or "none (float32)")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {name: [r for r in runs if r["config"] == name] for name in table}
     base = statistics.fmean(r["bits_per_char"] for r in by_name["2017"]) if by_name.get("2017") else None
     result = {"minutes": args.minutes, "seeds": seeds, "cap": cap, "smoke": args.smoke, "threads_per_run": 1,
+              "autocast": autocast,
               "base_flags": flags, "configs": table, "unigram_bits_per_char": runs[0]["unigram_bits_per_char"],
               "summary": [summarise(name, rows, base) for name, rows in by_name.items()], "runs": runs}
     print_report(result)

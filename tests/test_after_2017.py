@@ -53,7 +53,7 @@ def test_smoke_run_reports_every_config_trained_in_pairs_and_learning(tmp_path, 
         assert bench.main(["--smoke", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     names = ["2017", "rotary", "rmsnorm", "swiglu", "gqa", "all"]
-    assert result["smoke"] and result["seeds"] == [1337] and result["threads_per_run"] == 1
+    assert result["smoke"] and result["seeds"] == [1337] and result["threads_per_run"] == 1 and result["autocast"]
     assert "--max-minutes" in result["base_flags"] and result["base_flags"][result["base_flags"].index("--max-minutes") + 1] == "0.1"
     assert [row["config"] for row in result["summary"]] == names
     runs = {r["config"]: r for r in result["runs"]}
