@@ -98,10 +98,10 @@ def child_env(cache: Path) -> dict:
 def pairings(names: list[str], round_index: int) -> list[tuple[str, str | None]]:
     """Round ``round_index`` of a round-robin over ``names`` (the circle method): pairs that together
     hold every name once; ``None`` is the partner of the name left over when their number is odd."""
+    if not names:
+        return []
     people: list[str | None] = list(names) + ([None] if len(names) % 2 else [])
     n = len(people)
-    if n < 2:
-        return [(people[0], None)] if people and people[0] is not None else []
     r = round_index % (n - 1)
     rest = people[1:]
     rest = rest[r:] + rest[:r]  # rotate all but the first
