@@ -145,10 +145,12 @@ def test_suggested_commands_are_shell_quoted(dirs, capsys, tmp_path):
     d = tmp_path / "my models" / "bert's"
     shutil.copytree(dirs["bert"], d)
     code, _, err = run_main(capsys, "generate", d, "--prompt", "hi")
-    assert code == 2 and "holds a bert model" in err
+    assert code == 2 and "generate needs a decoder-only model" in err and "holds a BERT" in err
     import shlex
 
-    assert f"glassformer fill-mask {shlex.quote(str(d))} --prompt TEXT" in err
+    for task in ("fill-mask", "classify", "embed"):  # each command that fits, with the directory quoted for a shell
+        assert f"glassformer {task} {shlex.quote(str(d))} --prompt TEXT" in err, err
+    assert f"glassformer fill-mask {d} " not in err
 
 
 def test_the_prompt_suggested_after_training_gpt_has_no_trailing_space(tmp_path):

@@ -32,6 +32,7 @@ CONTEXT = 128
 TEMPERATURE, TOP_K = 0.8, 40
 PROMPTS = ("The", "This", "If the", "Return", "A", "When", "For example,", "The default")
 SAMPLE_TOKENS = 160
+SAMPLES_PER_PROMPT = 4  # 32 samples, ~2,400 word pairs: one sample per prompt (~550 pairs) swings the pair rate by 5+ points
 WORD = re.compile(r"[A-Za-z]+")
 RUN = re.compile(r"(.)\1{19,}", re.DOTALL)  # a character 20+ times in a row
 
@@ -153,13 +154,14 @@ def run(args: argparse.Namespace) -> int:
     say(f"  {val_bpc:.2f} bits per character on the validation text (unigram baseline {unigram_bpc:.2f}; "
         f"8 for raw bytes); {val_chars / val_text_tokens:.2f} characters per token")
 
-    texts = sample(model, tokenizer, PROMPTS, SAMPLE_TOKENS, demo.seed)
-    samples = [p + t for p, t in zip(PROMPTS, texts)]
+    prompts = list(PROMPTS) * SAMPLES_PER_PROMPT
+    texts = sample(model, tokenizer, prompts, SAMPLE_TOKENS, demo.seed)
+    samples = [p + t for p, t in zip(prompts, texts)]
     rates = hit_rates(samples, words, pairs)
     runs = degenerate_runs(samples, corpus)
-    plain = hit_rates([p + t for p, t in zip(PROMPTS, sample(model, tokenizer, PROMPTS, SAMPLE_TOKENS, demo.seed, None))],
+    plain = hit_rates([p + t for p, t in zip(prompts, sample(model, tokenizer, prompts, SAMPLE_TOKENS, demo.seed, None))],
                       words, pairs)
-    unigram = hit_rates(unigram_samples(tokenizer, train_tokens, PROMPTS, SAMPLE_TOKENS, demo.seed), words, pairs)
+    unigram = hit_rates(unigram_samples(tokenizer, train_tokens, prompts, SAMPLE_TOKENS, demo.seed), words, pairs)
     say("")
     say(f"samples (temperature {TEMPERATURE}, top-k {TOP_K}; {SAMPLE_TOKENS} tokens each):")
     for text in samples[:3]:
