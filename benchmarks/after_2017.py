@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         table = {k: v for k, v in table.items() if k in args.configs.split(",")}
     flags = base_flags(cap, args.smoke, args.dtype) + ["--max-minutes", f"{args.minutes:g}"]
-    autocast = str(resolve_dtype(args.dtype or demo.dtype, torch.device("cpu")) or "none (float32)")
+    autocast = str(resolve_dtype(args.dtype or demo.dtype, torch.device("cpu"), demo.d_model) or "none (float32)")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)

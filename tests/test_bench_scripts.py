@@ -107,3 +107,16 @@ def test_row_product_quick_reports_every_product():
         results = module.main(["--quick"])
     (figures,) = results.values()
     assert len(figures) == 4 and all(v > 0 for v in figures.values())
+
+
+@pytest.mark.slow
+def test_cpu_bf16_quick_times_both_precisions_of_each_shape(tmp_path):
+    out = tmp_path / "bf16.json"
+    stdout = run_script("cpu_bf16.py", "--quick", "--json", str(out))
+    data = json.loads(out.read_text())
+    assert [(r["d_model"], r["n_layers"]) for r in data["rows"]] == [(32, 2), (64, 2)]
+    for r in data["rows"]:
+        assert r["fp32_ms"] > 0 and r["bf16_ms"] > 0
+        assert r["bf16_over_fp32"] == pytest.approx(r["bf16_ms"] / r["fp32_ms"], rel=0.01)
+        assert f"{r['params']:,}" in stdout
+    assert data["rows"][0]["params"] < data["rows"][1]["params"]

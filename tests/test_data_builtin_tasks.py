@@ -62,7 +62,7 @@ def test_repeated_sequences_hold_a_segment_of_distinct_letters_twice_and_nowhere
     ids = list(range(5, 5 + len(ALPHABET)))
     data = RepeatedTokensDataset(ids, context=32)
     seq, periods, starts = data.sample(256, torch.Generator().manual_seed(0))
-    assert seq.shape == (256, 33) and set(periods.tolist()) == set(range(4, 12))  # 4 .. (T+1)//3
+    assert seq.shape == (256, 33) and set(periods.tolist()) == set(range(8, 17))  # T//4 .. T//2
     assert int(starts.min()) == 0 and len(set(starts.tolist())) > 15  # the place varies, anywhere it fits
     for row, k, s in zip(seq.tolist(), periods.tolist(), starts.tolist()):
         segment = row[s: s + k]

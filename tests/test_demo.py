@@ -177,23 +177,25 @@ def test_classifier_demo_beats_length_and_bag_of_words_by_ten_points_beside_a_cp
 def induction_run(out: Path) -> list[str]:  # beside the suite's one-thread tests; the matmul-heavy demos later
     # Where the plateau ends depends on the floating-point sums, so on the thread count (2, fixed
     # by the background runs) and on nothing else.
-    return glassformer_argv("demo", "induction", "--max-steps", "5000", "--out", out, "--progress", "none")
+    return glassformer_argv("demo", "induction", "--max-steps", "4000", "--out", out, "--progress", "none")
 
 
 @pytest.mark.slow
-@pytest.mark.background("induction")  # about 2.2 minutes on 2 quiet cores
+@pytest.mark.background("induction")  # about 1.4 minutes on 2 quiet cores
 @pytest.mark.timeout(WAIT)
 def test_induction_demo_forms_a_sharp_induction_head_after_a_phase_change(background, capsys):
     out = background.out
     data = summary(out)
-    assert data["steps"] == 5000
+    assert data["steps"] == 4000
     assert abs(data["repeated_loss_start"] - 3.466) < 0.1  # ln 32: a blind guess on the plateau
-    assert data["phase_change_step"] is not None
+    # issue 28: the phase change before 40% of the steps (measured: 1,250 of 4,000 here; 1,200-2,200 over five
+    # seeds on one thread), not at the end of the budget
+    assert data["phase_change_step"] is not None and data["phase_change_step"] <= 0.4 * data["steps"], data
     assert data["repeated_loss_end"] < data["repeated_loss_start"] - 1.5  # the repeat is read off the first copy
-    assert data["induction_score_best"] >= 0.5, data["scores"]
+    assert data["induction_score_best"] >= 0.8, data["scores"]  # measured 0.98
     assert data["best_head"][0] == 1  # it needs the previous-token head of the layer below
     assert max(data["scores"][0]) < 0.1  # layer 0 cannot do induction: it has no layer below
-    assert len(data["scores"]) == 2 and len(data["scores"][0]) == 2
+    assert len(data["scores"]) == 2 and len(data["scores"][0]) == 4
     assert (out / "induction.png").read_bytes().startswith(PNG)
     assert (out / "attention" / "index.html").is_file()
     assert json.loads((out / "head_scores.json").read_text())["best_head"] == data["best_head"]

@@ -47,21 +47,23 @@ class RepeatedTokensDataset:
     """Batches ``{"input_ids", "labels"}`` (B, T) of lead + segment + segment + filler.
 
     ``token_ids``: the ids to draw from. ``context``: T. The segment length is drawn uniformly
-    from ``[min_period, max_period]`` (by default up to a third of T, and at most half the
-    letters); its start from ``[0, max_start]`` (by default anywhere both copies fit).
+    from ``[min_period, max_period]`` (by default from a quarter of T, at least 4, to half of T,
+    at most half the letters: 8 to 16 at T = 32, where 4 to a third of T left the demo's induction
+    head forming thousands of steps later, or never, on some seeds; RESULTS.md, issue 28); its
+    start from ``[0, max_start]`` (by default anywhere both copies fit).
     ``labels`` are the next tokens; with ``repeated_only`` the positions outside the repeat are
     -100 (for measuring the repeat alone).
     """
 
-    def __init__(self, token_ids: list[int], context: int, min_period: int = 4, max_period: int | None = None,
+    def __init__(self, token_ids: list[int], context: int, min_period: int | None = None, max_period: int | None = None,
                  repeated_only: bool = False, max_start: int | None = None) -> None:
         if len(token_ids) < 4:
             raise ValueError("need at least four token ids: a segment of distinct letters and others around it")
         self.token_ids = torch.tensor(list(token_ids), dtype=torch.long)
         self.context = context
         limit = min((context + 1) // 2, len(token_ids) // 2)  # both copies fit; letters are left for the rest
-        self.max_period = min(max_period or max((context + 1) // 3, min_period), limit)
-        self.min_period = min(min_period, self.max_period)
+        self.max_period = min(max_period or limit, limit)
+        self.min_period = min(min_period if min_period is not None else max(4, context // 4), self.max_period)
         if self.min_period < 2:
             raise ValueError(f"context {context} is too short for a repeated segment")
         self.repeated_only = repeated_only

@@ -6,15 +6,18 @@ A 2-layer GPT trains on random letters that hold a segment of distinct letters w
 but the second copy can be read off the first, by an *induction head*: a head that, from the
 current token, attends to the token that followed the same token earlier, and copies it. It
 needs a previous-token head in the layer below, so it cannot exist in one layer, and it forms
-suddenly: the loss on the repeat sits on a plateau for thousands of steps, then drops (the
-*phase change*). How long the plateau lasts varies from seed to seed (2,000-4,500 steps in our
-runs); on 2 cores the demo's time budget buys about 6,000.
+suddenly: the loss on the repeat sits on a plateau, then drops (the *phase change*). How long
+the plateau lasts varies from seed to seed: 1,200-2,200 steps over five seeds with this config
+(RESULTS.md, issue 28), where the demo's time budget buys about 7,000 steps on 2 cores.
 
-What makes the head form within minutes on a CPU: a segment of distinct letters with no other
-copies around it (one earlier occurrence to find), the loss on every token, 128 sequences per
-step (a small model's step costs little more at 128 than at 32, and Adam follows the faint
-signal of the plateau only when the noise around it is averaged away), a flat learning rate of
-2e-3, and a narrow model (2 heads of 16 dimensions per layer).
+What makes the head form within a minute on a CPU: a segment of 8-16 distinct letters with no
+other copies around it (one earlier occurrence to find, and a third to a half of every sequence
+predictable), the loss on every token, 128 sequences per step (Adam follows the faint signal of
+the plateau only when the noise around it is averaged away), a flat learning rate of 2e-3, heads
+of 16 dimensions (4 per layer at d_model 64), and rotary positions, with which attending to the
+previous token is a fixed rotation rather than something learned for every position. With
+learned positions, or segments of 4-11 letters, or 2 heads at d_model 32, some seeds were still
+on the plateau after 4,000-5,000 steps.
 
 The demo records, at each evaluation, every head's **induction score** (the mean attention from a
 repeated token to the token after its earlier occurrence) and the loss on the repeat; it marks
@@ -22,9 +25,8 @@ the phase change on ``induction.png``, prints the final score table, and saves t
 probe at each evaluation as a gallery (``attention/index.html``) where the head can be seen forming.
 
 The model is all but attention-only: each layer keeps a feed-forward block of width 4
-(``d_ff = 4``), next to nothing beside its two heads. The config can drop it (``d_ff = 0``, as in
-the paper's small models), but with the demo's seed and budget that model was still on its
-plateau after 7,500 steps, where this one has its induction head by step 4,500.
+(``d_ff = 4``), next to nothing beside its heads. The config can drop it (``d_ff = 0``, as in
+the paper's small models); at the former d_model 32 that model stayed on its plateau longer.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ from glassformer.demos.common import (
 DESCRIPTION = "a 2-layer GPT on repeated random letters: induction heads form, with a phase change"
 MINUTES = 2.75
 CONTEXT = 32
-N_HEADS = 2
-D_MODEL = 32
+N_HEADS = 4  # of 16 dimensions: 8 heads of 8 at the same width stayed on the plateau longer
+D_MODEL = 64
 D_FF = 4  # a token feed-forward block: with d_ff = 0 the demo's seed stays on the plateau past its budget
+POSITIONS = "rotary"  # a previous-token head is one rotation away: every seed left the plateau by step 2,200
 BATCH = 128
 PROBE_LENGTH = 10
 SHARP = 0.5  # an induction score that names a head the induction head
@@ -59,11 +62,11 @@ SHARP = 0.5  # an induction score that names a head the induction head
 def config(steps: int, probe: str):
     from glassformer.training.config import TrainConfig
 
-    evals = max(1, min(16, steps // 40))
+    evals = max(1, min(32, steps // 40))  # the drop takes a few hundred steps: see it in the plot
     # a flat learning rate: the phase change comes after a plateau whose length varies from seed to
     # seed, and a decaying rate would stretch it
     return TrainConfig(task="gpt", data="induction", tokenizer="char", context=CONTEXT, n_layers=2, n_heads=N_HEADS,
-                       d_model=D_MODEL, d_ff=D_FF, dropout=0.0, batch_size=BATCH, lr=2e-3, schedule="constant",
+                       d_model=D_MODEL, d_ff=D_FF, positions=POSITIONS, dropout=0.0, batch_size=BATCH, lr=2e-3, schedule="constant",
                        beta2=0.98, weight_decay=0.0, warmup_steps=min(50, max(1, steps // 20)), max_steps=steps,
                        eval_every=max(1, math.ceil(steps / evals)), log_every=max(1, min(100, steps // 10)),
                        eval_batches=4, sample_tokens=0, snapshot_attention=probe, dtype="auto",
@@ -78,7 +81,8 @@ def timer(seed: int):
 
     torch.manual_seed(seed)
     vocab = 5 + len(ALPHABET)  # the special tokens, then the letters
-    model = GPT(GPTConfig(vocab_size=vocab, d_model=D_MODEL, n_heads=N_HEADS, n_layers=2, d_ff=D_FF, max_len=CONTEXT))
+    model = GPT(GPTConfig(vocab_size=vocab, d_model=D_MODEL, n_heads=N_HEADS, n_layers=2, d_ff=D_FF, max_len=CONTEXT,
+                          positions=POSITIONS))
     data = RepeatedTokensDataset(list(range(5, vocab)), CONTEXT)
     g = torch.Generator().manual_seed(seed)
     return step_timer(model, lambda: data.batch(BATCH, g))
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"files in {demo.out}/: induction.png (the phase change), {INDUCTION_LOG} (scores at every evaluation), "
         f"head_scores.json, attention/index.html (the probe's attention at every evaluation, head by head), "
         f"loss.png, {path.name}")
-    # --n: a copy as long as the segments it trained on (4 to 11 letters); longer ones it has never seen
+    # --n: a copy as long as the segments it trained on (8 to 16 letters); longer ones it has never seen
     next_commands([f"glassformer heads {demo.out} --n 10",
                    f'glassformer attention {demo.out} "{probe}" --out induction.html',
                    f'glassformer ablate {demo.out} "{probe}" --head {layer}.{head}',

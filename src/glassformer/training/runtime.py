@@ -50,11 +50,19 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
+# the narrowest model for which ``--dtype auto`` picks bf16 autocast on a CPU with native bf16:
+# measured on a 2-core AMX Xeon (benchmarks/cpu_bf16.py, RESULTS.md), a training step under
+# autocast takes 1.47x fp32's time at width 32, 1.02-1.15x at 128 and 0.53x at 256 and beyond
+CPU_BF16_MIN_WIDTH = 256
+
+
+def resolve_dtype(name: str, device: torch.device, d_model: int | None = None) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
-    ``auto`` chooses bf16 autocast on CUDA cards that support it and on CPUs with native bf16
-    matrix units (AMX); elsewhere bf16 is emulated and slower than fp32, so ``auto`` stays fp32.
+    ``auto`` chooses bf16 autocast on CUDA cards that support it, and on CPUs with native bf16
+    matrix units (AMX) for models at least :data:`CPU_BF16_MIN_WIDTH` wide (``d_model``; unknown
+    counts as wide): below that, casting every operand costs more than AMX saves. Elsewhere bf16
+    is emulated and slower than fp32, so ``auto`` stays fp32.
     """
     if name == "float32":
         return None
@@ -67,7 +75,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        if device.type == "cpu" and cpu_has_native_bf16():
+        if device.type == "cpu" and cpu_has_native_bf16() and (d_model is None or d_model >= CPU_BF16_MIN_WIDTH):
             return torch.bfloat16
         return None
     raise ValueError(f"--dtype: unknown dtype {name!r}; choose auto, float32 or bfloat16")

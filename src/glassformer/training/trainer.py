@@ -117,7 +117,7 @@ class Trainer:
         self.config = config
         self.process = process or ProcessContext()
         self.device = resolve_device(config.device)
-        self.amp_dtype = resolve_dtype(config.dtype, self.device)
+        self.amp_dtype = resolve_dtype(config.dtype, self.device, getattr(unwrap_model(model).config, "d_model", None))
         if self.device.type == "cpu":  # big activations re-used from the heap, not re-faulted each step
             keep_freed_memory()
         if self.device.type == "cuda":  # TF32 tensor cores for the fp32 matmuls left outside autocast
