@@ -322,7 +322,7 @@ if (INDUCTION_RUN / "config.json").is_file():
     from glassformer.loading import load_model_and_tokenizer
 
     ind_model, ind_tok = load_model_and_tokenizer(INDUCTION_RUN)
-    # copies of 10 letters: the demo trains on segments of 4 to 11, so longer ones are new to it
+    # copies of 10 letters: the demo trains on segments of 8 to 16 (longer ones would be new to it)
     scores = head_scores(ind_model, n=10, **sequence_for_model(ind_model, ind_tok))
     print(format_heads(scores))
     layer, head, score = scores.best("induction")
@@ -341,15 +341,16 @@ else:
 #
 # `ablate_heads` sets a head's output z (its slice of W^O's input) to zero. If that head is the
 # induction head, the loss on the second copy — which only induction can predict — should jump
-# back towards the loss of guessing, log(vocabulary size), while ablating another head of the
-# same layer barely matters.
+# back towards the loss of guessing, log(vocabulary size), while ablating the same layer's head
+# with the lowest induction score barely matters.
 
 # %%
 if ind_model is not None:
     ids = ind_tok.encode(ALPHABET, add_special_tokens=False)
     data = RepeatedTokensDataset(ids, context=ind_model.config.max_len, repeated_only=True)
     batch = next(data.eval_batches(64, max_batches=1, seed=1))
-    other = (layer, (head + 1) % ind_model.config.n_heads)
+    # the same layer's head least like an induction head (the demo's layer 1 holds two induction heads)
+    other = (layer, int(scores.scores["induction"][layer].argmin()))
     with torch.no_grad():
         base = ind_model(batch["input_ids"], labels=batch["labels"]).loss.item()
         off = ablate_heads(ind_model, batch["input_ids"], [(layer, head)], labels=batch["labels"]).loss.item()
