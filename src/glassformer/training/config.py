@@ -92,6 +92,9 @@ class TrainConfig:
     n_kv_heads: int | None = model_field(None, "key/value heads (grouped-query attention; 1 = multi-query)")
     rope_theta: float | None = model_field(None, "rotary: the base of the frequencies", ("gpt",))
     init: str | None = opt(None, "start from this model directory (a glassformer run or a Hugging Face checkpoint)")
+    lora_rank: int = opt(0, "with --init: train rank-r updates B·A of the attention projections (LoRA) and the task's "
+                            "new head instead of every weight; merged into the weights on save. 0: off")
+    lora_alpha: float | None = opt(None, "LoRA's α: the updates are scaled by α / rank (default: 2 · rank)")
     # --- optimisation
     batch_size: int = opt(32, "sequences per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")
@@ -187,6 +190,15 @@ class TrainConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.max_len is not None and self.context > self.max_len:
             raise ValueError(f"context {self.context} is above max_len {self.max_len}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise ValueError("lora_alpha is set but lora_rank is 0; give --lora-rank R to use LoRA")
+        if self.lora_rank and not self.init:
+            raise ValueError("lora_rank needs --init: LoRA adapts a pretrained model, and a model trained from "
+                             "scratch must train every weight")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; choose one")
 
@@ -249,7 +261,7 @@ class TrainConfig:
 LOCKED_ON_RESUME = (
     "task", "data", "tokenizer", "vocab_size", "val_fraction", "errors", "num_examples", "mask_prob",
     "context", "max_len", "n_layers", "n_heads", "d_model", "d_ff", "init", "seed",
-    "val_data", "text_column", "label_column", "text_pair_column",
+    "val_data", "text_column", "label_column", "text_pair_column", "lora_rank", "lora_alpha",
 )
 
 # What each objective starts from when neither a file nor a flag says otherwise.
