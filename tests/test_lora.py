@@ -150,6 +150,15 @@ def test_a_rank_above_a_projection_width_is_refused_naming_the_flag():
             TrainConfig(task="classifier", **kw)
 
 
+def test_the_recipe_gives_lora_its_own_learning_rate_and_a_flag_wins():
+    from glassformer.training.config import LORA_LR, finetune_lr, resolve_config
+
+    assert LORA_LR != finetune_lr(384)
+    assert resolve_config("classifier", {}, {"init": "/m", "lora_rank": 8}, init_width=384).lr == LORA_LR
+    assert resolve_config("classifier", {}, {"init": "/m"}, init_width=384).lr == finetune_lr(384)
+    assert resolve_config("classifier", {}, {"init": "/m", "lora_rank": 8, "lr": 2e-4}, init_width=384).lr == 2e-4
+
+
 # ------------------------------------------------------------------------------ the command line
 
 
