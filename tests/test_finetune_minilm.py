@@ -56,7 +56,7 @@ def test_fine_tune_benchmark_smoke_builds_a_disjoint_task_and_reports_every_appr
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [r["approach"] for r in report["rows"]] == ["minilm", "scratch", "tfidf-word", "tfidf-char"]
+    assert [r["approach"] for r in report["rows"]] == ["minilm", "minilm-lora", "scratch", "tfidf-word", "tfidf-char"]
     assert all(0 <= r["accuracy"] <= 1 and r["peak_mb"] > 0 and r["wall_s"] > 0 for r in report["rows"])
     read = [list(csv.DictReader(open(tmp_path / "w" / name))) for name in ("train.csv", "test.csv")]
     train, test = ({r["text"] for r in rows} for rows in read)

@@ -186,6 +186,13 @@ def run_training(config: TrainConfig, echo: Callable[[str], None] = print):
         echo(f"{config.task}: {n_params / 1e6:.2f}M parameters on {trainer.device.type}"
              f" ({'bf16 autocast' if trainer.amp_dtype is not None else 'fp32'}"
              f"{', compiled' if trainer.compiled else ''}); {setup.summary}")
+        if config.lora_rank:
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            from glassformer.training.lora import default_alpha
+
+            alpha = config.lora_alpha if config.lora_alpha is not None else default_alpha(config.lora_rank)
+            echo(f"LoRA rank {config.lora_rank}, alpha {alpha:g}: {trainable:,} trainable parameters "
+                 f"({trainable / n_params:.1%}); the rest frozen; saved merged")
         if setup.baseline is not None:
             echo(f"unigram baseline (predicting token frequencies): {setup.baseline:.3f} nats/token")
         try:

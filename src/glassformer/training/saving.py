@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from glassformer.training import checkpoint as ckpt
+from glassformer.training.lora import merged
 from glassformer.training.runtime import ProcessContext
 
 
@@ -69,9 +70,11 @@ def save_step_checkpoint(
 
 def save_model_dir(directory: str | os.PathLike, model: nn.Module, tokenizer: Any = None,
                    generation_config: Any = None) -> None:
-    """A loadable model directory: config, weights, tokenizer, generation config (when given)."""
+    """A loadable model directory: config, weights, tokenizer, generation config (when given).
+    LoRA layers are saved merged (W + ΔW under the plain keys; see :mod:`.lora`)."""
     directory = Path(directory)
-    ckpt.save_model_files(model, directory)
+    with merged(model) as plain:
+        ckpt.save_model_files(plain, directory)
     if tokenizer is not None:
         tokenizer.save(directory)
     if generation_config is not None:

@@ -32,6 +32,7 @@ import torch
 from glassformer.errors import CheckpointError, DataError
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 from glassformer.models.base import PretrainedModel
+from glassformer.training import lora
 from glassformer.training.config import TrainConfig
 from glassformer.training.objectives import TASK_FAMILY
 
@@ -76,12 +77,16 @@ def prepare(config: TrainConfig, resume_dir: Path | None = None) -> TrainingSetu
                 "embed": _embed_data}
     setup = builders[config.task](config, tokenizer)
     torch.manual_seed(config.seed)  # the model's initial weights come from the run's seed
-    if resume_from is not None:
+    if resume_from is not None and config.lora_rank:  # the checkpoint holds W, A and B unmerged: loaded by the trainer
+        setup.model = lora.model_for_resume(resume_from, config.lora_rank, config.lora_alpha, config.task)
+    elif resume_from is not None:
         from glassformer.loading import load_model
 
         setup.model = load_model(resume_from)
     else:
         setup.model = _build_model(config, setup, init_model)
+        if config.lora_rank:
+            lora.apply_lora(setup.model, config.lora_rank, config.lora_alpha, train=lora.TASK_HEADS.get(config.task, ()))
     if config.snapshot_attention:
         setup.eval_callbacks.append(_attention_snapshot(config.snapshot_attention))
     return setup
