@@ -464,3 +464,58 @@ def test_a_run_directory_that_is_a_symlink_trains_and_resumes_through_either_nam
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         error_line(err)
+
+
+# ------------------------------------------------------------------------- train and demo flags
+
+TRAIN_INTS = ["--vocab-size", "--context", "--max-len", "--n-layers", "--n-heads", "--d-model", "--d-ff", "--n-kv-heads",
+              "--batch-size", "--grad-accum", "--max-steps", "--epochs", "--warmup-steps", "--lr-decay-steps",
+              "--eval-every", "--eval-batches", "--patience", "--log-every", "--sample-tokens", "--keep-checkpoints",
+              "--seed"]
+TRAIN_FLOATS = ["--val-fraction", "--dropout", "--rope-theta", "--max-minutes", "--lr", "--min-lr", "--warmup-fraction",
+                "--weight-decay", "--beta1", "--beta2", "--grad-clip", "--label-smoothing"]
+TRAIN_TEXTS = ["--tokenizer", "--positions", "--norm", "--ffn", "--snapshot-attention", "--init", "--data", "--config"]
+TRAIN_CASES = [(f"{flag}-{name}", flag, value) for flags, table in ((TRAIN_INTS, INTS), (TRAIN_FLOATS, FLOATS))
+               for flag in flags for name, value in table.items()]
+TRAIN_CASES += [(f"{flag}-{name}", flag, value) for flag in TRAIN_TEXTS for name, value in TEXTS.items()
+                if name not in ("long",)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,flag,value", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_every_hostile_train_flag_is_answered_in_one_line(case, flag, value, corpus, tmp_path, capsys, monkeypatch):
+    from conftest import tiny_flags
+
+    monkeypatch.chdir(tmp_path)
+    argv = with_value(["train", "gpt", *tiny_flags(corpus), "--out", str(tmp_path / "run"), "--max-steps", "2"],
+                      flag, value)
+    if flag in ("--max-steps", "--epochs") and value not in ("", "abc", "1.5", "nan"):  # a step budget, kept small
+        argv += ["--max-minutes", "0.05"]
+    code, out, err = run_case(capsys, argv)
+    assert_one_clear_line(code, out, err.splitlines()[-1] + "\n" if code == 2 and err else err)
+    if code == 2:
+        assert [line for line in err.splitlines() if line.startswith("glassformer")] == [err.splitlines()[-1]], err
+
+
+DEMO_CASES = [(f"{flag}-{name}", flag, value) for flag, table in (("--max-steps", INTS), ("--minutes", FLOATS),
+                                                                   ("--seed", INTS)) for name, value in table.items()]
+
+
+@pytest.mark.parametrize("case,flag,value", DEMO_CASES, ids=[c[0] for c in DEMO_CASES])
+def test_every_hostile_demo_flag_is_refused_or_bounded(case, flag, value, tmp_path, capsys):
+    """Only the checks run here (a value the demo accepts would train for minutes): the parser's,
+    then the demo's own (:meth:`DemoRun.from_args`)."""
+    argv = ["demo", "gpt", "--out", str(tmp_path / "d"), "--max-steps", "1", *([flag, value])]
+    parsed = None
+    try:
+        from glassformer.cli import build_parser
+
+        parsed = build_parser("demo").parse_args(argv)
+    except SystemExit:
+        pass
+    code, out, err = (2, "", capsys.readouterr().err) if parsed is None else (0, "", "")
+    assert_one_clear_line(code, out, err)
+    if parsed is not None:  # the values argparse let through must pass the demo's own check
+        from glassformer.demos.common import DemoRun
+
+        assert_clear_api_error(lambda: DemoRun.from_args("gpt", parsed, default_minutes=1.0))
