@@ -136,8 +136,25 @@ class Pipeline:
         return show(self, text, head=head, query=query)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ValueError naming it when it is not a device this
+    machine has (before any weights are read)."""
+    try:
+        d = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: choose 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    return d
+
+
 def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
     """Open any model directory (a glassformer save or run directory, or a Hugging Face
-    checkpoint) with its tokenizer and ``generation_config.json``."""
-    model, tokenizer = load_model_and_tokenizer(path, map_location=device)
+    checkpoint) with its tokenizer and ``generation_config.json``. ``device`` is ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"mps"``, and must be present on this machine."""
+    model, tokenizer = load_model_and_tokenizer(path, map_location=check_device(device))
     return Pipeline(model, tokenizer, load_generation_config(path), path=path)

@@ -20,6 +20,7 @@ contains it or lies inside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -49,6 +50,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "glassform
     clean_stale_siblings(dst)  # before DST is judged: a killed conversion's swap is finished or undone
     if dst.exists() and not overwrite and not (dst.is_dir() and not any(dst.iterdir())):
         raise FileExistsError(f"{dst}: already exists; choose a new directory or pass --overwrite")
+    if (dst.exists() or dst.is_symlink()) and not dst.is_dir():  # --overwrite replaces a directory, never a file
+        raise FileExistsError(f"{dst}: exists and is not a directory; choose a directory")
+    parent = next((p for p in dst.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"{dst}: {parent} is a file, not a directory")
     lock = RunLock(dst)
     if dst.is_dir():  # a live training run (or convert) holds this lock: refused before anything is read
         lock.acquire()
@@ -231,7 +237,13 @@ def _write_atomically(dst: Path, write, overwrite: bool) -> None:
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
             old = None
         else:
-            os.replace(tmp, dst)
+            try:
+                os.replace(tmp, dst)
+            except OSError as e:  # another process made DST between our check and this rename
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise FileExistsError(f"{dst}: was written by another process meanwhile; choose a new directory "
+                                      f"or pass --overwrite") from None
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

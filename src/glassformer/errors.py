@@ -17,5 +17,10 @@ class CheckpointError(GlassformerError, ValueError):
     """A model or checkpoint directory that cannot be read or written."""
 
 
+class MissingFileError(CheckpointError, FileNotFoundError):
+    """A model directory without a file it needs (a CheckpointError, and a FileNotFoundError for
+    code that catches that)."""
+
+
 class NonFiniteError(GlassformerError, ValueError):
     """A model produced NaN or infinite scores (its weights hold NaN/inf, or a computation overflowed)."""

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -59,7 +60,13 @@ def file_mode() -> int:
 def make_dirs(path: str | os.PathLike) -> Path:
     """``mkdir -p`` that honours the umask; returns the path."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(f"{path}: cannot be made a directory, {blocker} is a file") from None
     return path
 
 
@@ -83,6 +90,9 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file-size limit, a quota
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a library that writes to a path
@@ -100,9 +110,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno == errno.ENOTDIR:
+            raise NotADirectoryError(f"{path}: cannot be written, {path.parent} is not a directory") from None
+        if isinstance(e, OSError) and e.errno in FULL:
+            raise OSError(f"{path}: cannot be written ({e.strerror}); nothing was replaced") from None
+        if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # the Rust writer's disk errors
+            raise OSError(f"{path}: cannot be written ({e}); nothing was replaced") from None
         raise
     fsync_dir(path.parent)
 

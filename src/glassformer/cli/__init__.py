@@ -107,6 +107,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """``text`` with each character that is not printable (a newline or control character in a
+    path or prompt the message quotes, a lone surrogate from bytes that were not UTF-8) written
+    as its escape, so that an error stays one line and can always be written."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The subcommand named on the line: the first word that is not a top-level option."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        sys.stderr.write(f"glassformer: error: {msg}\n")
+        sys.stderr.write(f"glassformer: error: {one_line(str(msg))}\n")
         return 2
     finally:
         if sys.stdout is out:

@@ -58,6 +58,12 @@ def run_heads(args: argparse.Namespace) -> int:
         raise InterventionError("--n must be >= 2 and --batch >= 1")
     model, tokenizer = insight.load(args.model, require_tokenizer=args.out is not None)
     check_heads_memory(model, args.n, args.batch)
+    if args.out is not None and args.text is None:  # the default text: checked before the scores are printed
+        try:
+            tokenizer.encode(insight.SAMPLE_TEXT)
+        except ValueError as e:  # DataError too
+            raise InterventionError(f"the model view's default text {insight.SAMPLE_TEXT!r} does not fit this "
+                                    f"model's tokenizer ({e}); choose one with --text") from None
     kind = None if getattr(args, "kind", "auto") == "auto" else args.kind
     scores = insight.score_heads(model, tokenizer, n=args.n, batch=args.batch, seed=args.seed, kind=kind)
     if args.json:

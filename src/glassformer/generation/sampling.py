@@ -72,16 +72,20 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
 
     When the division overflows (a tiny temperature such as ``1e-30``), the row's largest logit
     is subtracted first (softmax does not change): the others then go to ``-inf`` instead of the
-    largest to ``+inf``, which is the greedy limit rather than NaN probabilities."""
+    largest to ``+inf``, which is the greedy limit rather than NaN probabilities. A temperature
+    that rounds to 0 in the logits' dtype (``1e-320``) is the same limit: the largest scores stay
+    0 rather than 0 / 0."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature in (0.0, 1.0):
         return logits
     scaled = logits / temperature  # (B, V)
-    if bool(torch.isposinf(scaled).any()) and not bool(torch.isposinf(logits).any()):
+    finite = torch.isfinite(logits)  # (B, V)
+    if not bool(torch.isfinite(scaled[finite]).all()):  # overflow, or 0 / 0 from a temperature that underflowed
         top = logits.amax(dim=-1, keepdim=True)  # (B, 1)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # an all -inf row stays -inf
-        scaled = (logits - top) / temperature  # (B, V), every finite score <= 0
+        gap = logits - top  # (B, V), every finite score <= 0
+        scaled = torch.where(gap == 0, gap, gap / temperature)  # (B, V), the largest stay 0
     return scaled
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from glassformer.errors import MissingFileError
 from glassformer.io import IGNORE_INDEX, atomic_write, make_dirs
 from glassformer.models.activations import ActivationCache
 from glassformer.models.config import ModelConfig
@@ -148,7 +149,7 @@ class PretrainedModel(FamilyProtocol, nn.Module):
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory}: no {name}; not a saved glassformer model")
+                raise MissingFileError(f"{directory}: no {name}; not a saved glassformer model")
         config = cls.config_class.from_json_file(directory / CONFIG_NAME)
         model = cls(config)
         try:

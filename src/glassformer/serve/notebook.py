@@ -57,6 +57,8 @@ class ExplorerView:
 def show(pipeline: Any, text: str, head: str | None = None, query: int | None = None) -> ExplorerView:
     """The explorer's views of ``text`` on a loaded model (a :class:`glassformer.api.Pipeline`), for a
     notebook. ``head`` (e.g. ``"1.3"``) and ``query`` (a position) pick the head whose four steps open first."""
+    if query is not None and (not isinstance(query, int) or isinstance(query, bool)):
+        raise TypeError(f"query is a token position (an int), got {query!r}")
     served = Served(Path(str(pipeline.path or "model")).name, Path(str(pipeline.path or ".")), pipeline)
     info = handlers.describe(served, 0)
     body = {"model": 0, "text": text}

@@ -56,6 +56,8 @@ def check_port(host: str, port: int) -> None:
     """Refuse a port that is out of range or taken, with one clear line (before any model is loaded)."""
     if not 1 <= port <= 65535:
         raise ServeError(f"--port {port}: choose a port in 1..65535")
+    if not host.isprintable() or any(c.isspace() for c in host):
+        raise ServeError(f"--host {host!r}: a host name or address has no spaces or control characters")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
