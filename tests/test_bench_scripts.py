@@ -120,3 +120,13 @@ def test_cpu_bf16_quick_times_both_precisions_of_each_shape(tmp_path):
         assert r["bf16_over_fp32"] == pytest.approx(r["bf16_ms"] / r["fp32_ms"], rel=0.01)
         assert f"{r['params']:,}" in stdout
     assert data["rows"][0]["params"] < data["rows"][1]["params"]
+
+
+@pytest.mark.slow
+def test_lora_memory_quick_reports_full_and_lora_of_the_same_model(tmp_path):
+    out = tmp_path / "lora.json"
+    run_script("lora_memory.py", "--quick", "--json", str(out))
+    full, lora = json.loads(out.read_text())["rows"]
+    assert (full["mode"], lora["mode"]) == ("full", "lora") and full["params"] == lora["params"]
+    assert full["trainable"] == full["params"] and 0 < lora["trainable"] < full["params"]
+    assert full["peak_mb"] > 0 and lora["peak_mb"] > 0 and full["step_s"] > 0 and lora["step_s"] > 0
