@@ -336,22 +336,22 @@ def test_a_temperature_that_underflows_in_float32_is_the_greedy_limit():
 # ------------------------------------------------------------------------ hostile directories
 
 
-@pytest.fixture
-def file_size_limit():
-    """``limit(n)``: from then until the test ends, no file of this process may grow past ``n``
-    bytes (``RLIMIT_FSIZE``, the soft limit only, so it can be lifted again): a full disk, as a
-    writer sees it (EFBIG instead of ENOSPC), without a root-only mount."""
+def run_limited(argv: list[str], max_bytes: int) -> tuple[int, str, str]:
+    """``glassformer ARGV`` in a child process whose files may not grow past ``max_bytes``
+    (``RLIMIT_FSIZE``): a full disk as a writer sees it (EFBIG instead of ENOSPC), without a
+    root-only mount. The limit is set in the child only: set in this process, it would also stop
+    pytest's own report from being written when it goes to a file (as under CI)."""
     import resource
+    import subprocess
+    import sys
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+    def limit() -> None:  # in the child, before exec: the ignored signal and the limit carry over
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    def limit(n: int) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
-
-    yield limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, old)
+    proc = subprocess.run([sys.executable, "-m", "glassformer", *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def error_line(err: str) -> str:
@@ -378,28 +378,28 @@ def fill(argv, models, tmp):  # noqa: F811
     return out
 
 
+@pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("command", FULL_DISK)
-def test_a_full_disk_is_one_line_and_the_previous_output_is_kept(command, models, tmp_path, capsys,  # noqa: F811
-                                                                  file_size_limit):
+def test_a_full_disk_is_one_line_and_the_previous_output_is_kept(command, models, tmp_path, capsys):  # noqa: F811
     """The issue's ``SafetensorError … No space left on device`` (exit 1): every writer now says
     which file could not be written, and the previous file is whole."""
     argv, written = FULL_DISK[command]
     line = fill(argv, models, tmp_path)
     assert run_case(capsys, line)[0] == 0
     before = (tmp_path / written).read_bytes()
-    file_size_limit(100)
-    code, out, err = run_case(capsys, line)
+    code, out, err = run_limited(line, 100)
     assert code == 2 and "cannot be written (" in error_line(err), err
     assert (tmp_path / written).read_bytes() == before
     assert not [p for p in tmp_path.rglob(".*") if "tmp" in p.name or "partial" in p.name]  # no litter
 
 
-def test_a_full_disk_during_train_is_one_line_and_leaves_no_run(corpus, tmp_path, capsys, file_size_limit):
+@pytest.mark.slow  # a process
+def test_a_full_disk_during_train_is_one_line_and_leaves_no_run(corpus, tmp_path):
     from conftest import tiny_flags
 
-    file_size_limit(20_000)  # the corpus cache fits, the first checkpoint does not
-    code, out, err = run_case(capsys, ["train", "gpt", *tiny_flags(corpus), "--out", str(tmp_path / "run"),
-                                       "--max-steps", "2", "--eval-every", "2"])
+    # the corpus cache fits, the first checkpoint does not
+    code, out, err = run_limited(["train", "gpt", *map(str, tiny_flags(corpus)), "--out", str(tmp_path / "run"),
+                                  "--max-steps", "2", "--eval-every", "2"], 20_000)
     assert code == 2 and "model.safetensors: cannot be written" in error_line(err), err
     assert not (tmp_path / "run").exists()  # a failed start leaves no trace
 
