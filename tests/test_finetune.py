@@ -159,7 +159,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_model(tmp_path):
     assert kept == pytest.approx(result.best_val_loss, abs=1e-5)  # the root holds the best model, not the last
 
 
-def scores_agree_with_sklearn(labels, predicted, k):
+def assert_scores_agree_with_sklearn(labels, predicted, k):
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     from glassformer.training.heldout import scores_from_predictions
 
@@ -174,8 +174,8 @@ def scores_agree_with_sklearn(labels, predicted, k):
 def test_evaluate_scores_equal_scikit_learn():
     rng = random.Random(5)
     labels = [rng.randrange(4) for _ in range(200)]
-    scores_agree_with_sklearn(labels, [y if rng.random() < 0.6 else rng.randrange(3) for y in labels], 4)  # never c3
-    scores_agree_with_sklearn([0, 0, 1, 1], [1, 1, 0, 0], 3)  # all wrong, a class absent
+    assert_scores_agree_with_sklearn(labels, [y if rng.random() < 0.6 else rng.randrange(3) for y in labels], 4)  # never c3
+    assert_scores_agree_with_sklearn([0, 0, 1, 1], [1, 1, 0, 0], 3)  # all wrong, a class absent
 
 
 def test_train_on_my_columns_then_evaluate_a_held_out_file(tmp_path, capsys):
