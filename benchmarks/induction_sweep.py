@@ -35,8 +35,8 @@ from pathlib import Path
 def run_one(steps: int, seed: int, eval_every: int, overrides: dict) -> dict:
     """Train one seed; the phase-change step, the final best score and ms per step."""
     from glassformer.demos import induction
+    from glassformer.training.callbacks import INDUCTION_LOG
     from glassformer.training.run import run_training
-    from glassformer.training.tasks import INDUCTION_LOG
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"

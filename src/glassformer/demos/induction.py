@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from glassformer.data.induction import probe_text
     from glassformer.io import atomic_write_json
     from glassformer.loading import load_model_and_tokenizer
-    from glassformer.training.tasks import INDUCTION_LOG
+    from glassformer.training.callbacks import INDUCTION_LOG
 
     demo = DemoRun.from_args("induction", args, MINUTES)
     say(f"glassformer demo induction: {DESCRIPTION}.")

@@ -33,6 +33,7 @@ from glassformer.errors import CheckpointError, DataError
 from glassformer.models import BERT, GPT, BERTConfig, GPTConfig, Transformer, TransformerConfig
 from glassformer.models.base import PretrainedModel
 from glassformer.training import lora
+from glassformer.training.callbacks import attention_snapshot, gpt_sampler, induction_probe, seq2seq_sampler
 from glassformer.training.config import TrainConfig
 from glassformer.training.objectives import TASK_FAMILY
 
@@ -88,7 +89,7 @@ def prepare(config: TrainConfig, resume_dir: Path | None = None) -> TrainingSetu
         if config.lora_rank:
             lora.apply_lora(setup.model, config.lora_rank, config.lora_alpha, train=lora.TASK_HEADS.get(config.task, ()))
     if config.snapshot_attention:
-        setup.eval_callbacks.append(_attention_snapshot(config.snapshot_attention))
+        setup.eval_callbacks.append(attention_snapshot(config.snapshot_attention))
     return setup
 
 
@@ -142,7 +143,7 @@ def _lm_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     if config.task == "gpt":
         train_data = CausalLMDataset(train, config.context, source=f"{spec} (training split)")
         val_data = CausalLMDataset(val, config.context, source=f"{spec} (validation split, --val-fraction {config.val_fraction})")
-        callbacks = [_gpt_sampler(tokenizer, val, config)]
+        callbacks = [gpt_sampler(tokenizer, val, config)]
         gen = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 40, "eos_token_id": tokenizer.eos_id}
     else:
         train_data = MLMDataset(train, tokenizer, config.context, config.mask_prob, source_name=f"{spec} (training split)")
@@ -175,7 +176,7 @@ def _induction_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     baseline = math.log(len(ids))  # a uniform guess over the letters
     summary = (f"induction: random letters, a segment of {train_data.min_period}-{train_data.max_period} distinct "
                f"letters (of {len(ids)}) written twice, then random letters, generated at load time")
-    return TrainingSetup(None, tokenizer, train_data, val_data, [_induction_probe(val_data, config)], None,
+    return TrainingSetup(None, tokenizer, train_data, val_data, [induction_probe(val_data, config)], None,
                          baseline, summary)
 
 
@@ -201,7 +202,7 @@ def _seq2seq_data(config: TrainConfig, tokenizer) -> TrainingSetup:
     val_data = Seq2SeqDataset(val, tokenizer, config.context, source=f"{spec} (validation)")
     gen = {"max_new_tokens": config.context, "beam": 1, "eos_token_id": tokenizer.eos_id}
     summary = f"{spec}: {len(train):,} training and {len(val):,} validation pairs ({tokenizer.kind}, vocab {tokenizer.vocab_size})"
-    return TrainingSetup(None, tokenizer, train_data, val_data, [_seq2seq_sampler(tokenizer, val[:3], config)], gen,
+    return TrainingSetup(None, tokenizer, train_data, val_data, [seq2seq_sampler(tokenizer, val[:3], config)], gen,
                          None, summary, examples=len(train), example=val[0][0])
 
 
@@ -368,106 +369,3 @@ def _classifier_model(config: TrainConfig, setup: TrainingSetup, init_model: Pre
     if fresh:
         log.info("--init %s: new %s initialised at random", config.init, ", ".join(sorted({k.split('.')[0] for k in fresh})))
     return model
-
-
-# ------------------------------------------------------------------------- eval callbacks
-
-
-def sample_ids(model, prompts: list[list[int]], max_new_tokens: int, seed: int) -> list[list[int]]:
-    """This module's one call into glassformer.generation: sampled GPT continuations (new ids only)."""
-    from glassformer.generation import generate_lists
-
-    return generate_lists(model, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=seed,
-                          eos_token_id=[])
-
-
-def translate_ids(model, src_ids, src_mask, max_new_tokens: int) -> list[list[int]]:
-    """Greedy seq2seq translations (target ids, no start token)."""
-    from glassformer.generation import generate_seq2seq_lists
-
-    return generate_seq2seq_lists(model, src_ids, src_mask=src_mask, max_new_tokens=max_new_tokens)
-
-
-def _gpt_sampler(tokenizer, val_tokens: np.ndarray, config: TrainConfig) -> Callable:
-    """Continue the first few validation tokens; the same prompt and seed at every eval."""
-    prompt = [int(t) for t in np.asarray(val_tokens[: min(16, max(len(val_tokens) - 1, 1))])]
-
-    def sample(trainer, step: int) -> str | None:
-        if config.sample_tokens == 0:
-            return None
-        room = trainer.model.config.max_len - len(prompt)
-        new = sample_ids(trainer.model, [prompt], max(1, min(config.sample_tokens, room)), config.seed)[0]
-        return f"sample: {tokenizer.decode(prompt)!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}"
-
-    return sample
-
-
-def _seq2seq_sampler(tokenizer, pairs: list[tuple[str, str]], config: TrainConfig) -> Callable:
-    """Greedy translations of the first validation pairs, marked right or wrong."""
-
-    def sample(trainer, step: int) -> str | None:
-        if config.sample_tokens == 0 or not pairs:
-            return None
-        from glassformer.data import pad
-
-        model = trainer.model
-        rows = [tokenizer.encode(src, add_special_tokens=False)[: model.config.max_len] for src, _ in pairs]
-        src_ids, src_mask = pad(rows, tokenizer.pad_id)
-        out = translate_ids(model, src_ids.to(trainer.device), src_mask.to(trainer.device),
-                            min(config.sample_tokens, model.config.max_len - 1))
-        lines = []
-        for (src, tgt), ids in zip(pairs, out):
-            pred = tokenizer.decode(ids, skip_special_tokens=True)
-            lines.append(f"  {'ok ' if pred == tgt else 'BAD'} {src!r} -> {pred!r}" + ("" if pred == tgt else f" (want {tgt!r})"))
-        return "samples:\n" + "\n".join(lines)
-
-    return sample
-
-
-INDUCTION_LOG = "induction.jsonl"
-
-
-def _induction_probe(data, config: TrainConfig) -> Callable:
-    """At each eval: every head's induction score and the loss on the repeat, appended to
-    ``RUN_DIR/induction.jsonl`` (one JSON object per evaluation)."""
-    from glassformer.data.induction import induction_scores, repeat_mask
-
-    seqs, periods, starts = data.sample(64, torch.Generator().manual_seed(config.seed + 7))  # the same probe every eval
-
-    def probe(trainer, step: int) -> str | None:
-        import json
-
-        from glassformer.io import atomic_write_text
-
-        out = trainer.model(seqs[:, :-1].to(trainer.device), return_attentions=True)
-        weights = torch.stack([a.weights for a in out.attentions]).float().cpu()  # (L, B, H, T, T)
-        scores = induction_scores(weights, periods, config.context, starts)  # (L, H)
-        logp = torch.log_softmax(out.logits.float().cpu(), -1).gather(-1, seqs[:, 1:, None])[..., 0]  # (B, T)
-        repeated = float(-logp[repeat_mask(periods, config.context, starts)].mean())
-        layer, head = divmod(int(scores.argmax()), scores.shape[1])
-        record = {"step": step, "repeated_loss": round(repeated, 5), "scores": scores.double().round(decimals=4).tolist()}
-        if trainer.run_dir is not None:
-            path = trainer.run_dir / INDUCTION_LOG
-            old = path.read_text(encoding="utf-8") if path.is_file() else ""
-            atomic_write_text(path, old + json.dumps(record) + "\n")
-        return (f"induction: loss on the repeat {repeated:.3f}; best head layer {layer} head {head}, "
-                f"score {float(scores[layer, head]):.2f}")
-
-    return probe
-
-
-def _attention_snapshot(probe: str) -> Callable:
-    """Save the attention on ``probe`` at every eval (``--snapshot-attention``), via glassformer.explain."""
-
-    def snapshot(trainer, step: int) -> str | None:
-        if trainer.run_dir is None:
-            return None
-        try:
-            from glassformer.explain.snapshot import save_attention_snapshot
-        except ImportError:
-            log.warning("--snapshot-attention needs glassformer.explain.snapshot, which is not available")
-            return None
-        path = save_attention_snapshot(trainer.model, trainer.tokenizer, probe, step, trainer.run_dir)
-        return f"attention snapshot: {path}" if path else None
-
-    return snapshot
