@@ -78,6 +78,7 @@ def workdir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     models = {
         "demo-gpt": GPT(GPTConfig.from_name("gpt-tiny", **ids)),
+        "demo-induction": GPT(GPTConfig.from_name("gpt-tiny", **ids)),
         "demo-seq2seq": Transformer(TransformerConfig.from_name("transformer-tiny", dropout=0.0, **ids)),
         "demo-bert": BERT(BERTConfig.from_name("bert-tiny", mask_token_id=tok.mask_id, **ids)),
         "demo-classifier": BERT(BERTConfig.from_name("bert-tiny", mlm_head=False, num_labels=2, **ids)),

@@ -115,6 +115,26 @@ def test_ablation_changes_predictions_and_matches_switching_the_head_off(env):
     assert ok(post(env, "ablate", model=2, heads=["cross.0.1", "encoder.1.0"], target="a"))["kl"] > 0
 
 
+def test_every_head_ranked_is_the_librarys_ranking_with_the_pages_roles(env):
+    from glassformer.explain.importance import head_importance
+    from glassformer.serve import handlers
+
+    gpt = env["models"][0]
+    r = ok(post(env, "importance", model=0))
+    want = head_importance(gpt.model, gpt.tokenizer, TEXT, roles=gpt.role_scores).to_json()
+    assert r == json.loads(json.dumps(want))  # the same numbers, through JSON
+    assert r["measure"] == "loss" and len(r["heads"]) == 2 * 4 and r["heads"][0]["change"] >= r["heads"][-1]["change"]
+    page_roles = {h["label"]: h["role"] for h in handlers.roles(gpt)["heads"]}
+    assert {h["label"]: h["role"] for h in r["heads"]} == page_roles  # the roles the model view shows
+    cross = ok(post(env, "importance", model=2, attention="cross", target="a", mode="mean"))
+    assert cross["attention"] == "cross" and cross["mode"] == "mean" and all(h["role_score"] is None for h in cross["heads"])
+    assert ok(post(env, "importance", model=1))["measure"] == "kl"  # the classifier: KL of its class probabilities
+    r = post(env, "importance", model=0, attention="cross")
+    assert r.status_code == 400 and "no 'cross' attention" in r.json()["error"]
+    r = post(env, "importance", model=0, attention=["decoder"])
+    assert r.status_code == 400 and "'attention' must be" in r.json()["error"]
+
+
 def test_lens_attribution_generation_fill_mask_history(env):
     lens = ok(post(env, "lens", model=0, k=2))
     assert lens["layers"] == ["embed", "0", "1"] and lens["max_error_last_layer"] < 1e-4 and len(lens["top"][0][0]) == 2

@@ -179,6 +179,30 @@ def test_toggling_an_ablation_changes_the_prediction(served):
     assert errors(d) == []
 
 
+def test_ranking_every_head_shows_the_librarys_order_and_a_row_click_ablates(served):
+    from glassformer.api import load
+    from glassformer.explain.heads import head_scores, sequence_for_model
+    from glassformer.explain.importance import head_importance
+
+    d = served["driver"]
+    open_page(served, "the cat sat on")
+    d.find_element("css selector", "[data-gf=rank]").click()
+    wait(d, "return document.querySelectorAll('[data-gf=importance] tr[data-head]').length === 8")
+    shown = d.execute_script("return [...document.querySelectorAll('[data-gf=importance] tr[data-head]')]"
+                             ".map(r => [r.dataset.head, r.cells[2].textContent])")
+    gpt = load(served["dirs"]["gpt"])
+    roles = head_scores(gpt.model, **sequence_for_model(gpt.model, gpt.tokenizer))
+    want = head_importance(gpt.model, gpt.tokenizer, "the cat sat on", roles=roles)
+    assert [label for label, _ in shown] == [h.label for h in want.heads]
+    assert [float(c) for _, c in shown] == pytest.approx([h.change for h in want.heads], abs=2e-4)
+    top = shown[0][0]
+    d.find_element("css selector", f"[data-gf=importance] tr[data-head='{top}']").click()  # switches that head off
+    wait(d, "return document.querySelector('[data-gf=after]')")
+    assert d.find_element("css selector", f"[data-ablate='{top}']").is_selected()
+    assert "off" in d.find_element("css selector", f"[data-gf=importance] tr[data-head='{top}']").get_attribute("class")
+    assert errors(d) == []
+
+
 def test_stepping_a_generation_adds_one_token_with_its_candidates(served):
     d = served["driver"]
     open_page(served, "the cat")

@@ -139,13 +139,20 @@ def _register_insight(subparsers: Any) -> None:
                  "after); GPT: the next token; BERT with its masked-LM head: the first [MASK]; encoder-decoder: the "
                  "next target token (top tokens and KL); an embedding model (sentence-transformers, train embed): the "
                  "cosine similarity of the sentence vector before and after (--pair: of the similarity to a second "
-                 "text).", _insight("run_ablate"))
-    a.add_argument("--head", action="append", required=True, metavar="HEAD",
-                   help="a head as `heads` labels it: encoder.L.H, decoder.L.H or cross.L.H; a bare L.H (e.g. 1.3) "
-                   "means the model's main attention (GPT's and the encoder-decoder's decoder self-attention, "
-                   "BERT's encoder self-attention); repeatable")
+                 "text). With --each: silence every head of one attention alone and rank them by what the model "
+                 "loses (a language model: its loss on the text), beside each head's role on random tokens; heads "
+                 "that matter with no named role are flagged.", _insight("run_ablate"))
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--head", action="append", metavar="HEAD",
+                       help="a head as `heads` labels it: encoder.L.H, decoder.L.H or cross.L.H; a bare L.H (e.g. 1.3) "
+                       "means the model's main attention (GPT's and the encoder-decoder's decoder self-attention, "
+                       "BERT's encoder self-attention); repeatable")
+    which.add_argument("--each", action="store_true",
+                       help="every head of one attention (--kind), one at a time, ranked by the change")
+    a.add_argument("--kind", choices=KINDS, default="auto",
+                   help="with --each: the attention whose heads are silenced (default: the model's main attention)")
     a.add_argument("--mode", choices=["zero", "mean"], default="zero")
-    a.add_argument("--top", type=int, default=5, help="top tokens shown")
+    a.add_argument("--top", type=int, default=None, help="top tokens shown (default 5); with --each: heads shown (default: all)")
     _readout_flag(a)
     a.add_argument("--pair", default=None, metavar="TEXT",
                    help="embedding model: a second text; report its cosine similarity to the text before and after")

@@ -4,6 +4,7 @@
     glassformer heads MODEL [--json] [--out heads.html] [--kind encoder-self|decoder-self]
     glassformer lens MODEL "text" [--json] [--out lens.png] [--k 5]
     glassformer ablate MODEL "text" --head HEAD [--head HEAD ...] [--mode zero|mean] [--pair TEXT] [--json]
+    glassformer ablate MODEL "text" --each [--kind KIND] [--top N] [--json]
     glassformer patch MODEL --clean TEXT --corrupted TEXT --site NAME [--positions T ...] [--json]
     glassformer attribute MODEL "text" [--token WORD | --label CLASS] [--vs B] [--method direct|ablation] [--json]
 
@@ -103,15 +104,19 @@ def run_lens(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise InterventionError(f"--top must be >= 1, got {args.top}")
+    if args.each:
+        return _ablate_each(args)
+    if args.kind != "auto":
+        raise InterventionError("--kind chooses the attention of --each; with --head, name it in the label (cross.1.3)")
     for spec in args.head:
         parts = spec.split(".")
         if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts[-2:]):
             raise InterventionError(f"--head {spec!r}: write it as LAYER.HEAD (e.g. 1.3) or ATTENTION.LAYER.HEAD "
                                     "(e.g. cross.1.3)")
     model, tokenizer = insight.load(args.model)
-    result = insight.ablation(model, tokenizer, args.text, args.head, mode=args.mode, top=args.top, target=args.target,
+    result = insight.ablation(model, tokenizer, args.text, args.head, mode=args.mode, top=args.top or 5, target=args.target,
                               readout=args.readout, pooling=_pooling(args), pair=args.pair)
     result["model"] = args.model
     if args.json:
@@ -119,6 +124,37 @@ def run_ablate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(insight.format_ablation(result))
     return 0
+
+
+def _ablate_each(args: argparse.Namespace) -> int:
+    """``ablate --each``: every head of one attention silenced alone, ranked, beside its role."""
+    from glassformer.explain.importance import format_importance, head_importance
+
+    if args.pair is not None:
+        raise InterventionError("--pair compares two texts for chosen heads; use it with --head, not --each")
+    model, tokenizer = insight.load(args.model)
+    kind = None if args.kind == "auto" else args.kind
+    spec = model.main_attention if kind is None else _attention(model, kind)
+    roles = None
+    if spec.site == "attn":  # roles are scored on self-attention only
+        check_heads_memory(model, 32, 8)
+        roles = insight.score_heads(model, tokenizer, kind=spec.kind)
+    imp = head_importance(model, tokenizer, args.text, kind=spec.kind, mode=args.mode, target=args.target,
+                          readout=args.readout, pooling=_pooling(args), roles=roles)
+    if args.json:
+        _emit_json({"model": args.model, "text": args.text, **imp.to_json()})
+    else:
+        sys.stdout.write(format_importance(imp, args.top))
+    return 0
+
+
+def _attention(model, kind: str):
+    from glassformer.models.family import HeadError
+
+    try:
+        return model.attention_spec(kind)
+    except HeadError as e:
+        raise InterventionError(f"--kind {kind}: {e}") from None
 
 
 def _pooling(args: argparse.Namespace) -> tuple[str, ...]:

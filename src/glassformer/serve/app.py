@@ -34,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from glassformer.errors import GlassformerError
-from glassformer.serve import handlers
+from glassformer.serve import handlers, why
 from glassformer.serve.handlers import RequestError, Served
 
 log = logging.getLogger(__name__)
@@ -190,15 +190,21 @@ def create_app(models: list[Served], host: str = "127.0.0.1") -> Starlette:
         return handlers.steps(s, b.text(), head, b.int("query", 0, s.max_len), b.text("target", False))
 
     def lens(s: Served, b: Body) -> dict:
-        return handlers.lens(s, b.text(), b.int("k", 1, 20, 3), b.text("target", False))
+        return why.lens(s, b.text(), b.int("k", 1, 20, 3), b.text("target", False))
 
     def attribution(s: Served, b: Body) -> dict:
-        return handlers.attribution(s, b.text(), b.token(), b.int("position", 0, s.max_len, optional=True),
+        return why.attribution(s, b.text(), b.token(), b.int("position", 0, s.max_len, optional=True),
                                     b.text("target", False))
 
     def ablate(s: Served, b: Body) -> dict:
-        return handlers.ablate(s, b.text(), b.heads(), b.choice("mode", ("zero", "mean"), "zero"), b.int("k", 1, 50, 5),
+        return why.ablate(s, b.text(), b.heads(), b.choice("mode", ("zero", "mean"), "zero"), b.int("k", 1, 50, 5),
                                b.int("position", 0, s.max_len, optional=True), b.text("target", False))
+
+    def importance(s: Served, b: Body) -> dict:
+        attention = b.data.get("attention")
+        if attention is not None and (not isinstance(attention, str) or len(attention) > 20):
+            raise RequestError("'attention' must be an attention's label such as \"decoder\" or \"cross\"")
+        return why.importance(s, b.text(), attention, b.choice("mode", ("zero", "mean"), "zero"), b.text("target", False))
 
     def generate(s: Served, b: Body) -> dict:
         return handlers.generate(
@@ -213,7 +219,7 @@ def create_app(models: list[Served], host: str = "127.0.0.1") -> Starlette:
         return handlers.history(s)
 
     api = {"tokens": tokens, "attention": attention, "steps": steps, "lens": lens, "attribution": attribution,
-           "ablate": ablate, "generate": generate, "fill-mask": fill_mask, "history": history}
+           "ablate": ablate, "importance": importance, "generate": generate, "fill-mask": fill_mask, "history": history}
     routes = [Route("/", index), Route("/api/models", models_list, methods=["GET"])]
     routes += [Route(f"/api/{name}", endpoint(fn), methods=["POST"]) for name, fn in api.items()]
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))

@@ -3,8 +3,9 @@
 Every number comes from the library's own functions (the family protocol on the model,
 ``run_with_cache`` and its :class:`~glassformer.models.activations.ActivationCache`, the explain
 tools, the decode loop); this module only turns a request's checked arguments into their calls and
-their results into JSON-ready dicts. It is the one module of ``serve/`` that calls ``explain`` and
-``generation``, so a change of their names is made here once.
+their results into JSON-ready dicts. It and :mod:`.why` (the lens, attribution, ablation and head
+importance views) are the modules of ``serve/`` that call ``explain`` and ``generation``, so a change
+of their names is made there once.
 
 Each function takes a :class:`Served` model and plain, already validated arguments. Input errors
 raise :class:`RequestError` (or the library's own ``ValueError`` family), which the app turns into
@@ -24,11 +25,7 @@ import torch
 from torch import Tensor
 
 from glassformer.errors import GlassformerError
-from glassformer.explain.class_attribution import DIRECT_NOTE, class_logit_parts
-from glassformer.explain.heads import head_scores, sequence_for_model
-from glassformer.explain.hooks import ablation_hooks
-from glassformer.explain.lens import lens_json, logit_lens
-from glassformer.explain.readouts import Readout, class_rows, cosine, kl, resolve_label, sentence_pooling
+from glassformer.explain.heads import HeadScores, head_scores, sequence_for_model
 from glassformer.explain.rotary import rotary_view
 from glassformer.explain.snapshot import load_snapshots, snapshot_weights
 from glassformer.explain.steps import four_steps
@@ -39,7 +36,6 @@ from glassformer.generation.gpt import generate_lists
 from glassformer.generation.loop import Step
 from glassformer.generation.seq2seq import generate_seq2seq_lists
 from glassformer.generation.text import within_tokenizer
-from glassformer.models.activations import decomposition_names
 
 MAX_TEXT_CHARS = 20_000  # a text longer than this is refused before it is tokenized
 ROUND = 5  # decimals of the attention weights sent to the page
@@ -57,7 +53,8 @@ class Served:
     path: Path
     pipeline: Any  # glassformer.api.Pipeline
     lock: threading.Lock = field(default_factory=threading.Lock)  # one computation at a time per model
-    roles: dict[str, Any] | None = None  # head roles: computed once (they do not depend on the text)
+    roles: dict[str, Any] | None = None  # head roles as JSON: computed once (they do not depend on the text)
+    role_scores: HeadScores | None = None  # the same roles, as the library's object
 
     @property
     def model(self):
@@ -124,7 +121,7 @@ class Encoded:
         return [t["id"] for t in self.streams[name]]
 
 
-def _ids(served: Served, text: str, what: str, specials: bool = True) -> list[int]:
+def text_ids(served: Served, text: str, what: str, specials: bool = True) -> list[int]:
     if len(text) > MAX_TEXT_CHARS:
         raise RequestError(f"the {what} is {len(text)} characters; the explorer reads at most {MAX_TEXT_CHARS}")
     tok = served.tokenizer
@@ -141,13 +138,13 @@ def _ids(served: Served, text: str, what: str, specials: bool = True) -> list[in
 def encode(served: Served, text: str, target: str | None = None) -> Encoded:
     """Token ids and display strings of a text (and of a target text, for the encoder-decoder)."""
     m, tok = served.model, served.tokenizer
-    ids = _ids(served, text, "text")
+    ids = text_ids(served, text, "text")
     if len(ids) > served.max_len:
         raise RequestError(f"the text is {len(ids)} tokens; this model reads at most {served.max_len}")
     pad = getattr(tok, "pad_id", None)
     tgt = None
     if m.needs_target:
-        tgt = [start_token(m, tok)] + (_ids(served, target, "target", specials=False) if target else [])
+        tgt = [start_token(m, tok)] + (text_ids(served, target, "target", specials=False) if target else [])
         if len(tgt) > served.max_len:
             raise RequestError(f"the target is {len(tgt)} tokens; this model reads at most {served.max_len}")
     elif target:
@@ -172,7 +169,7 @@ def roles(served: Served) -> dict[str, Any]:
     if served.roles is None:
         m = served.model
         scores = head_scores(m, **sequence_for_model(m, served.tokenizer))
-        served.roles = scores.to_json()
+        served.roles, served.role_scores = scores.to_json(), scores
     return served.roles
 
 
@@ -224,154 +221,6 @@ def steps(served: Served, text: str, head: str, query: int, target: str | None =
         # rotary positions: q and the keys before and after their turn, and the scores without / with it
         "rotary": rotary_view(m, enc.ids, ref.layer, ref.head, query).to_json() if has_rotation(m, ref.kind) else None,
     }
-
-
-# ------------------------------------------------------------------------------ readouts
-
-
-def _final_name(m) -> str:
-    stack = m.readout_stack
-    return f"{stack}.{len(m.stack_module(stack).layers) - 1}.resid_post"
-
-
-def _top(served: Served, logits: Tensor, k: int) -> list[dict[str, Any]]:
-    p = logits.float().softmax(-1)
-    top = p.topk(min(k, p.numel()))
-    ids = top.indices.tolist()
-    return [{"id": i, "text": s, "p": round(float(q), 6)}
-            for i, s, q in zip(ids, token_strings(served.tokenizer, ids), top.values.tolist())]
-
-
-def _position(served: Served, enc: Encoded, position: int | None) -> int:
-    """The position whose prediction is shown: given, else the last (next-token models) or the first mask."""
-    m = served.model
-    stream = enc.stream("target" if m.needs_target else "tokens")
-    if position is None:
-        mask = getattr(served.tokenizer, "mask_id", None)
-        if m.predicts == "masked" and mask in stream:
-            return stream.index(mask)
-        return len(stream) - 1
-    if not 0 <= position < len(stream):
-        raise RequestError(f"position {position} is out of range 0..{len(stream) - 1}")
-    return position
-
-
-def lens(served: Served, text: str, k: int, target: str | None = None) -> dict[str, Any]:
-    """The logit lens: each layer's top guesses at each position."""
-    m = served.model
-    enc = encode(served, text, target)
-    result = logit_lens(m, torch.tensor([enc.ids]), k=k,
-                        tgt_ids=None if enc.tgt_ids is None else torch.tensor([enc.tgt_ids]))
-    names = [[token_strings(served.tokenizer, row) for row in layer] for layer in result.top_ids.tolist()]
-    stream = "target" if m.needs_target else "tokens"
-    return {"predicts": m.predicts, **lens_json(result, [t["text"] for t in enc.streams[stream]], names)}
-
-
-@torch.no_grad()
-def attribution(served: Served, text: str, token: str | int | None, position: int | None,
-                target: str | None = None) -> dict[str, Any]:
-    """Direct logit attribution of one token's logit at one position, from the activation cache:
-    each part's share through the final norm with its scale frozen (they add up to the logit).
-    A classifier: ``token`` names a class (its name or index; default the predicted one), and the
-    parts are its class logit's (:mod:`glassformer.explain.class_attribution`)."""
-    m = served.model
-    if m.readout_kind == "classes":
-        return _class_attribution(served, text, token)
-    enc = encode(served, text, target)
-    pos = _position(served, enc, position)
-    args, kwargs = enc.args(m)
-    _, cache = m.run_with_cache(*args, names=decomposition_names(m) + [_final_name(m)], **kwargs)
-    logits = m.readout(cache[_final_name(m)][0, pos])  # (V,)
-    if token is None or token == "":
-        token_id = int(logits.argmax())
-    elif isinstance(token, int):
-        token_id = token
-    else:
-        ids = _ids(served, token, "target token", specials=False)
-        if len(ids) != 1:
-            raise RequestError(f"the target token {token!r} is {len(ids)} tokens; give one token (or its id)")
-        token_id = ids[0]
-    labels, parts = cache.decompose_resid(pos)
-    attrs = cache.logit_attrs(parts, token_id, pos)[:, 0]  # (N,)
-    const = float(cache.logit_constant(token_id)[()])
-    logit = float(logits[token_id])
-    rows = sorted(zip(labels, attrs.tolist()), key=lambda kv: -abs(kv[1]))
-    return {
-        "token": {"id": token_id, "text": token_strings(served.tokenizer, [token_id])[0]}, "position": pos,
-        "logit": logit, "constant": const, "check_error": abs(float(attrs.sum()) + const - logit),
-        "parts": [{"label": k, "value": round(float(v), 6)} for k, v in rows],
-    }
-
-
-def _class_attribution(served: Served, text: str, label: str | int | None) -> dict[str, Any]:
-    m = served.model
-    enc = encode(served, text)
-    labels, shares, logits = class_logit_parts(m, torch.tensor([enc.ids]))  # (N, K), (K,)
-    if label is None or label == "":
-        k = int(logits.argmax())
-    elif isinstance(label, int):
-        if not 0 <= label < len(m.class_labels):
-            raise RequestError(f"class {label} is out of range 0..{len(m.class_labels) - 1}")
-        k = label
-    else:
-        k = resolve_label(m, label)
-    constant = float(shares[-1, k])  # the classifier's bias: no part wrote it
-    rows = sorted(zip(labels[:-1], shares[:-1, k].tolist()), key=lambda kv: -abs(kv[1]))
-    return {
-        "token": {"id": k, "text": m.class_labels[k]}, "class": m.class_labels[k], "position": 0,
-        "logit": float(logits[k]), "constant": constant, "note": DIRECT_NOTE,
-        "check_error": abs(float(shares[:, k].sum()) - float(logits[k])),
-        "parts": [{"label": name, "value": round(float(v), 6)} for name, v in rows],
-    }
-
-
-# ------------------------------------------------------------------------------ ablation
-
-
-@torch.no_grad()
-def ablate(served: Served, text: str, heads: list[str], mode: str, k: int, position: int | None,
-           target: str | None = None) -> dict[str, Any]:
-    """Switch heads off (zero or mean) and compare: top predictions, KL(before ‖ after), loss."""
-    m = served.model
-    refs = [m.parse_head(h) for h in heads]
-    enc = encode(served, text, target)
-    pos = _position(served, enc, position)
-    args, kwargs = enc.args(m)
-    final = _final_name(m)
-    hooks = ablation_hooks(m, refs, mode)  # one hook per attention site, whatever the heads' kinds
-    caught: dict[str, Tensor] = {}
-
-    def run(extra: dict[str, Any]) -> Tensor:
-        def grab(x: Tensor) -> None:
-            caught["x"] = x
-
-        caught["out"] = m.run_with_hooks(*args, hooks={**extra, final: grab} if final not in extra else extra, **kwargs)
-        return caught["x"][0]  # (T, C) the stream that reaches the final norm
-
-    before, out_before = run({}), caught["out"]
-    after, out_after = run(hooks), caught["out"]
-    result: dict[str, Any] = {"heads": [r.label for r in refs], "mode": mode, "position": pos,
-                              "stream_change": float((after[pos] - before[pos]).norm() / before[pos].norm().clamp_min(1e-12))}
-    if m.has_classifier:  # class probabilities before and after (what the classifier answers)
-        read = Readout("classes", labels=tuple(m.class_labels))
-        cb, ca = read.read(m, out_before)[0], read.read(m, out_after)[0]
-        result.update(classes=class_rows(read, {"before": cb, "after": ca}), kl_classes=kl(cb, ca))
-    elif m.readout_kind == "embedding":  # a sentence-embedding model: how far its vector turned
-        read = Readout("embedding", pooling=sentence_pooling(str(served.path)))
-        result["cosine"] = cosine(read.read(m, out_before)[0], read.read(m, out_after)[0])
-    if m.predicts == "none":
-        return result  # no head to read tokens with: the change of the final stream is what there is
-    lb, la = m.readout(before).float(), m.readout(after).float()  # (T, V)
-    logp, logq = lb[pos].log_softmax(-1), la[pos].log_softmax(-1)
-    result.update(before=_top(served, lb[pos], k), after=_top(served, la[pos], k),
-                  kl=float((logp.exp() * (logp - logq)).sum()))
-    if m.predicts == "next":  # the loss on the text itself: position t predicts token t + 1
-        stream = torch.tensor(enc.stream("target" if m.needs_target else "tokens"))
-        if len(stream) > 1:
-            lb_loss = torch.nn.functional.cross_entropy(lb[:-1], stream[1:])
-            la_loss = torch.nn.functional.cross_entropy(la[:-1], stream[1:])
-            result.update(loss_before=float(lb_loss), loss_after=float(la_loss))
-    return result
 
 
 # ------------------------------------------------------------------------------ generation

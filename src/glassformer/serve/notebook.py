@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from glassformer.serve import handlers
+from glassformer.serve import handlers, why
 from glassformer.serve.handlers import Served
 
 STATIC = Path(__file__).parent / "static"
@@ -72,9 +72,9 @@ def show(pipeline: Any, text: str, head: str | None = None, query: int | None = 
         b = {**body, "head": ref.label, "query": query}
         responses[_key("steps", b)] = handlers.steps(served, text, ref.label, query)
     if info["predicts"] != "none":
-        responses[_key("lens", {**body, "k": 3})] = handlers.lens(served, text, 3)
+        responses[_key("lens", {**body, "k": 3})] = why.lens(served, text, 3)
     if info["can_attribute"]:
-        responses[_key("attribution", {**body, "token": None})] = handlers.attribution(served, text, None, None)
+        responses[_key("attribution", {**body, "token": None})] = why.attribution(served, text, None, None)
     if info["has_history"]:
         responses[_key("history", {"model": 0})] = handlers.history(served)
     return ExplorerView({"models": {"models": [info]}, "responses": responses}, text, chosen, query)

@@ -215,16 +215,19 @@ function glassformerExplorer(root, options) {
     const heads = [...state.ablate];
     const mode = el("select", { dataset: { gf: "mode" }, onchange: (e) => { state.mode = e.target.value; drawAblation(); } },
       ["zero", "mean"].map((m) => { const o = el("option", { value: m, text: m }); o.selected = m === state.mode; return o; }));
-    const controls = el("div", { class: "controls" }, [el("label", { text: "mode " }, [mode]),
+    const rank = el("button", { dataset: { gf: "rank" }, text: "rank every head",
+      title: "silence each head of the main attention alone and sort them by what the model loses", onclick: () => drawImportance() });
+    const controls = el("div", { class: "controls" }, [el("label", { text: "mode " }, [mode]), rank,
       el("span", { text: heads.length ? "off: " + heads.join(", ") : "no heads switched off" })]);
-    if (!heads.length) { box.replaceChildren(controls); return; }
+    const ranked = importanceTable();
+    if (!heads.length) { box.replaceChildren(controls, ranked); return; }
     const body = { model: state.model, text: state.text, heads, mode: state.mode, k: 5 };
     if (state.info.needs_target) body.target = state.target;
     const seq = state.seq;
     try {
       const r = await api("ablate", body);
       if (seq !== state.seq) return;
-      const out = [controls];
+      const out = [controls, ranked];
       if (r.classes) {  // a classifier: its class probabilities before and after
         out.push(el("p", { dataset: { gf: "kl-classes" }, text: `class probabilities: KL(before ‖ after) = ${fmt(r.kl_classes)} nats` }));
         out.push(el("table", { dataset: { gf: "classes" } }, [el("tr", {}, ["class", "p before", "p after"].map((h, i) => el("th", { class: i ? "" : "t", text: h }))),
@@ -240,7 +243,45 @@ function glassformerExplorer(root, options) {
         out.push(el("p", { dataset: { gf: "kl" }, text: `no language-model head: the final stream at position ${r.position} changed by ${fmt(100 * r.stream_change, 1)}%` }));
       }
       box.replaceChildren(...out);
-    } catch (e) { box.replaceChildren(controls, el("p", { class: "bad", text: e.message })); }
+    } catch (e) { box.replaceChildren(controls, ranked, el("p", { class: "bad", text: e.message })); }
+  }
+
+  // every head silenced alone, ranked (computed on request: one forward pass per 16 heads)
+  function importanceKey() { return JSON.stringify([state.model, state.text, state.target, state.mode]); }
+
+  async function drawImportance() {
+    const body = { model: state.model, text: state.text, mode: state.mode };
+    if (state.info.needs_target) body.target = state.target;
+    const want = importanceKey();
+    status("ranking every head…");
+    try {
+      const r = await api("importance", body);
+      if (want !== importanceKey()) return;
+      state.importance = { key: want, result: r };
+      status("");
+      drawAblation();
+    } catch (e) { status(e.message, true); }
+  }
+
+  function importanceTable() {
+    const box = el("div", { dataset: { gf: "importance" } });
+    const imp = state.importance;
+    if (!imp || imp.key !== importanceKey()) return box;
+    const r = imp.result;
+    const loss = r.measure === "loss";
+    box.append(el("p", { class: "hint", text: `each head silenced alone (${r.mode}); ${r.describe}` +
+      (loss ? `, before ${fmt(r.before)}` : "") + "; click a row to switch that head off" }));
+    const t = el("table", {}, [el("tr", {}, ["head", loss ? "after" : "", "change", "role on random tokens"].map((h, i) => el("th", { class: i ? "" : "t", text: h })))]);
+    for (const h of r.heads) {
+      const role = h.role_score === null ? "(not scored)" : (h.role ? `${h.role} ${fmt(h.role_score, 2)}` : `— (best ${fmt(h.role_score, 3)})`);
+      const row = el("tr", { class: (h.unnamed ? "unnamed" : "") + (state.ablate.has(h.label) ? " off" : ""), dataset: { head: h.label },
+        title: h.unnamed ? "matters, but no role names it" : "", onclick: () => toggleAblation(h.label, !state.ablate.has(h.label)) },
+        [el("td", { class: "t", text: h.label }), el("td", { text: loss ? fmt(h.after) : "" }), el("td", { text: (h.change >= 0 ? "+" : "") + fmt(h.change) }),
+         el("td", { text: role + (h.unnamed ? "  ← matters, no named role" : "") })]);
+      t.append(row);
+    }
+    box.append(t);
+    return box;
   }
 
   // ---------------------------------------------------------------- lens + attribution
