@@ -151,6 +151,39 @@ def test_lens_attribution_generation_fill_mask_history(env):
     assert ok(post(env, "history", model=0)) == {"curve": [], "frames": []}
 
 
+def train_with_history(root, corpus, capsys):
+    """A tiny GPT run of 6 steps with an evaluation (and an attention snapshot) every 2 steps."""
+    from conftest import tiny_flags
+
+    out = root / "run"
+    code, _, err = run_main(capsys, "train", "gpt", *tiny_flags(corpus), "--out", out, "--max-steps", "6",
+                            "--eval-every", "2", "--snapshot-attention", "the cat")
+    assert code == 0, err
+    return out
+
+
+def test_a_runs_history_is_its_metrics_and_its_snapshots(tmp_path, corpus, capsys):
+    from glassformer.explain.snapshot import load_snapshots, snapshot_weights
+
+    run = train_with_history(tmp_path, corpus, capsys)
+    served = open_models([run], warm=False)
+    client = TestClient(create_app(served, "127.0.0.1"), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/models").json()["models"][0]["has_history"] is True
+    r = client.post("/api/history", json={"model": 0})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in got["curve"]] == [row["step"] for row in rows] == list(range(1, 7))
+    assert [c["train_loss"] for c in got["curve"]] == pytest.approx([row["train_loss"] for row in rows])
+    assert [c.get("val_loss") for c in got["curve"]] == [row.get("val_loss") for row in rows]
+    snaps = load_snapshots(run)
+    assert [f["step"] for f in got["frames"]] == [s["step"] for s in snaps] == [2, 4, 6]
+    for frame, snap in zip(got["frames"], snaps):
+        want = snapshot_weights(snap, "decoder-self")  # (L, H, T, T)
+        assert frame["probe"] == "the cat" and len(frame["tokens"]) == want.shape[-1]
+        assert abs(torch.tensor(frame["weights"]) - torch.tensor(want)).max() <= 1e-4  # rounded to 4 decimals
+
+
 BAD = [
     ("tokens", {"model": 7}, 404, "no model 7"),
     ("tokens", {"model": "/etc/passwd"}, 404, "no model"),

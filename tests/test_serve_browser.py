@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import save_tiny_models, subprocess_env
+from conftest import TRAIN_TEXT, glassformer_argv, save_tiny_models, subprocess_env, tiny_flags
 
 pytestmark = pytest.mark.slow
 
@@ -85,12 +85,25 @@ def make_driver():
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
+def train_run(root):
+    """A run directory with a history: 6 steps of a tiny GPT, an evaluation and a snapshot every 2."""
+    corpus = root / "corpus.txt"
+    corpus.write_text(TRAIN_TEXT)
+    out = root / "run"
+    done = subprocess.run(glassformer_argv("train", "gpt", *tiny_flags(corpus), "--out", out, "--max-steps", "6",
+                                           "--eval-every", "2", "--snapshot-attention", "the cat"),
+                          env=subprocess_env(root, threads=1), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     dirs = save_tiny_models(root)
+    dirs["run"] = train_run(root)
     port = free_port()
-    proc, url = start_server([dirs["gpt"], dirs["bert"], dirs["seq2seq"]], root, port)
+    proc, url = start_server([dirs["gpt"], dirs["bert"], dirs["seq2seq"], dirs["run"]], root, port)
     driver = None
     try:
         driver = make_driver()
@@ -242,3 +255,47 @@ def test_a_classifier_shows_class_probabilities_and_attribution_by_class(served)
     assert rows == ["neg", "neutral", "pos"]
     text = wait(d, "const t = document.querySelector('[data-gf=attribution]').textContent; return t.includes('logit of class') && t")
     assert "LayerNorm" in text and errors(d) == []
+
+
+def choose_model(d, index: int) -> None:
+    select = d.find_element("css selector", "[data-gf=model]")
+    d.execute_script(f"arguments[0].value = '{index}'; arguments[0].dispatchEvent(new Event('change'))", select)
+    wait(d, f"return window.gf.state.model === {index} && document.getElementById('gf-root').dataset.ready"
+            " === String(window.gf.stats.updates)")
+
+
+def test_a_runs_history_shows_its_loss_curve_and_a_slider_over_its_snapshots(served):
+    import json
+
+    d = served["driver"]
+    open_page(served, "the cat")
+    choose_model(d, 3)  # the trained run
+    wait(d, "return document.querySelector('[data-gf=frame]')")
+    rows = [json.loads(line) for line in (served["dirs"]["run"] / "metrics.jsonl").read_text().splitlines()]
+    text = d.execute_script("return document.querySelector('[data-gf=history]').textContent")
+    first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
+    assert f"loss {first:.3f} → {last:.3f} over steps 1..6" in text, text
+    slider = d.find_element("css selector", "[data-gf=frame]")
+    assert slider.get_attribute("max") == "2"  # three snapshots: steps 2, 4, 6
+    label = lambda: d.execute_script("return document.querySelector('[data-gf=frame]').nextElementSibling.textContent")  # noqa: E731
+    assert label().startswith("step 6:")
+    d.execute_script("arguments[0].value = '0'; arguments[0].dispatchEvent(new Event('input'))", slider)
+    assert label().startswith("step 2:") and '"the cat"' in label()
+    n_maps = d.execute_script("return document.querySelector('[data-gf=frame]').parentElement.querySelectorAll('.grid canvas').length")
+    assert n_maps == 1 * 2  # the run's 1 layer x 2 heads
+    assert errors(d) == []
+
+
+def test_compare_shows_a_second_prompt_on_another_model_side_by_side(served):
+    d = served["driver"]
+    open_page(served, "the cat sat on")
+    choose_model(d, 0)
+    pick = d.find_element("css selector", "[data-gf=cmp-model]")
+    d.execute_script("arguments[0].value = '3'", pick)
+    d.find_element("css selector", "[data-gf=cmp-text]").send_keys("a dog")
+    d.find_element("css selector", "[data-gf=cmp-go]").click()
+    wait(d, "return document.querySelectorAll('[data-gf=compare] .pair > div').length === 2")
+    sides = d.execute_script("return [...document.querySelectorAll('[data-gf=compare] .pair > div')]"
+                             ".map(s => [s.querySelector('p').textContent, s.querySelectorAll('canvas').length])")
+    assert sides == [["t|h|e| |c|a|t| |s|a|t| |o|n", 2 * 4], ["a| |d|o|g", 1 * 2]]  # gpt-tiny 2x4; the run 1x2
+    assert errors(d) == []
