@@ -9,7 +9,7 @@ Each side runs as its own process, alternating, ``--pairs`` times per size:
 Both train the same shape (a char GPT: pre-LN, learned positions, tied head, the same init) on the
 same text file (the same characters, the same validation windows), with AdamW at the same
 learning rate, warm-up + cosine to ``min_lr``, batch, context, steps and evaluations. Neither child
-gets ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` from this process: each runs with its own default.
+gets ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` from this process: each runs with its own default.
 
 The report gives, per side, the median over pairs of
 
@@ -72,7 +72,8 @@ def flags(values: dict) -> list[str]:
 
 
 def child_env(cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLASSFORMER_WAIT_POLICY_SET")}
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
     env["GLASSFORMER_CACHE"] = str(cache)
     return env

@@ -39,8 +39,25 @@ def test_the_users_setting_wins_and_a_parents_choice_is_made_again():
     assert env["OMP_WAIT_POLICY"] == PASSIVE and env["GLASSFORMER_WAIT_POLICY_SET"] == "1"
 
 
+def test_free_cores_spin_briefly_and_busy_ones_sleep(monkeypatch):
+    """On free cores the busy-wait is cut short (GOMP_SPINCOUNT): the default 300,000 rounds cost a run 10x
+    when the machine got busy after the start (benchmarks/wait_policy.py --conditions late)."""
+    from glassformer import threads
+
+    monkeypatch.setattr(threads, "current_situation", lambda env: Situation(2, 0, 1, 2))
+    env: dict[str, str] = {}
+    assert "short spin" in configure(env)
+    assert env == {"GOMP_SPINCOUNT": threads.QUIET_SPINCOUNT, "GLASSFORMER_WAIT_POLICY_SET": "1"}
+    monkeypatch.setattr(threads, "current_situation", lambda env: Situation(2, 3, 1, 2))
+    configure(env)  # a child of that process (its environment inherited) decides again: now the machine is busy
+    assert env == {"OMP_WAIT_POLICY": PASSIVE, "GLASSFORMER_WAIT_POLICY_SET": "1"}
+    env = {"GOMP_SPINCOUNT": "INFINITE"}  # the user's spin count wins, and nothing else is set beside it
+    assert "set by you" in configure(env) and env == {"GOMP_SPINCOUNT": "INFINITE"}
+
+
 def policy_in_child(extra_env: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GLASSFORMER_WAIT_POLICY_SET")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GLASSFORMER_WAIT_POLICY_SET",
+                                                             "GOMP_SPINCOUNT")}
     env.update(PYTHONPATH=SRC, **extra_env)
     code = "import os, glassformer; print(os.environ.get('OMP_WAIT_POLICY', 'default'))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True).stdout.strip()

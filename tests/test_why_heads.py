@@ -67,10 +67,12 @@ def test_the_scores_follow_their_formulas_on_a_synthetic_pattern():
         dup[i, i - n if i >= start + n else 0] = 1.0
         sink[i, 0] = 0.5
         sink[i, t - 1] = 0.5
-    scores = role_scores(torch.stack([prev, ind, dup, sink]), n, start, closing_special=True)
+    current = torch.eye(t)
+    scores = role_scores(torch.stack([prev, ind, dup, sink, current]), n, start, closing_special=True)
     assert scores["previous_token"][0] == 1.0 and scores["induction"][1] == 1.0
-    assert scores["duplicate_token"][2] == 1.0 and scores["sink"][3] == 1.0
+    assert scores["duplicate_token"][2] == 1.0 and scores["sink"][3] == 1.0 and scores["current_token"][4] == 1.0
     assert scores["induction"][0] == 0.0 and scores["previous_token"][1] < 0.5
+    assert scores["current_token"][:4].max() < 0.2 and scores["previous_token"][4] == 0.0
 
 
 def test_repeated_random_sequences_repeat_distinct_tokens_inside_their_frame():

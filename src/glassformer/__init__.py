@@ -17,8 +17,8 @@ from glassformer.lazy import lazy_exports
 from glassformer.threads import configure as configure_threads
 
 # OpenMP waiters spin briefly when the cores are ours and sleep when other processes want them
-# (glassformer/threads.py). Takes effect only if torch is not imported yet; OMP_WAIT_POLICY in
-# the environment always wins.
+# (glassformer/threads.py). Takes effect only if torch is not imported yet; OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT in the environment always wins.
 THREADS = configure_threads()
 
 __version__ = "0.1.0"

@@ -10,12 +10,21 @@ spins for a while (the runtime's default) or sleeps at once (``OMP_WAIT_POLICY=P
   laptop), a spinning waiter steals the time slice of the thread it is waiting for, and every op
   gets several times slower (measured 5-10x on a 2-core machine): then sleeping wins.
 
+The runtime's default spin is long: libgomp (the OpenMP of PyTorch's Linux wheels) busy-waits
+300,000 rounds before it sleeps. That is harmless while the cores stay free, and a trap when the
+machine gets busy *after* the start, when the policy can no longer change. So on free cores the
+spin is cut to :data:`QUIET_SPINCOUNT` rounds (``GOMP_SPINCOUNT``). Measured on a 2-core Xeon
+(``benchmarks/wait_policy.py --conditions quiet,late``: ``train gpt``, 0.8M parameters, 200 steps,
+median of 3): quiet 16.8 s with the default spin, 15.8 s with 3,000 rounds, 21.2 s asleep; with one
+CPU-bound process starting 4 s into the run, **181 s** with the default spin, 53 s with 30,000
+rounds, **28 s** with 3,000, 24 s asleep.
+
 :func:`choose_wait_policy` decides from what the operating system says before torch is loaded (the
 policy is read once, when the OpenMP runtime starts): the cores this process may use, the other
 runnable processes now (the median of three looks, 2 ms apart: a CPU-bound process is runnable
 at nearly every look; the one-minute load average is not used, as it still counts a run that has
 just ended), and the ranks sharing this host. The user's own
-``OMP_WAIT_POLICY`` always wins. Imports nothing but the standard library.
+``OMP_WAIT_POLICY`` (or ``GOMP_SPINCOUNT``) always wins. Imports nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 PASSIVE = "PASSIVE"
+QUIET_SPINCOUNT = "3000"  # busy-wait rounds before a waiter sleeps, on free cores (libgomp's default: 300,000)
+MARK = "GLASSFORMER_WAIT_POLICY_SET"  # set when glassformer chose the variables below, so a child chooses again
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ def _positive_int(text: str | None, default: int) -> int:
 
 def choose_wait_policy(s: Situation) -> tuple[str | None, str]:
     """``(policy, reason)``: ``"PASSIVE"`` when the threads this job will start, plus what else is
-    running, exceed the cores; None (the runtime's default, a short spin) when the cores are ours."""
+    running, exceed the cores; None (spin briefly, see :data:`QUIET_SPINCOUNT`) when the cores are ours."""
     ours = s.local_ranks * s.threads_per_rank
     if ours > s.cpus:
         return PASSIVE, f"{s.local_ranks} ranks x {s.threads_per_rank} threads share {s.cpus} cores"
@@ -77,15 +88,20 @@ def choose_wait_policy(s: Situation) -> tuple[str | None, str]:
 
 
 def configure(environ: MutableMapping[str, str] | None = None) -> str:
-    """Set ``OMP_WAIT_POLICY`` for this process from :func:`choose_wait_policy`, unless the user set
-    it; returns why. Takes effect only when torch has not been imported yet."""
+    """Set ``OMP_WAIT_POLICY`` (busy or oversubscribed: ``PASSIVE``) or ``GOMP_SPINCOUNT`` (free
+    cores: a short spin) for this process from :func:`choose_wait_policy`, unless the user set
+    either; returns why. Takes effect only when torch has not been imported yet."""
     environ = os.environ if environ is None else environ
-    if environ.pop("GLASSFORMER_WAIT_POLICY_SET", None) == "1":  # a parent glassformer chose it: choose again
+    if environ.pop(MARK, None) == "1":  # a parent glassformer chose them: choose again
         environ.pop("OMP_WAIT_POLICY", None)
-    if "OMP_WAIT_POLICY" in environ:
-        return f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (set by you)"
+        environ.pop("GOMP_SPINCOUNT", None)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if name in environ:
+            return f"{name}={environ[name]} (set by you)"
     policy, reason = choose_wait_policy(current_situation(environ))
     if policy is not None:
         environ["OMP_WAIT_POLICY"] = policy
-        environ["GLASSFORMER_WAIT_POLICY_SET"] = "1"  # so a child process decides again for itself
-    return f"OMP_WAIT_POLICY={policy or 'default'}: {reason}"
+    else:
+        environ["GOMP_SPINCOUNT"] = QUIET_SPINCOUNT
+    environ[MARK] = "1"
+    return (f"OMP_WAIT_POLICY={policy}" if policy else f"GOMP_SPINCOUNT={QUIET_SPINCOUNT} (a short spin)") + f": {reason}"

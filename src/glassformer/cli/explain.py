@@ -24,7 +24,7 @@ from typing import Any
 MODEL_HELP = "model directory (glassformer or Hugging Face)"
 SOURCE_HELP = "the text (the source, for an encoder-decoder)"
 KINDS = ["auto", "encoder-self", "decoder-self", "cross"]
-ROLE_HELP = ("previous_token, induction, duplicate_token, sink (Olsson et al. 2022), scored on repeated random "
+ROLE_HELP = ("previous_token, induction, duplicate_token (Olsson et al. 2022), current_token, sink, scored on repeated random "
              "sequences")
 
 
@@ -111,7 +111,7 @@ def _command(subparsers: Any, name: str, summary: str, description: str, run, te
 
 def _register_insight(subparsers: Any) -> None:
     """``heads``, ``lens``, ``ablate``, ``patch`` and ``attribute``: run by :mod:`glassformer.cli.insight`."""
-    h = _command(subparsers, "heads", "what each attention head does: previous-token, induction, duplicate-token, sink",
+    h = _command(subparsers, "heads", "what each attention head does: previous-token, induction, duplicate-token, current-token, sink",
                  f"Score every head's role ({ROLE_HELP}) and print a layers × heads table of each head's top role "
                  "and score. --json gives every score.", _insight("run_heads"), text_help=None)
     h.add_argument("--json", action="store_true", help="every score of every head, as JSON")

@@ -3,7 +3,7 @@
 Head roles (:mod:`.heads`) say what a head's attention *looks like* on random tokens; ablation
 says what the model *loses* without it on a real text. Side by side they answer two questions at
 once: is the head that looks like an induction head the one the prediction needs, and which heads
-matter although no role names them (a head that moves information in a way the four scores do not
+matter although no role names them (a head that moves information in a way the role scores do not
 describe)?
 
 For every head of one attention (default: the model's main one) the model runs once with that

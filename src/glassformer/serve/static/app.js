@@ -123,7 +123,7 @@ function glassformerExplorer(root, options) {
           box2.checked = state.ablate.has(label);
           box2.addEventListener("click", (e) => { e.stopPropagation(); toggleAblation(label, box2.checked); });
           const badge = el("span", { class: "badge " + (role && role.role ? role.role : ""),
-            text: role ? `${role.role ? role.role.replace("_token", "").replace("previous", "prev") : "—"} ${fmt(role.score, 2)}` : "" });
+            text: role ? `${role.role ? role.role.replace("current_token", "self").replace("_token", "").replace("previous", "prev") : "—"} ${fmt(role.score, 2)}` : "" });
           const cell = el("div", { class: "cell" + (label === state.head ? " sel" : "") + (state.ablate.has(label) ? " off" : ""),
             title: label, dataset: { head: label }, onclick: () => { state.head = label; if (state.query === null) state.query = defaultQuery(); headChanged(); } },
             [c, box2, badge]);
