@@ -3,8 +3,9 @@ tool, each as users run them (a fresh ``glassformer`` process), with the policy 
 (``auto``: nothing set, :mod:`glassformer.threads` decides), always ``PASSIVE``, and ``ACTIVE``; on a
 quiet machine and with CPU-bound processes beside it (``--busy N``, default: one per core). The
 condition ``late`` starts those processes ``--late-after`` seconds after the command, once its
-threads have chosen to spin (a machine that gets busy during a run). ``spin30k`` and ``spin3k``
-are ``auto`` with libgomp's busy-wait shortened (``GOMP_SPINCOUNT``; its default is 300,000).
+threads have chosen to spin (a machine that gets busy during a run). ``spin300k``, ``spin30k`` and
+``spin3k`` set libgomp's busy-wait (``GOMP_SPINCOUNT``; 300,000 is the runtime's own default, which
+``auto`` used on free cores before it chose 3,000).
 
     python benchmarks/wait_policy.py                 # quiet, then busy; median of 3 of each
     python benchmarks/wait_policy.py --repeats 5 --json runs/wait_policy.json
@@ -32,7 +33,8 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A list holds items in orde
 TRAIN = ["--n-layers", "4", "--n-heads", "4", "--d-model", "128", "--context", "64", "--batch-size", "12",
          "--eval-every", "100", "--eval-batches", "4", "--sample-tokens", "0", "--progress", "none", "--seed", "0"]
 POLICIES = {"auto": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
-            "spin30k": {"GOMP_SPINCOUNT": "30000"}, "spin3k": {"GOMP_SPINCOUNT": "3000"}}
+            "spin300k": {"GOMP_SPINCOUNT": "300000"}, "spin30k": {"GOMP_SPINCOUNT": "30000"},
+            "spin3k": {"GOMP_SPINCOUNT": "3000"}}
 DEFAULT_POLICIES = "auto,PASSIVE,ACTIVE"
 
 
