@@ -17,7 +17,8 @@ spin is cut to :data:`QUIET_SPINCOUNT` rounds (``GOMP_SPINCOUNT``). Measured on 
 (``benchmarks/wait_policy.py --conditions quiet,late``: ``train gpt``, 0.8M parameters, 200 steps,
 median of 3): quiet 16.8 s with the default spin, 15.8 s with 3,000 rounds, 21.2 s asleep; with one
 CPU-bound process starting 4 s into the run, **181 s** with the default spin, 53 s with 30,000
-rounds, **28 s** with 3,000, 24 s asleep.
+rounds, **28 s** with 3,000, 24 s asleep. Head to head on free cores (5 runs each) the short spin
+costs 3% (15.5 against 15.1 s).
 
 :func:`choose_wait_policy` decides from what the operating system says before torch is loaded (the
 policy is read once, when the OpenMP runtime starts): the cores this process may use, the other
