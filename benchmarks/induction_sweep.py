@@ -72,7 +72,8 @@ def patch_periods(min_period: int, max_period: int) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    from glassformer.training.config import field_names, parse_value
+    from glassformer.training.config import field_names
+    from glassformer.training.config_io import parse_value
 
     out = {}
     for pair in pairs:

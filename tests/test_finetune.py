@@ -26,7 +26,7 @@ from glassformer.data.classification import (
 )
 from glassformer.loading import load_model
 from glassformer.tokenizers import CharTokenizer, build_tokenizer
-from glassformer.training.config import resolve_config
+from glassformer.training.config_io import resolve_config
 from glassformer.training.optim import Schedule, steps_within
 
 pytestmark = pytest.mark.usefixtures("one_thread")

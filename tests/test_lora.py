@@ -151,7 +151,8 @@ def test_a_rank_above_a_projection_width_is_refused_naming_the_flag():
 
 
 def test_the_recipe_gives_lora_its_own_learning_rate_and_a_flag_wins():
-    from glassformer.training.config import LORA_LR, finetune_lr, resolve_config
+    from glassformer.training.config import LORA_LR, finetune_lr
+    from glassformer.training.config_io import resolve_config
 
     assert LORA_LR != finetune_lr(384)
     assert resolve_config("classifier", {}, {"init": "/m", "lora_rank": 8}, init_width=384).lr == LORA_LR

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from glassformer.models import GPT, GPTConfig
-from glassformer.training.config import TrainConfig, read_config_file, resolve_config
+from glassformer.training.config import TrainConfig
+from glassformer.training.config_io import read_config_file, resolve_config
 from glassformer.training.objectives import compute_loss, token_loss_sum
 from glassformer.training.optim import Schedule, param_groups
 from glassformer.training.trainer import Trainer

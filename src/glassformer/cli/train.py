@@ -29,8 +29,8 @@ from glassformer.training.config import (
     applies_to,
     field_help,
     field_types,
-    parse_value,
 )
+from glassformer.training.config_io import parse_value
 
 TASK_HELP = {
     "gpt": "a decoder-only language model (next-token prediction)",

@@ -113,7 +113,7 @@ def evaluate_file(model_dir: str | os.PathLike, data: str | os.PathLike, *, text
     run's (its ``train_config.json``), else ``text`` and ``label``."""
     from glassformer.data.classification import read_columns
     from glassformer.loading import load_model_and_tokenizer
-    from glassformer.training.config import load_run_config
+    from glassformer.training.config_io import load_run_config
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")

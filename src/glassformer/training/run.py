@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from glassformer.errors import DataError
-from glassformer.training.config import (
-    LOCKED_ON_RESUME,
-    ConfigError,
-    TrainConfig,
-    load_run_config,
-    read_config_file,
-    resolve_config,
-)
+from glassformer.training.config import LOCKED_ON_RESUME, ConfigError, TrainConfig
+from glassformer.training.config_io import load_run_config, read_config_file, resolve_config
 from glassformer.training.rundir import RUN_FILES, absolute_spec, check_out_outside_data, same_spec
 
 log = logging.getLogger("glassformer.training")
