@@ -42,6 +42,12 @@ def test_each_change_equals_silencing_that_head_alone_by_hand(mode, batch):
         after = text_loss(ablate_heads(model, x, [h.label], mode=mode).logits, ids)
         assert h.after == pytest.approx(after, abs=1e-5), h
         assert h.change == pytest.approx(after - before, abs=1e-5), h
+        assert imp.targets == ids[1:] and len(h.by_position) == len(ids) - 1
+        assert sum(h.by_position) / len(h.by_position) == pytest.approx(h.change, abs=1e-5)
+    h = imp.heads[0]  # token by token: the change of each predicted token's loss, by hand
+    ce = lambda logits: torch.nn.functional.cross_entropy(logits[0, :-1].detach(), x[0, 1:], reduction="none")  # noqa: E731
+    want = ce(ablate_heads(model, x, [h.label], mode=mode).logits) - ce(model(x).logits)
+    assert h.by_position == pytest.approx(want.tolist(), abs=1e-5)
     changes = [h.change for h in imp.heads]
     assert changes == sorted(changes, reverse=True)
     assert max(abs(c) for c in changes) > 1e-3  # the random heads do something: the check above is not vacuous
@@ -89,6 +95,7 @@ def test_classifier_embedding_and_encoder_decoder_use_their_own_measure(dirs):
     bert.eval()
     imp = head_importance(bert, tok, "abc cab", batch=5)
     assert imp.measure == "kl" and imp.attention == "encoder-self"
+    assert imp.targets == [] and all(h.by_position is None for h in imp.heads)  # one answer: no token by token
     for h in imp.heads:  # KL of the class probabilities, as `ablate --head` reports it
         one = insight.ablation(bert, tok, "abc cab", [h.label])
         assert h.change == pytest.approx(one["kl_before_after"], abs=1e-7)
@@ -122,7 +129,7 @@ def test_the_command_ranks_every_head_as_text_and_json(dirs, capsys):
     code, out, _ = run_main(capsys, "ablate", str(dirs["gpt"]), "abcab abcab", "--each")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("each of the ") and "loss on the text" in lines[0]
+    assert lines[0].startswith("each of the ") and "loss on the text" in lines[0] and "most at" in lines[1]
     n_heads = sum(s.n_heads * s.n_layers for s in [random_gpt().main_attention])
     assert sum(line.startswith("decoder.") for line in lines) == n_heads
     code, out, _ = run_main(capsys, "ablate", str(dirs["gpt"]), "abcab abcab", "--each", "--json", "--top", "2")

@@ -208,6 +208,14 @@ def test_ranking_every_head_shows_the_librarys_order_and_a_row_click_ablates(ser
     want = head_importance(gpt.model, gpt.tokenizer, "the cat sat on", roles=roles)
     assert [label for label, _ in shown] == [h.label for h in want.heads]
     assert [float(c) for _, c in shown] == pytest.approx([h.change for h in want.heads], abs=2e-4)
+    strips = d.execute_script("return [...document.querySelectorAll('[data-gf=importance] tr[data-head]')]"
+                              ".map(r => [...r.querySelectorAll('.pc')].map(c => c.title))")
+    assert all(len(s) == len("the cat sat on") - 1 for s in strips)  # one cell per predicted token
+    top_head = want.heads[0]
+    worst = max(range(len(top_head.by_position)), key=lambda i: top_head.by_position[i])
+    title = re.fullmatch(r'"(.*)" at (\d+): \+([0-9.]+) nats', strips[0][worst])
+    assert title and title.group(1) == want.target_texts[worst] and int(title.group(2)) == worst + 1, strips[0]
+    assert float(title.group(3)) == pytest.approx(top_head.by_position[worst], abs=2e-3)
     top = shown[0][0]
     d.find_element("css selector", f"[data-gf=importance] tr[data-head='{top}']").click()  # switches that head off
     wait(d, "return document.querySelector('[data-gf=after]')")

@@ -13,7 +13,8 @@ where the model's answer is:
 
 * a language model (GPT, or an encoder-decoder given a ``target`` of at least one token): the
   loss on the text itself, mean cross-entropy in nats per predicted token (position t predicting
-  token t+1); the change is ``after - before`` and may be negative (the head hurt);
+  token t+1); the change is ``after - before`` and may be negative (the head hurt). Each head also
+  keeps the change token by token (``by_position``): *where* in the text it matters;
 * a classifier, a masked LM or a one-step encoder-decoder: KL(before ‖ after) of its readout
   (:mod:`.readouts`), in nats;
 * a sentence-embedding model: 1 - cosine(before, after) of the sentence vector.
@@ -40,6 +41,7 @@ from glassformer.explain.heads import ROLE_THRESHOLD, HeadScores
 from glassformer.explain.hooks import InterventionError
 from glassformer.explain.lens import model_token_logits
 from glassformer.explain.readouts import choose_readout
+from glassformer.explain.tokens import token_strings
 from glassformer.models.family import HeadRef
 
 UNNAMED_SHARE = 0.5  # a head "matters" from half the largest change on
@@ -58,6 +60,7 @@ class HeadEffect:
     role: str | None = None  # its strongest role when it reaches ROLE_THRESHOLD, else None
     role_score: float | None = None  # that role's score (None: roles not scored for this attention)
     unnamed: bool = False  # matters (>= UNNAMED_SHARE of the largest change) with no named role
+    by_position: list[float] | None = None  # loss measure: the change of each predicted token's loss
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Importance:
     before: float  # the loss before any ablation (0 for kl, 1 for cosine)
     n_tokens: int
     heads: list[HeadEffect] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)  # loss measure: the predicted token ids (position t -> t + 1)
+    target_texts: list[str] = field(default_factory=list)  # and how they display
 
     @property
     def unnamed(self) -> list[str]:
@@ -84,11 +89,14 @@ class Importance:
     def to_json(self) -> dict[str, Any]:
         return {"attention": self.attention, "mode": self.mode, "measure": self.measure, "describe": self.describe(),
                 "before": round(self.before, 6), "n_tokens": self.n_tokens, "threshold": ROLE_THRESHOLD,
-                "unnamed_share": UNNAMED_SHARE, "unnamed": self.unnamed,
+                "unnamed_share": UNNAMED_SHARE, "unnamed": self.unnamed, "targets": self.targets,
+                "target_texts": self.target_texts,
                 "heads": [{"label": h.label, "layer": h.layer, "head": h.head, "after": round(h.after, 6),
                            "change": round(h.change, 6), "role": h.role,
                            "role_score": None if h.role_score is None else round(h.role_score, 6),
-                           "unnamed": h.unnamed} for h in self.heads]}
+                           "unnamed": h.unnamed,
+                           "by_position": None if h.by_position is None else [round(x, 5) for x in h.by_position]}
+                          for h in self.heads]}
 
 
 def _silence_rows(z: Tensor, rows: list[tuple[int, int]], mode: str) -> Tensor:
@@ -114,17 +122,17 @@ class _Measure:
             self.kind = "cosine" if self.readout.kind == "embedding" else "kl"
 
     def read(self, out: Any) -> Tensor:
-        """(B,) losses, or (B, K) readouts."""
+        """(B, T-1) losses of each predicted token, or (B, K) readouts."""
         if self.kind != "loss":
             return self.readout.read(self.model, out)
         logits = model_token_logits(self.model, out)[:, :-1].float()  # (B, T-1, V)
         labels = self.labels.to(logits.device).expand(logits.shape[0], -1)  # (B, T-1)
-        return nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(-1)  # (B,)
+        return nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T-1)
 
     def change(self, before: Tensor, after: Tensor) -> tuple[Tensor, Tensor]:
         """(after, change) per row, from the clean reading (1, ...) and the ablated ones (B, ...)."""
         if self.kind == "loss":
-            return after, after - before
+            return after.mean(-1), (after - before).mean(-1)
         if self.kind == "cosine":
             cos = nn.functional.cosine_similarity(after.double(), before.double().expand_as(after), dim=-1)
             return cos, 1 - cos
@@ -161,26 +169,32 @@ def head_importance(model: nn.Module, tokenizer: Any, text: str, *, kind: str | 
 
     before = run(1, {})
     refs: list[HeadRef] = spec.heads()
-    afters, changes = [], []
+    afters, changes, where = [], [], []
     for start in range(0, len(refs), batch):
         chunk = refs[start:start + batch]
         by_site: dict[str, list[tuple[int, int]]] = {}
         for row, ref in enumerate(chunk):
             by_site.setdefault(spec.activation(ref.layer, "z"), []).append((row, ref.head))
         hooks = {name: partial(_silence_rows, rows=rows, mode=mode) for name, rows in by_site.items()}
-        after, change = measure.change(before, run(len(chunk), hooks))
+        losses = run(len(chunk), hooks)
+        after, change = measure.change(before, losses)
         afters += after.tolist()
         changes += change.tolist()
+        if measure.kind == "loss":
+            where += (losses - before).tolist()  # (rows, T-1) the change of each predicted token's loss
     heads = []
-    for ref, after, change in zip(refs, afters, changes):
+    for i, (ref, after, change) in enumerate(zip(refs, afters, changes)):
         role, score = roles.role(ref.layer, ref.head) if roles is not None else (None, None)
-        heads.append(HeadEffect(ref.label, ref.layer, ref.head, float(after), float(change), role, score))
+        heads.append(HeadEffect(ref.label, ref.layer, ref.head, float(after), float(change), role, score,
+                                by_position=where[i] if where else None))
     top = max((h.change for h in heads), default=0.0)
     for h in heads:
         h.unnamed = roles is not None and top > 0 and h.change >= UNNAMED_SHARE * top and h.role is None
     heads.sort(key=lambda h: -h.change)
-    start_value = float(before[0]) if measure.kind == "loss" else (1.0 if measure.kind == "cosine" else 0.0)
-    return Importance(spec.kind, mode, measure.kind, start_value, len(ids), heads)
+    start_value = float(before[0].mean()) if measure.kind == "loss" else (1.0 if measure.kind == "cosine" else 0.0)
+    targets = measure.labels.tolist() if measure.kind == "loss" else []
+    return Importance(spec.kind, mode, measure.kind, start_value, len(ids), heads, targets,
+                      token_strings(tokenizer, targets) if targets else [])
 
 
 def format_importance(imp: Importance, top: int | None = None) -> str:
@@ -190,7 +204,9 @@ def format_importance(imp: Importance, top: int | None = None) -> str:
              f"measure: {imp.describe()}" + (f", before {imp.before:.4f}" if imp.measure == "loss" else "")]
     after = "after" if imp.measure == "loss" else ""
     width = max([len("head")] + [len(h.label) for h in rows])
-    lines.append(f"{'head':<{width}}  {after:>8}  {'change':>8}  role on random tokens")
+    where = imp.measure == "loss"
+    lines.append(f"{'head':<{width}}  {after:>8}  {'change':>8}  {'most at':<12}  role on random tokens" if where else
+                 f"{'head':<{width}}  {after:>8}  {'change':>8}  role on random tokens")
     for h in rows:
         if h.role_score is None:
             role = "(not scored)"
@@ -198,7 +214,12 @@ def format_importance(imp: Importance, top: int | None = None) -> str:
             role = f"{h.role} {h.role_score:.2f}" if h.role else f"-  (best {h.role_score:.3f})"
         flag = "  <- matters, no named role" if h.unnamed else ""
         shown_after = f"{h.after:8.4f}" if imp.measure == "loss" else " " * 8
-        lines.append(f"{h.label:<{width}}  {shown_after}  {h.change:+8.4f}  {role}{flag}")
+        most = ""
+        if where and h.by_position:  # the predicted token whose loss this head's absence raises most
+            t = max(range(len(h.by_position)), key=lambda i: h.by_position[i])
+            most = f"{imp.target_texts[t]!r}@{t + 1} {h.by_position[t]:+.1f}"[:12]
+        lines.append(f"{h.label:<{width}}  {shown_after}  {h.change:+8.4f}  " + (f"{most:<12}  " if where else "")
+                     + f"{role}{flag}")
     if top is not None and top < len(imp.heads):
         lines.append(f"... {len(imp.heads) - top} more (--top)")
     if imp.unnamed:

@@ -271,13 +271,19 @@ function glassformerExplorer(root, options) {
     const loss = r.measure === "loss";
     box.append(el("p", { class: "hint", text: `each head silenced alone (${r.mode}); ${r.describe}` +
       (loss ? `, before ${fmt(r.before)}` : "") + "; click a row to switch that head off" }));
-    const t = el("table", {}, [el("tr", {}, ["head", loss ? "after" : "", "change", "role on random tokens"].map((h, i) => el("th", { class: i ? "" : "t", text: h })))]);
+    const cols = ["head", loss ? "after" : "", "change", "role on random tokens"];
+    if (loss) cols.push("where: each predicted token's change (red: the head's absence hurts)");
+    const t = el("table", {}, [el("tr", {}, cols.map((h, i) => el("th", { class: i ? "" : "t", text: h })))]);
+    const scale = loss ? Math.max(1e-9, ...r.heads.flatMap((h) => h.by_position.map(Math.abs))) : 1;
+    const strip = (h) => el("td", { class: "t" }, h.by_position.map((d, i) => el("span", { class: "pc",
+      title: `${show(r.target_texts[i])} at ${i + 1}: ${d >= 0 ? "+" : ""}${fmt(d, 3)} nats`,
+      style: `background: ${d >= 0 ? `rgba(217,48,37,${Math.min(1, d / scale)})` : `rgba(26,115,232,${Math.min(1, -d / scale)})`}` })));
     for (const h of r.heads) {
       const role = h.role_score === null ? "(not scored)" : (h.role ? `${h.role} ${fmt(h.role_score, 2)}` : `— (best ${fmt(h.role_score, 3)})`);
       const row = el("tr", { class: (h.unnamed ? "unnamed" : "") + (state.ablate.has(h.label) ? " off" : ""), dataset: { head: h.label },
         title: h.unnamed ? "matters, but no role names it" : "", onclick: () => toggleAblation(h.label, !state.ablate.has(h.label)) },
         [el("td", { class: "t", text: h.label }), el("td", { text: loss ? fmt(h.after) : "" }), el("td", { text: (h.change >= 0 ? "+" : "") + fmt(h.change) }),
-         el("td", { text: role + (h.unnamed ? "  ← matters, no named role" : "") })]);
+         el("td", { text: role + (h.unnamed ? "  ← matters, no named role" : "") }), loss ? strip(h) : null]);
       t.append(row);
     }
     box.append(t);
