@@ -328,6 +328,9 @@ def test_notebook_view_embeds_the_apis_answers_inline(env):
     assert answers['attention {"model":0,"text":"the cat sat on"}'] == ok(post(env, "attention", model=0))
     step = answers['steps {"model":0,"text":"the cat sat on","head":"decoder.1.2","query":13}']
     assert step == ok(post(env, "steps", model=0, head="1.2", query=13))
+    for mode in ("zero", "mean"):  # the "rank every head" button works inline too
+        assert answers[f'importance {{"model":0,"text":"the cat sat on","mode":"{mode}"}}'] == ok(
+            post(env, "importance", model=0, mode=mode))
     from glassformer.serve.notebook import _script_json
 
     tricky = {"token": "</script><script>alert(1)</script><!--"}

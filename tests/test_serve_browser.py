@@ -307,3 +307,19 @@ def test_compare_shows_a_second_prompt_on_another_model_side_by_side(served):
                              ".map(s => [s.querySelector('p').textContent, s.querySelectorAll('canvas').length])")
     assert sides == [["t|h|e| |c|a|t| |s|a|t| |o|n", 2 * 4], ["a| |d|o|g", 1 * 2]]  # gpt-tiny 2x4; the run 1x2
     assert errors(d) == []
+
+
+def test_the_notebook_view_works_offline_in_a_browser_rank_button_included(served, tmp_path):
+    """``glassformer.load(dir).show(text)`` as a notebook renders it: one HTML fragment, no server. Its
+    views draw from the embedded answers, and "rank every head" (embedded too) fills its table."""
+    from glassformer.api import load
+
+    page = tmp_path / "notebook.html"
+    page.write_text("<!doctype html><meta charset=utf-8><body>" + load(served["dirs"]["gpt"]).show("the cat")._repr_html_())
+    d = served["driver"]
+    d.get(page.as_uri())
+    wait(d, "return document.querySelector('[data-gf=steps-table]') && document.querySelector('[data-gf=rank]')")
+    d.find_element("css selector", "[data-gf=rank]").click()
+    wait(d, "return document.querySelectorAll('[data-gf=importance] tr[data-head]').length === 8")
+    assert d.find_element("css selector", "[data-gf=status]").text == ""  # no "not in this notebook view"
+    assert errors(d) == []

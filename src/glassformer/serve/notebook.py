@@ -71,6 +71,10 @@ def show(pipeline: Any, text: str, head: str | None = None, query: int | None = 
     for ref in heads:
         b = {**body, "head": ref.label, "query": query}
         responses[_key("steps", b)] = handlers.steps(served, text, ref.label, query)
+    if spec.n_layers * spec.n_heads <= MAX_STEP_HEADS:  # every head ranked by ablation (the "rank every head" button), both modes: a forward pass per 16 heads
+        for mode in ("zero", "mean"):
+            b = {**body, "mode": mode, **({"target": ""} if info["needs_target"] else {})}
+            responses[_key("importance", b)] = why.importance(served, text, None, mode)
     if info["predicts"] != "none":
         responses[_key("lens", {**body, "k": 3})] = why.lens(served, text, 3)
     if info["can_attribute"]:
