@@ -70,15 +70,20 @@ def ablation_hooks(
         def fn(z: Tensor) -> Tensor:  # z: (B, H, T, D)
             z = z.clone()
             for h in head_ids:
-                if mode == "zero":
-                    z[:, h] = 0.0
-                else:
-                    z[:, h] = z[:, h].mean(dim=(0, 1), keepdim=True)  # mean over batch and positions
+                silence_head(z, h, mode)
             return z
 
         return fn
 
     return {name: silence(hs) for name, hs in by_site.items()}
+
+
+def silence_head(z: Tensor, head: int, mode: AblationMode, row: int | None = None) -> None:
+    """In place: head ``head`` of ``z`` (B, H, T, D) set to zero, or to its mean over the batch and the
+    positions; with ``row``, in that batch row only (its mean over its own positions)."""
+    rows = slice(None) if row is None else slice(row, row + 1)
+    part = z[rows, head]  # (B or 1, T, D)
+    part[...] = 0.0 if mode == "zero" else part.mean(dim=(0, 1), keepdim=True)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from glassformer.explain.heads import ROLE_THRESHOLD, HeadScores
-from glassformer.explain.hooks import InterventionError
+from glassformer.explain.hooks import InterventionError, silence_head
 from glassformer.explain.lens import model_token_logits
 from glassformer.explain.readouts import choose_readout
 from glassformer.explain.tokens import token_strings
@@ -103,7 +103,7 @@ def _silence_rows(z: Tensor, rows: list[tuple[int, int]], mode: str) -> Tensor:
     """z (B, H, T, D) with head h of row b silenced for each (b, h)."""
     z = z.clone()
     for b, h in rows:
-        z[b, h] = 0.0 if mode == "zero" else z[b, h].mean(dim=0, keepdim=True)  # (T, D) or its mean over T
+        silence_head(z, h, mode, row=b)
     return z
 
 
